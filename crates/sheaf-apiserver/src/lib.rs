@@ -1,0 +1,88 @@
+//! Sheaf's API server: the Kubernetes API conventions over Sheaf's store,
+//! so that kubectl, client libraries and YAML manifests work unchanged.
+//!
+//! ```text
+//!  HTTPS ─▶ server (auth, routing, body decoding)
+//!             ├─ discovery, openapi      what is served, and its schemas
+//!             ├─ objects                 create/get/list/update/patch/delete
+//!             │    └─ patch              merge, JSON, strategic, apply
+//!             ├─ watch                   event streams with resume
+//!             └─ table                   kubectl's server-side printing
+//!  gc: garbage collector and namespace finalizer (background task)
+//! ```
+
+pub mod discovery;
+pub mod error;
+pub mod gc;
+pub mod objects;
+pub mod openapi;
+pub mod patch;
+pub mod pki;
+pub mod registry;
+pub mod selector;
+pub mod server;
+pub mod table;
+pub mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+pub use error::{ApiError, ApiResult};
+pub use server::ApiServer;
+
+/// Serves `app` over TLS on `listener` until the task is dropped.
+pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: axum::Router) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = TowerToHyperService::new(app);
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Creates the objects every cluster has (the `default` namespace).
+pub async fn bootstrap(server: &ApiServer) -> ApiResult<()> {
+    let Some(rt) = server.registry.find("", "v1", "namespaces").cloned() else {
+        return Ok(());
+    };
+    for ns in ["default", "sheaf-system"] {
+        let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        match server.objects.create(&rt, None, body, &Default::default()).await {
+            Ok(_) => {}
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,536 @@
+//! HTTP routing: authentication, URL parsing in Kubernetes' layout, body
+//! decoding, and the mapping of verbs to object operations.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sheaf_store::Store;
+use sheaf_types::ResourceType;
+
+use crate::discovery;
+use crate::error::{ApiError, ApiResult};
+use crate::objects::{DeleteOptions, Deleted, FieldValidation, ListParams, Objects, WriteOptions, Written};
+use crate::openapi::OpenApi;
+use crate::patch::PatchType;
+use crate::registry::Registry;
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::table::{self, IncludeObject};
+use crate::watch::{self, WatchParams};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// The API server's shared state.
+pub struct ApiServer {
+    pub objects: Objects,
+    pub registry: Arc<Registry>,
+    openapi: OpenApi,
+    /// SHA-256 of every accepted bearer token.
+    tokens: Vec<[u8; 32]>,
+    ready: AtomicBool,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl ApiServer {
+    pub fn new(store: Arc<dyn Store>, registry: Registry, tokens: &[String]) -> Arc<Self> {
+        let registry = Arc::new(registry);
+        let openapi = OpenApi::build(&registry);
+        Arc::new(ApiServer {
+            objects: Objects::new(store, registry.clone()),
+            registry,
+            openapi,
+            tokens: tokens.iter().map(|t| digest(t)).collect(),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// The axum router of the whole API.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let api = Router::new()
+            .fallback(dispatch)
+            .layer(middleware::from_fn_with_state(self.clone(), authenticate))
+            .with_state(self.clone());
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/livez", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/version", get(|| async { json_response(StatusCode::OK, &discovery::version(), &[]) }))
+            .with_state(self.clone())
+            .merge(api)
+    }
+
+    fn authenticated(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        else {
+            return false;
+        };
+        let d = digest(token.trim());
+        // Compare digests in full every time: no early exit on a prefix.
+        self.tokens
+            .iter()
+            .fold(false, |found, t| found | (t.iter().zip(d.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0))
+    }
+}
+
+async fn readyz(State(s): State<Arc<ApiServer>>) -> Response {
+    if s.ready.load(Ordering::SeqCst) {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn authenticate(State(s): State<Arc<ApiServer>>, req: Request, next: Next) -> Response {
+    if s.authenticated(req.headers()) {
+        next.run(req).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut resp = (code, body).into_response();
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for w in warnings {
+        let text = format!("299 - {:?}", w.replace('"', "'"));
+        if let Ok(h) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append("Warning", h);
+        }
+    }
+    resp
+}
+
+/// What a URL under `/api` or `/apis` names.
+#[derive(Debug, PartialEq)]
+enum Route {
+    ApiVersions,
+    GroupList,
+    Group(String),
+    GroupVersion(String, String),
+    Resource(ResourcePath),
+    OpenApiV3Index,
+    OpenApiV3(String),
+    NotFound,
+}
+
+#[derive(Debug, PartialEq)]
+struct ResourcePath {
+    group: String,
+    version: String,
+    plural: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+    watch: bool,
+}
+
+fn parse_route(reg: &Registry, path: &str) -> Route {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api"] => return Route::ApiVersions,
+        ["apis"] => return Route::GroupList,
+        ["apis", g] => return Route::Group(g.to_string()),
+        ["api", v] => return Route::GroupVersion(String::new(), v.to_string()),
+        ["apis", g, v] => return Route::GroupVersion(g.to_string(), v.to_string()),
+        ["openapi", "v3"] => return Route::OpenApiV3Index,
+        ["openapi", "v3", rest @ ..] => return Route::OpenApiV3(rest.join("/")),
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Route::NotFound,
+    };
+    let (watch, rest) = match rest {
+        ["watch", r @ ..] => (true, r),
+        r => (false, r),
+    };
+    let namespaced_plural = |p: &str| reg.find(group, version, p).is_some_and(|rt| rt.namespaced);
+    let rp = |plural: &str, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
+        Route::Resource(ResourcePath {
+            group: group.to_string(),
+            version: version.to_string(),
+            plural: plural.to_string(),
+            namespace: namespace.map(str::to_string),
+            name: name.map(str::to_string),
+            sub: sub.map(str::to_string),
+            watch,
+        })
+    };
+    match rest {
+        ["namespaces", ns, plural, tail @ ..] if namespaced_plural(plural) => match tail {
+            [] => rp(plural, Some(ns), None, None),
+            [name] => rp(plural, Some(ns), Some(name), None),
+            [name, sub] => rp(plural, Some(ns), Some(name), Some(sub)),
+            _ => Route::NotFound,
+        },
+        [plural] => rp(plural, None, None, None),
+        [plural, name] => rp(plural, None, Some(name), None),
+        [plural, name, sub] => rp(plural, None, Some(name), Some(sub)),
+        _ => Route::NotFound,
+    }
+}
+
+fn query_map(uri: &http::Uri) -> HashMap<String, String> {
+    uri.query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+}
+
+fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<Value> {
+    let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("the request body is empty; send the object as JSON or YAML"));
+    }
+    if ct.contains("yaml") {
+        serde_yaml::from_slice::<Value>(bytes)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))
+    } else if ct.contains("json") || ct.is_empty() {
+        serde_json::from_slice::<Value>(bytes)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+    } else if ct.contains("protobuf") {
+        Err(ApiError::unsupported_media_type("protobuf is not supported; send application/json or application/yaml"))
+    } else {
+        Err(ApiError::unsupported_media_type(format!(
+            "unsupported Content-Type {ct:?}; send application/json or application/yaml"
+        )))
+    }
+}
+
+async fn read_body(body: Body) -> ApiResult<bytes::Bytes> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"))
+            || e.to_string().contains("length limit")
+        {
+            ApiError::too_large(MAX_BODY_BYTES)
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
+fn write_options(q: &HashMap<String, String>) -> ApiResult<WriteOptions> {
+    let dry_run = match q.get("dryRun").map(String::as_str) {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("dryRun must be \"All\", not {other:?}"))),
+    };
+    Ok(WriteOptions {
+        field_validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
+        dry_run,
+        field_manager: q.get("fieldManager").cloned().filter(|s| !s.is_empty()),
+    })
+}
+
+fn list_params(q: &HashMap<String, String>) -> ApiResult<ListParams> {
+    let limit = match q.get("limit").map(String::as_str) {
+        None | Some("") => 0,
+        Some(l) => {
+            l.parse::<i64>().map_err(|_| ApiError::bad_request(format!("limit must be a number, not {l:?}")))?.max(0)
+                as usize
+        }
+    };
+    Ok(ListParams {
+        labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?,
+        fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
+        limit,
+        continue_token: q.get("continue").cloned().filter(|s| !s.is_empty()),
+    })
+}
+
+fn is_true(q: &HashMap<String, String>, k: &str) -> bool {
+    matches!(q.get(k).map(String::as_str), Some("true") | Some("1"))
+}
+
+async fn dispatch(State(s): State<Arc<ApiServer>>, req: Request) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = match handle(&s, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.code.is_server_error() {
+                tracing::error!(%method, %path, error = %e, "request failed");
+            }
+            e.into_response()
+        }
+    };
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    resp
+}
+
+async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
+    let (parts, body) = req.into_parts();
+    let q = query_map(&parts.uri);
+    let route = parse_route(&s.registry, parts.uri.path());
+    let get_only = |r: Option<Value>| -> ApiResult<Response> {
+        if parts.method != Method::GET {
+            return Err(ApiError::method_not_allowed(format!(
+                "{} is not allowed on {}",
+                parts.method,
+                parts.uri.path()
+            )));
+        }
+        match r {
+            Some(v) => Ok(json_response(StatusCode::OK, &v, &[])),
+            None => Err(ApiError::not_found_msg(format!(
+                "the server could not find the requested resource {}",
+                parts.uri.path()
+            ))),
+        }
+    };
+    match route {
+        Route::ApiVersions => get_only(Some(discovery::api_versions())),
+        Route::GroupList => get_only(Some(discovery::api_group_list(&s.registry))),
+        Route::Group(g) => get_only(discovery::api_group(&s.registry, &g)),
+        Route::GroupVersion(g, v) => get_only(discovery::api_resource_list(&s.registry, &g, &v)),
+        Route::OpenApiV3Index => get_only(Some(s.openapi.index())),
+        Route::OpenApiV3(p) => get_only(s.openapi.document(&p).cloned()),
+        Route::NotFound => Err(ApiError::not_found_msg(format!(
+            "the server could not find the requested resource {}",
+            parts.uri.path()
+        ))),
+        Route::Resource(rp) => {
+            let Some(rt) = s.registry.find(&rp.group, &rp.version, &rp.plural).cloned() else {
+                let gv = if rp.group.is_empty() { rp.version.clone() } else { format!("{}/{}", rp.group, rp.version) };
+                return Err(ApiError::not_found_msg(format!(
+                    "the server doesn't have a resource type {:?} in {gv}; `kubectl api-resources` lists the served kinds",
+                    rp.plural
+                )));
+            };
+            resource(s, &rt, rp, &parts.method, &parts.headers, &q, body).await
+        }
+    }
+}
+
+async fn resource(
+    s: &Arc<ApiServer>,
+    rt: &ResourceType,
+    rp: ResourcePath,
+    method: &Method,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    body: Body,
+) -> ApiResult<Response> {
+    let objects = &s.objects;
+    let accept = headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok());
+    let table = table::wants_table(accept).then(|| IncludeObject::parse(q.get("includeObject").map(String::as_str)));
+    if rt.namespaced && rp.name.is_some() && rp.namespace.is_none() {
+        return Err(ApiError::not_found_msg(format!(
+            "{} are namespaced: use /namespaces/NAMESPACE/{}/NAME",
+            rt.plural, rt.plural
+        )));
+    }
+    if !rt.namespaced && rp.namespace.is_some() {
+        return Err(ApiError::not_found_msg(format!("{} are cluster-scoped, not in a namespace", rt.plural)));
+    }
+    let ns = rp.namespace.as_deref();
+    let status_only = match rp.sub.as_deref() {
+        None => false,
+        Some("status") if rt.has_status => true,
+        Some(sub) => {
+            return Err(ApiError::not_found_msg(format!("{} has no subresource {sub:?}", rt.plural)));
+        }
+    };
+    let gv = rt.api_version();
+    match (method.clone(), rp.name.as_deref()) {
+        (Method::GET, None) => {
+            let lp = list_params(q)?;
+            if rp.watch || is_true(q, "watch") {
+                let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs);
+                let wp = WatchParams {
+                    list: lp,
+                    resource_version: q.get("resourceVersion").cloned(),
+                    bookmarks: is_true(q, "allowWatchBookmarks"),
+                    timeout,
+                    table,
+                };
+                return watch::watch(objects.clone(), rt.clone(), ns.map(str::to_string), wp).await;
+            }
+            let (items, rv, cont) = objects.list(rt, ns, &lp).await?;
+            let mut meta = json!({"resourceVersion": rv});
+            if let Some(c) = cont {
+                meta["continue"] = json!(c);
+            }
+            let v = match table {
+                Some(include) => table::table(rt, &items, meta, include, true),
+                None => json!({"apiVersion": gv, "kind": format!("{}List", rt.kind), "metadata": meta, "items": items}),
+            };
+            Ok(json_response(StatusCode::OK, &v, &[]))
+        }
+        (Method::GET, Some(name)) => {
+            if rp.watch || is_true(q, "watch") {
+                let wp = WatchParams {
+                    list: ListParams {
+                        fields: FieldSelector::parse(&format!("metadata.name={name}"))?,
+                        ..Default::default()
+                    },
+                    resource_version: q.get("resourceVersion").cloned(),
+                    bookmarks: is_true(q, "allowWatchBookmarks"),
+                    timeout: None,
+                    table,
+                };
+                return watch::watch(objects.clone(), rt.clone(), ns.map(str::to_string), wp).await;
+            }
+            let obj = objects.get(rt, ns, name).await?;
+            let v = match table {
+                Some(include) => {
+                    let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+                    table::table(rt, &[obj], json!({"resourceVersion": rv}), include, true)
+                }
+                None => obj,
+            };
+            Ok(json_response(StatusCode::OK, &v, &[]))
+        }
+        (Method::POST, None) => {
+            if status_only {
+                return Err(ApiError::method_not_allowed("POST is not allowed on status"));
+            }
+            let opts = write_options(q)?;
+            let body = parse_body(headers, &read_body(body).await?)?;
+            let w = objects.create(rt, ns, body, &opts).await?;
+            Ok(written(StatusCode::CREATED, w))
+        }
+        (Method::PUT, Some(name)) => {
+            let opts = write_options(q)?;
+            let body = parse_body(headers, &read_body(body).await?)?;
+            let w = objects.update(rt, ns, name, body, status_only, &opts).await?;
+            Ok(written(StatusCode::OK, w))
+        }
+        (Method::PATCH, Some(name)) => {
+            let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let kind = PatchType::from_content_type(ct)?;
+            let opts = write_options(q)?;
+            let bytes = read_body(body).await?;
+            let patch = if kind == PatchType::Apply {
+                let mut h = HeaderMap::new();
+                h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+                parse_body(&h, &bytes)?
+            } else {
+                let mut h = HeaderMap::new();
+                h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                parse_body(&h, &bytes)?
+            };
+            if kind == PatchType::Apply {
+                Objects::check_apply_target(rt, &patch)?;
+            }
+            let force = is_true(q, "force");
+            let w = objects.patch(rt, ns, name, kind, patch, status_only, force, &opts).await?;
+            let code = if w.created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(written(code, w))
+        }
+        (Method::DELETE, Some(name)) => {
+            let opts = delete_options(q, headers, body).await?;
+            match objects.delete(rt, ns, name, &opts).await? {
+                Deleted::Now(obj) => Ok(json_response(StatusCode::OK, &obj, &[])),
+                Deleted::Pending(obj) => Ok(json_response(StatusCode::OK, &obj, &[])),
+            }
+        }
+        (Method::DELETE, None) => {
+            let opts = delete_options(q, headers, body).await?;
+            let lp = list_params(q)?;
+            let (items, rv, _) = objects.list(rt, ns, &ListParams { limit: 0, continue_token: None, ..lp }).await?;
+            let mut deleted = Vec::new();
+            for item in items {
+                let name = item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+                let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string);
+                match objects.delete(rt, item_ns.as_deref(), &name, &opts).await {
+                    Ok(Deleted::Now(o)) | Ok(Deleted::Pending(o)) => deleted.push(o),
+                    Err(e) if e.code == StatusCode::NOT_FOUND => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let v = json!({"apiVersion": gv, "kind": format!("{}List", rt.kind), "metadata": {"resourceVersion": rv}, "items": deleted});
+            Ok(json_response(StatusCode::OK, &v, &[]))
+        }
+        (m, _) => Err(ApiError::method_not_allowed(format!(
+            "{m} is not allowed on {}{}",
+            rt.plural,
+            if rp.name.is_some() { "/NAME" } else { "" }
+        ))),
+    }
+}
+
+fn written(code: StatusCode, w: Written) -> Response {
+    json_response(code, &w.object, &w.warnings)
+}
+
+async fn delete_options(q: &HashMap<String, String>, headers: &HeaderMap, body: Body) -> ApiResult<DeleteOptions> {
+    let bytes = read_body(body).await?;
+    let mut opts = DeleteOptions::default();
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        let v = parse_body(headers, &bytes)?;
+        if !v.is_object() {
+            return Err(ApiError::bad_request("DeleteOptions must be a JSON object"));
+        }
+        opts.propagation = v.get("propagationPolicy").and_then(Value::as_str).map(str::to_string);
+        if v.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
+            opts.propagation = Some("Orphan".into());
+        }
+        opts.precondition_uid = v.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string);
+        opts.precondition_rv = v.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string);
+        if let Some(d) = v.get("dryRun").and_then(Value::as_array) {
+            opts.dry_run = d.iter().any(|x| x == "All");
+        }
+    }
+    if let Some(p) = q.get("propagationPolicy") {
+        opts.propagation = Some(p.clone());
+    }
+    match q.get("dryRun").map(String::as_str) {
+        None | Some("") => {}
+        Some("All") => opts.dry_run = true,
+        Some(other) => return Err(ApiError::bad_request(format!("dryRun must be \"All\", not {other:?}"))),
+    }
+    Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg() -> Registry {
+        Registry::new(sheaf_types::registry::all())
+    }
+
+    #[test]
+    fn routes() {
+        let r = reg();
+        assert_eq!(parse_route(&r, "/api"), Route::ApiVersions);
+        assert_eq!(parse_route(&r, "/apis/kubevirt.io/v1"), Route::GroupVersion("kubevirt.io".into(), "v1".into()));
+        let Route::Resource(p) = parse_route(&r, "/api/v1/namespaces/default/configmaps/x") else { panic!("resource") };
+        assert_eq!(
+            (p.namespace.as_deref(), p.plural.as_str(), p.name.as_deref()),
+            (Some("default"), "configmaps", Some("x"))
+        );
+        let Route::Resource(p) = parse_route(&r, "/api/v1/namespaces/default") else { panic!("resource") };
+        assert_eq!((p.namespace, p.plural.as_str(), p.name.as_deref()), (None, "namespaces", Some("default")));
+        let Route::Resource(p) = parse_route(&r, "/api/v1/namespaces/default/status") else { panic!("resource") };
+        assert_eq!(
+            (p.plural.as_str(), p.name.as_deref(), p.sub.as_deref()),
+            ("namespaces", Some("default"), Some("status"))
+        );
+        let Route::Resource(p) = parse_route(&r, "/apis/kubevirt.io/v1/watch/namespaces/a/virtualmachines") else {
+            panic!("resource")
+        };
+        assert!(p.watch);
+        assert_eq!(p.namespace.as_deref(), Some("a"));
+        assert_eq!(parse_route(&r, "/nope"), Route::NotFound);
+    }
+}

@@ -1,0 +1,17 @@
+//! Sheaf's API types: object metadata, resource kinds and validation.
+//!
+//! Kinds use the group, kind and field names of Kubernetes, KubeVirt and
+//! Harvester where those exist, so that existing manifests work unchanged.
+//! This crate does no I/O.
+
+pub mod core;
+pub mod kubevirt;
+pub mod meta;
+pub mod quantity;
+pub mod registry;
+pub mod resource;
+pub mod validation;
+
+pub use meta::{ObjectMeta, Status, Time};
+pub use resource::{Column, Decoded, Kind, ResourceType};
+pub use validation::{FieldError, FieldErrorReason};

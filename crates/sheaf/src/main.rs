@@ -1,0 +1,67 @@
+//! `sheaf`: the one binary. `sheaf server` runs the control plane; the
+//! other subcommands are a thin, kubectl-like client.
+
+mod cli;
+mod server;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sheaf",
+    version,
+    about = "Sheaf: virtual machines, replicated storage and networks on your own machines, \
+             managed through a Kubernetes-compatible API.",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the API server (and, on a single node, everything else).
+    Server(server::ServerArgs),
+    /// Print a kubeconfig for the admin user; `kubectl` uses it as is:
+    /// `sheaf kubeconfig > ~/.kube/config`.
+    Kubeconfig {
+        /// Where the server keeps its state (certificates, token, database).
+        #[arg(long, env = "SHEAF_DATA_DIR", default_value = "/var/lib/sheaf")]
+        data_dir: PathBuf,
+        /// API URL written into the kubeconfig.
+        #[arg(long, default_value = "https://127.0.0.1:6443")]
+        server: String,
+    },
+    /// Show objects: `sheaf get vm`, `sheaf get vm my-vm -o yaml`, `sheaf get ns`.
+    Get(cli::GetArgs),
+    /// Create or update objects from YAML/JSON files (server-side apply):
+    /// `sheaf apply -f vm.yaml`.
+    Apply(cli::ApplyArgs),
+    /// Delete objects by kind and name, or those in a file:
+    /// `sheaf delete vm my-vm`, `sheaf delete -f vm.yaml`.
+    Delete(cli::DeleteArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Server(args) => rt.block_on(server::run(args)),
+        Command::Kubeconfig { data_dir, server } => {
+            let (ca, token) = sheaf_apiserver::pki::load_admin(&data_dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}\nno Sheaf state in {}: start `sheaf server` first, or pass --data-dir",
+                    data_dir.display()
+                )
+            })?;
+            print!("{}", sheaf_apiserver::pki::kubeconfig(&server, &ca, &token, "admin"));
+            Ok(())
+        }
+        Command::Get(a) => rt.block_on(cli::get(a)),
+        Command::Apply(a) => rt.block_on(cli::apply(a)),
+        Command::Delete(a) => rt.block_on(cli::delete(a)),
+    }
+}

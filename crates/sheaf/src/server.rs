@@ -1,0 +1,128 @@
+//! `sheaf server`: the API server on the embedded SQLite store (default)
+//! or on etcd, with its background controllers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use sheaf_apiserver::{gc::GarbageCollector, pki, registry::Registry, ApiServer};
+use sheaf_store::{etcd::EtcdStore, sqlite::SqliteStore, Store};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// Embedded SQLite database in the data directory (single node).
+    Sqlite,
+    /// An etcd cluster (HA control plane).
+    Etcd,
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Where the server keeps its state (certificates, token, database).
+    #[arg(long, env = "SHEAF_DATA_DIR", default_value = "/var/lib/sheaf")]
+    pub data_dir: PathBuf,
+    /// Address and port of the HTTPS API.
+    #[arg(long, env = "SHEAF_LISTEN", default_value = "127.0.0.1:6443")]
+    pub listen: SocketAddr,
+    /// Where objects are stored.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub store: StoreKind,
+    /// etcd client URLs, comma-separated (with --store etcd).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(long, default_value = "/sheaf")]
+    pub etcd_prefix: String,
+    /// Extra DNS names or IP addresses for the server certificate.
+    #[arg(long = "tls-san", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// Keep this much store history for watches to resume from.
+    #[arg(long, default_value = "300")]
+    pub history_seconds: u64,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHEAF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Compacts the store every `every`, to the revision it had one period
+/// earlier, so that watches can resume from anything newer than that.
+async fn compactor(store: Arc<dyn Store>, every: Duration) {
+    let mut previous = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let now = match store.revision().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the store revision");
+                continue;
+            }
+        };
+        if let Some(rev) = previous {
+            if let Err(e) = store.compact(rev).await {
+                tracing::warn!(error = %e, revision = rev, "compaction failed");
+            }
+        }
+        previous = Some(now);
+    }
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging(args.log_json);
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
+    let store: Arc<dyn Store> = match args.store {
+        StoreKind::Sqlite => {
+            let path = args.data_dir.join("state.db");
+            Arc::new(SqliteStore::open(&path).with_context(|| format!("cannot open {}", path.display()))?)
+        }
+        StoreKind::Etcd => Arc::new(
+            EtcdStore::connect(&args.etcd_endpoints, &args.etcd_prefix)
+                .await
+                .with_context(|| format!("cannot reach etcd at {}", args.etcd_endpoints.join(",")))?,
+        ),
+    };
+    let mut names = args.tls_san.clone();
+    let ip = args.listen.ip();
+    if !ip.is_unspecified() {
+        names.push(ip.to_string());
+    }
+    let pki = pki::ensure(&args.data_dir, &names).context("cannot set up certificates")?;
+    let tls = pki::server_config(&pki)?;
+    let api = ApiServer::new(store.clone(), Registry::new(sheaf_types::registry::all()), &[pki.admin_token.clone()]);
+    sheaf_apiserver::bootstrap(&api).await.map_err(|e| anyhow::anyhow!("bootstrap failed: {e}"))?;
+    let kubeconfig = pki::kubeconfig(&format!("https://{}", args.listen), &pki.ca_pem, &pki.admin_token, "admin");
+    let kc_path = args.data_dir.join("admin.kubeconfig");
+    std::fs::write(&kc_path, kubeconfig).with_context(|| format!("cannot write {}", kc_path.display()))?;
+
+    tokio::spawn(GarbageCollector::new(api.objects.clone()).run());
+    tokio::spawn(compactor(store.clone(), Duration::from_secs(args.history_seconds.max(1))));
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    api.set_ready(true);
+    tracing::info!(listen = %args.listen, store = ?args.store, kubeconfig = %kc_path.display(), "sheaf server ready");
+    let app = api.router();
+    let serve = sheaf_apiserver::serve_tls(listener, tls, app);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = serve => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = term.recv() => tracing::info!("terminated; stopping"),
+    }
+    Ok(())
+}

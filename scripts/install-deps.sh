@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Sheaf needs to build and run, and, with
+# --test, those its test suite needs. Idempotent; needs root.
+set -euo pipefail
+
+want_test=0
+[[ "${1:-}" == "--test" ]] && want_test=1
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+
+packages=(build-essential pkg-config protobuf-compiler ca-certificates curl)
+if [[ $want_test -eq 1 ]]; then
+  packages+=(etcd-server)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# etcd-server's package starts a system etcd on 2379; Sheaf's tests start
+# their own on free ports and do not need it.
+if [[ $want_test -eq 1 ]] && command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+  $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "error: no Rust toolchain: install Rust 1.85 or newer with rustup, then run this again" >&2
+  exit 1
+fi
+
+if [[ $want_test -eq 1 ]]; then
+  if ! command -v cargo-nextest >/dev/null; then
+    cargo install --locked cargo-nextest
+  fi
+  if ! command -v kubectl >/dev/null; then
+    # Debian's own kubectl is old but speaks the same API.
+    echo "kubectl not found; installing Debian's kubernetes-client"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kubernetes-client >/dev/null
+  fi
+fi

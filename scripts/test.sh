@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs Sheaf's whole test suite: unit tests, store conformance on SQLite and
+# a real etcd, and end-to-end tests of the real binary with the real kubectl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-deps.sh --test
+cargo nextest run --workspace --locked --no-fail-fast "$@"
