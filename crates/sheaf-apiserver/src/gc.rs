@@ -66,6 +66,10 @@ impl Obj {
     }
 }
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// What one pass did, for tests and logs.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct PassReport {
@@ -98,8 +102,10 @@ impl GarbageCollector {
                     while let Some(item) = stream.next().await {
                         match item {
                             Ok(WatchItem::Event(ev)) => {
+                                // A cheap byte search first: most updates are not deletions.
                                 let relevant = ev.kind == EventKind::Delete
                                     || (ev.kind == EventKind::Update
+                                        && contains(&ev.kv.value, b"\"deletionTimestamp\"")
                                         && serde_json::from_slice::<Value>(&ev.kv.value)
                                             .map(|v| v.pointer("/metadata/deletionTimestamp").is_some())
                                             .unwrap_or(false));
