@@ -206,7 +206,7 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<Value> {
         serde_json::from_slice::<Value>(bytes)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
     } else if ct.contains("protobuf") {
-        Err(ApiError::unsupported_media_type("protobuf is not supported; send application/json or application/yaml"))
+        crate::protobuf::decode_body(bytes)
     } else {
         Err(ApiError::unsupported_media_type(format!(
             "unsupported Content-Type {ct:?}; send application/json or application/yaml"

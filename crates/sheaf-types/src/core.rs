@@ -281,11 +281,11 @@ impl Kind for Secret {
         }
         if let Some(old) = old {
             if old.immutable == Some(true)
-                && (old.data != self.data || !self.string_data.is_empty() || old.type_ != self.type_)
+                && (old.data != self.data || !self.string_data.is_empty() || old.secret_type() != self.secret_type())
             {
                 errs.push(FieldError::forbidden("data", "field is immutable when `immutable` is set"));
             }
-            if old.type_ != self.type_ {
+            if old.secret_type() != self.secret_type() {
                 errs.push(FieldError::invalid("type", "field is immutable"));
             }
         }
@@ -293,6 +293,9 @@ impl Kind for Secret {
     }
     fn normalize(&mut self) {
         self.fold_string_data();
+        if self.type_.as_deref().unwrap_or("").is_empty() {
+            self.type_ = Some("Opaque".into());
+        }
     }
     fn columns() -> Vec<Column> {
         vec![Column::new("Type", "string", ".type"), Column::new("Data", "integer", ".data.#len")]
@@ -303,6 +306,14 @@ impl Kind for Secret {
 }
 
 impl Secret {
+    /// The type, `Opaque` when unset.
+    pub fn secret_type(&self) -> &str {
+        match self.type_.as_deref() {
+            None | Some("") => "Opaque",
+            Some(t) => t,
+        }
+    }
+
     /// Folds `stringData` into `data`, as the server does on every write.
     pub fn fold_string_data(&mut self) {
         for (k, v) in std::mem::take(&mut self.string_data) {

@@ -102,7 +102,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let pki = pki::ensure(&args.data_dir, &names).context("cannot set up certificates")?;
     let tls = pki::server_config(&pki)?;
-    let api = ApiServer::new(store.clone(), Registry::new(sheaf_types::registry::all()), &[pki.admin_token.clone()]);
+    let api = ApiServer::new(store.clone(), Registry::new(sheaf_types::registry::all()), std::slice::from_ref(&pki.admin_token));
     sheaf_apiserver::bootstrap(&api).await.map_err(|e| anyhow::anyhow!("bootstrap failed: {e}"))?;
     let kubeconfig = pki::kubeconfig(&format!("https://{}", args.listen), &pki.ca_pem, &pki.admin_token, "admin");
     let kc_path = args.data_dir.join("admin.kubeconfig");
