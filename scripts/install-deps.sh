@@ -11,7 +11,7 @@ if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 
 packages=(build-essential pkg-config protobuf-compiler ca-certificates curl)
 if [[ $want_test -eq 1 ]]; then
-  packages+=(etcd-server)
+  packages+=(etcd-server qemu-system-x86 qemu-utils genisoimage busybox-static cpio kmod)
 fi
 
 missing=()
