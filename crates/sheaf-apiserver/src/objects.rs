@@ -325,7 +325,7 @@ impl Objects {
     ) -> ApiResult<Value> {
         let name = name_of(body).to_string();
         let target = Self::target(rt, &name);
-        let decoded = rt.decode(body, old).map_err(|errs| ApiError::invalid(&target, rt.kind, &errs))?;
+        let decoded = rt.decode(body, old).map_err(|errs| ApiError::invalid(&target, &qualified_kind(rt), &errs))?;
         if !decoded.unknown_fields.is_empty() {
             match fv {
                 FieldValidation::Strict => {
@@ -349,7 +349,7 @@ impl Objects {
         let mut errs = Vec::new();
         validate_meta(rt, &obj, &mut errs);
         if !errs.is_empty() {
-            return Err(ApiError::invalid(&target, rt.kind, &errs));
+            return Err(ApiError::invalid(&target, &qualified_kind(rt), &errs));
         }
         Ok(obj)
     }
@@ -860,6 +860,16 @@ impl Objects {
                 return Ok((out, page.revision.to_string(), Some(token)));
             }
         }
+    }
+}
+
+/// `VirtualMachine.kubevirt.io`, or `ConfigMap` for the core group, as
+/// Kubernetes names kinds in messages.
+fn qualified_kind(rt: &ResourceType) -> String {
+    if rt.group.is_empty() {
+        rt.kind.to_string()
+    } else {
+        format!("{}.{}", rt.kind, rt.group)
     }
 }
 

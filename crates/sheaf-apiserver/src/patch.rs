@@ -235,11 +235,19 @@ pub fn field_set(v: &Value) -> Value {
                 path.push(k.clone());
                 let p: Vec<&str> = path.iter().map(String::as_str).collect();
                 if !is_server_field(&p) {
-                    let sub = match child {
-                        Value::Object(cm) if !cm.is_empty() => walk(child, path),
-                        _ => Value::Object(Map::new()),
-                    };
-                    out.insert(format!("f:{k}"), sub);
+                    match child {
+                        // A map whose fields all belong to the server (say
+                        // `metadata: {name: x}`) is not applied at all.
+                        Value::Object(cm) if !cm.is_empty() => {
+                            let sub = walk(child, path);
+                            if sub.as_object().is_some_and(|m| !m.is_empty()) {
+                                out.insert(format!("f:{k}"), sub);
+                            }
+                        }
+                        _ => {
+                            out.insert(format!("f:{k}"), Value::Object(Map::new()));
+                        }
+                    }
                 }
                 path.pop();
             }
@@ -413,15 +421,28 @@ pub fn server_side_apply(
     }
     deep_merge(&mut result, &to_merge);
 
+    // An apply that changes nothing keeps its entry (and its time), so that
+    // it does not write a new version.
+    let unchanged = managed.iter().find(|e| is_mine(e)).filter(|e| {
+        e.get("fieldsV1") == Some(&applied_set) && e.get("apiVersion").and_then(Value::as_str) == Some(api_version)
+    });
+    let entry = match unchanged {
+        Some(e) => e.clone(),
+        None => serde_json::json!({
+            "manager": manager,
+            "operation": "Apply",
+            "apiVersion": api_version,
+            "time": sheaf_types::Time::now(),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": applied_set,
+        }),
+    };
+    let position = managed.iter().position(&is_mine);
     managed.retain(|e| !is_mine(e) && e.get("fieldsV1").is_some_and(|fs| !leaves(fs).is_empty()));
-    managed.push(serde_json::json!({
-        "manager": manager,
-        "operation": "Apply",
-        "apiVersion": api_version,
-        "time": sheaf_types::Time::now(),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": applied_set,
-    }));
+    match position {
+        Some(i) if i <= managed.len() => managed.insert(i, entry),
+        _ => managed.push(entry),
+    }
     if let Some(meta) = result.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("managedFields".into(), Value::Array(managed));
     }
@@ -480,8 +501,12 @@ mod tests {
         let err = server_side_apply(&updated, &bob, "bob", false, "v1").expect_err("conflicts");
         assert_eq!(err.code, http::StatusCode::CONFLICT);
         assert!(err.message.contains("alice"), "{}", err.message);
+        assert!(err.message.contains("1 conflict:"), "only .data.x conflicts: {}", err.message);
         let forced = server_side_apply(&updated, &bob, "bob", true, "v1").expect("force wins");
         assert_eq!(forced["data"]["x"], json!("bob"));
+        // Re-applying the same thing changes nothing, managedFields included.
+        let again = server_side_apply(&updated, &second, "alice", false, "v1").expect("applies");
+        assert_eq!(again, updated);
         // Same value is no conflict.
         server_side_apply(&updated, &json!({"data": {"x": "1"}}), "carol", false, "v1").expect("no conflict");
     }

@@ -366,7 +366,7 @@ impl Kind for ConfigMap {
         errs
     }
     fn columns() -> Vec<Column> {
-        vec![]
+        vec![Column::new("Data", "integer", ".data.#len")]
     }
     fn description() -> &'static str {
         "ConfigMap holds configuration data as key/value pairs."

@@ -102,18 +102,27 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let pki = pki::ensure(&args.data_dir, &names).context("cannot set up certificates")?;
     let tls = pki::server_config(&pki)?;
-    let api = ApiServer::new(store.clone(), Registry::new(sheaf_types::registry::all()), std::slice::from_ref(&pki.admin_token));
+    let api = ApiServer::new(
+        store.clone(),
+        Registry::new(sheaf_types::registry::all()),
+        std::slice::from_ref(&pki.admin_token),
+    );
     sheaf_apiserver::bootstrap(&api).await.map_err(|e| anyhow::anyhow!("bootstrap failed: {e}"))?;
-    let kubeconfig = pki::kubeconfig(&format!("https://{}", args.listen), &pki.ca_pem, &pki.admin_token, "admin");
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    // A wildcard listen address is reached locally through loopback.
+    let local = match args.listen.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], args.listen.port())),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], args.listen.port())),
+        _ => args.listen,
+    };
+    let kubeconfig = pki::kubeconfig(&format!("https://{local}"), &pki.ca_pem, &pki.admin_token, "admin");
     let kc_path = args.data_dir.join("admin.kubeconfig");
     std::fs::write(&kc_path, kubeconfig).with_context(|| format!("cannot write {}", kc_path.display()))?;
 
     tokio::spawn(GarbageCollector::new(api.objects.clone()).run());
     tokio::spawn(compactor(store.clone(), Duration::from_secs(args.history_seconds.max(1))));
-
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
     api.set_ready(true);
     tracing::info!(listen = %args.listen, store = ?args.store, kubeconfig = %kc_path.display(), "sheaf server ready");
     let app = api.router();
