@@ -14,6 +14,7 @@
 pub mod discovery;
 pub mod error;
 pub mod gc;
+pub mod local_api;
 pub mod objects;
 pub mod openapi;
 pub mod patch;

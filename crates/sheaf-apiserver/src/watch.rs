@@ -62,14 +62,25 @@ impl Encoder {
     }
 }
 
-/// Starts a watch; the response streams until the client goes away, the
-/// timeout passes or the store fails.
-pub async fn watch(
+/// One item of a watch, before encoding.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// `ADDED`, `MODIFIED` or `DELETED` with the object.
+    Event(&'static str, Value),
+    /// Everything up to this resourceVersion was delivered.
+    Bookmark(String),
+    /// The watch ends with this error (e.g. 410 for a compacted start).
+    Error(ApiError),
+}
+
+/// Opens a watch as a channel of [`Frame`]s; used by the HTTP handler and
+/// by in-process clients. The channel closes when the watch ends.
+pub async fn frames(
     objects: Objects,
     rt: ResourceType,
     ns: Option<String>,
     p: WatchParams,
-) -> Result<Response, ApiError> {
+) -> Result<mpsc::Receiver<Frame>, ApiError> {
     let target = Target { group: rt.group, resource: rt.plural, name: "" };
     let mut initial = Vec::new();
     let start = match p.resource_version.as_deref() {
@@ -92,12 +103,11 @@ pub async fn watch(
         Err(StoreError::Compacted { .. }) => None,
         Err(e) => return Err(ApiError::from_store(e, &target)),
     };
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    let mut enc = Encoder { rt: rt.clone(), table: p.table, headers_sent: false };
+    let (tx, rx) = mpsc::channel::<Frame>(64);
     tokio::spawn(async move {
         let deadline = p.timeout.map(|t| tokio::time::Instant::now() + t);
         for obj in initial {
-            if tx.send(Ok(enc.event("ADDED", obj))).await.is_err() {
+            if tx.send(Frame::Event("ADDED", obj)).await.is_err() {
                 return;
             }
         }
@@ -105,7 +115,7 @@ pub async fn watch(
             let e = ApiError::gone(format!(
                 "too old resource version: {start}; list again and watch from its resourceVersion"
             ));
-            let _ = tx.send(Ok(frame("ERROR", serde_json::to_value(e.status()).unwrap_or_default()))).await;
+            let _ = tx.send(Frame::Error(e)).await;
             return;
         };
         let mut last_bookmark = tokio::time::Instant::now();
@@ -121,26 +131,23 @@ pub async fn watch(
                     _ = tx.closed() => return,
                 },
             };
-            let bytes = match next {
+            let frame = match next {
                 None => return,
                 Some(Err(StoreError::Compacted { requested, .. })) => {
-                    let e = ApiError::gone(format!("too old resource version: {requested}"));
-                    frame("ERROR", serde_json::to_value(e.status()).unwrap_or_default())
+                    let _ =
+                        tx.send(Frame::Error(ApiError::gone(format!("too old resource version: {requested}")))).await;
+                    return;
                 }
                 Some(Err(e)) => {
-                    let e = ApiError::from_store(e, &Target::default());
-                    let _ = tx.send(Ok(frame("ERROR", serde_json::to_value(e.status()).unwrap_or_default()))).await;
+                    let _ = tx.send(Frame::Error(ApiError::from_store(e, &Target::default()))).await;
                     return;
                 }
                 Some(Ok(WatchItem::Progress(rev))) => {
-                    if !p.bookmarks || enc.table.is_some() || last_bookmark.elapsed() < BOOKMARK_EVERY {
+                    if !p.bookmarks || last_bookmark.elapsed() < BOOKMARK_EVERY {
                         continue;
                     }
                     last_bookmark = tokio::time::Instant::now();
-                    frame(
-                        "BOOKMARK",
-                        json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": rev.to_string()}}),
-                    )
+                    Frame::Bookmark(rev.to_string())
                 }
                 Some(Ok(WatchItem::Event(ev))) => {
                     let Ok(obj) = from_kv(&ev.kv) else { continue };
@@ -156,8 +163,39 @@ pub async fn watch(
                         EventKind::Delete if now_matches => "DELETED",
                         _ => continue,
                     };
-                    enc.event(kind, obj)
+                    Frame::Event(kind, obj)
                 }
+            };
+            if tx.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Starts a watch; the response streams until the client goes away, the
+/// timeout passes or the store fails.
+pub async fn watch(
+    objects: Objects,
+    rt: ResourceType,
+    ns: Option<String>,
+    p: WatchParams,
+) -> Result<Response, ApiError> {
+    let mut enc = Encoder { rt: rt.clone(), table: p.table, headers_sent: false };
+    let mut frames = frames(objects, rt.clone(), ns, p).await?;
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    tokio::spawn(async move {
+        while let Some(f) = frames.recv().await {
+            let bytes = match f {
+                Frame::Event(kind, obj) => enc.event(kind, obj),
+                // kubectl's table printer has no use for bookmarks.
+                Frame::Bookmark(_) if enc.table.is_some() => continue,
+                Frame::Bookmark(rv) => frame(
+                    "BOOKMARK",
+                    json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": rv}}),
+                ),
+                Frame::Error(e) => frame("ERROR", serde_json::to_value(e.status()).unwrap_or_default()),
             };
             if tx.send(Ok(bytes)).await.is_err() {
                 return;
