@@ -2,5 +2,6 @@
 //! and ConfigDrive, as ISO 9660 with Joliet names), and the QEMU command
 //! line for a virtual machine. A leaf crate: no API, store or runtime.
 
+pub mod machine;
 pub mod qmp;
 pub mod seed;

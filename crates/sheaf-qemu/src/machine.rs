@@ -1,0 +1,328 @@
+//! The QEMU command line of a virtual machine.
+//!
+//! [`MachineConfig`] is a plain description of a machine (no API types);
+//! [`MachineConfig::argv`] turns it into `qemu-system-x86_64` arguments. The
+//! process is started daemonized (`-daemonize -pidfile`) so that it outlives
+//! the agent that started it; everything it needs sits in one runtime
+//! directory.
+
+use std::path::{Path, PathBuf};
+
+/// Which accelerator QEMU uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    /// Software emulation (`-accel tcg,thread=multi -cpu max`).
+    Tcg,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS (QEMU's default).
+    Bios,
+    /// OVMF; `code` and a writable per-VM copy of `vars`.
+    Efi { code: PathBuf, vars: PathBuf },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskBus {
+    Virtio,
+    Sata,
+    Scsi,
+}
+
+/// One disk or cdrom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Device id, unique in the machine (the KubeVirt disk name).
+    pub id: String,
+    pub path: PathBuf,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    pub bus: DiskBus,
+    pub cdrom: bool,
+    pub readonly: bool,
+    pub boot_order: Option<u32>,
+    pub serial: Option<String>,
+}
+
+/// How a NIC reaches the network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NicBackend {
+    /// QEMU's user-mode NAT (slirp) with host port forwards (host, guest).
+    User { forwards: Vec<(u16, u16)> },
+    /// An existing tap device.
+    Tap { ifname: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NicConfig {
+    pub id: String,
+    pub mac: String,
+    /// `virtio-net-pci`, `e1000`, ...
+    pub model: String,
+    pub backend: NicBackend,
+    pub boot_order: Option<u32>,
+}
+
+/// Direct kernel boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelBoot {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+/// Everything QEMU needs to start one machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// Shown in process lists and QMP (`-name`).
+    pub name: String,
+    pub uuid: String,
+    pub accel: Accel,
+    /// `q35` or `pc`, optionally versioned.
+    pub machine_type: String,
+    pub cpu_model: Option<String>,
+    pub sockets: u32,
+    pub cores: u32,
+    pub threads: u32,
+    pub memory_mib: u64,
+    pub firmware: Firmware,
+    pub smbios_serial: Option<String>,
+    pub disks: Vec<DiskConfig>,
+    pub nics: Vec<NicConfig>,
+    pub kernel_boot: Option<KernelBoot>,
+    /// The VM's runtime directory: sockets, pidfile and logs live here.
+    pub run_dir: PathBuf,
+    pub vnc: bool,
+}
+
+/// Files in the runtime directory.
+pub fn qmp_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("qmp.sock")
+}
+pub fn serial_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("serial.sock")
+}
+pub fn serial_log(run_dir: &Path) -> PathBuf {
+    run_dir.join("serial.log")
+}
+pub fn vnc_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("vnc.sock")
+}
+pub fn pid_file(run_dir: &Path) -> PathBuf {
+    run_dir.join("qemu.pid")
+}
+pub fn qemu_log(run_dir: &Path) -> PathBuf {
+    run_dir.join("qemu.log")
+}
+
+fn path(p: &Path) -> String {
+    // QEMU option values separate with ','; a literal comma is doubled.
+    p.display().to_string().replace(',', ",,")
+}
+
+impl MachineConfig {
+    /// Arguments for `qemu-system-x86_64` (without the program name).
+    pub fn argv(&self) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |parts: &[&str]| a.extend(parts.iter().map(|s| s.to_string()));
+        push(&["-name", &format!("guest={},debug-threads=on", self.name)]);
+        push(&["-uuid", &self.uuid]);
+        push(&["-nodefaults", "-no-user-config"]);
+        match self.accel {
+            Accel::Kvm => push(&["-accel", "kvm"]),
+            Accel::Tcg => push(&["-accel", "tcg,thread=multi"]),
+        }
+        let cpu = match (&self.cpu_model, self.accel) {
+            (Some(m), _) if m != "host-model" && m != "host-passthrough" => m.clone(),
+            (_, Accel::Kvm) => "host".to_string(),
+            (_, Accel::Tcg) => "max".to_string(),
+        };
+        push(&["-machine", &format!("{},usb=off", self.machine_type)]);
+        push(&["-cpu", &cpu]);
+        let vcpus = self.sockets * self.cores * self.threads;
+        push(&[
+            "-smp",
+            &format!("{vcpus},sockets={},cores={},threads={}", self.sockets, self.cores, self.threads),
+        ]);
+        push(&["-m", &format!("{}M", self.memory_mib)]);
+        if let Firmware::Efi { code, vars } = &self.firmware {
+            push(&["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={}", path(code))]);
+            push(&["-drive", &format!("if=pflash,format=raw,unit=1,file={}", path(vars))]);
+        }
+        if let Some(serial) = &self.smbios_serial {
+            push(&["-smbios", &format!("type=1,serial={}", serial.replace(',', ",,"))]);
+        }
+        if let Some(k) = &self.kernel_boot {
+            push(&["-kernel", &path(&k.kernel)]);
+            if let Some(i) = &k.initrd {
+                push(&["-initrd", &path(i)]);
+            }
+            push(&["-append", &k.cmdline]);
+        }
+        // Management: QMP, serial console (socket + log), optional VNC.
+        let d = &self.run_dir;
+        push(&["-chardev", &format!("socket,id=qmp,path={},server=on,wait=off", path(&qmp_socket(d)))]);
+        push(&["-mon", "chardev=qmp,mode=control"]);
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+                path(&serial_socket(d)),
+                path(&serial_log(d))
+            ),
+        ]);
+        push(&["-serial", "chardev:serial0"]);
+        if self.vnc {
+            push(&["-vnc", &format!("unix:{}", path(&vnc_socket(d)))]);
+            push(&["-device", "VGA"]);
+        } else {
+            push(&["-display", "none"]);
+        }
+        push(&["-device", "virtio-rng-pci"]);
+        let has_scsi = self.disks.iter().any(|x| x.bus == DiskBus::Scsi);
+        if has_scsi {
+            push(&["-device", "virtio-scsi-pci,id=scsi0"]);
+        }
+        let has_sata = self.disks.iter().any(|x| x.bus == DiskBus::Sata);
+        let sata_bus = if has_sata && self.machine_type.starts_with("pc") && !self.machine_type.contains("q35") {
+            push(&["-device", "ahci,id=ahci0"]);
+            "ahci0"
+        } else {
+            // q35 has an AHCI controller built in: ide.0 ... ide.5.
+            "ide"
+        };
+        let mut sata_port = 0;
+        for disk in &self.disks {
+            let ro = if disk.readonly || disk.cdrom { ",readonly=on" } else { "" };
+            let node = format!("drive-{}", disk.id);
+            push(&[
+                "-blockdev",
+                &format!(
+                    "driver=file,filename={},node-name={node}-file,cache.direct=off,discard=unmap{ro}",
+                    path(&disk.path)
+                ),
+            ]);
+            push(&["-blockdev", &format!("driver={},file={node}-file,node-name={node}{ro}", disk.format)]);
+            let mut dev = match (disk.bus, disk.cdrom) {
+                (DiskBus::Virtio, _) => format!("virtio-blk-pci,drive={node},id={}", disk.id),
+                (DiskBus::Scsi, true) => format!("scsi-cd,bus=scsi0.0,drive={node},id={}", disk.id),
+                (DiskBus::Scsi, false) => format!("scsi-hd,bus=scsi0.0,drive={node},id={}", disk.id),
+                (DiskBus::Sata, cdrom) => {
+                    let bus = if sata_bus == "ide" { format!("ide.{sata_port}") } else { format!("{sata_bus}.{sata_port}") };
+                    sata_port += 1;
+                    let kind = if cdrom { "ide-cd" } else { "ide-hd" };
+                    format!("{kind},bus={bus},drive={node},id={}", disk.id)
+                }
+            };
+            if let Some(b) = disk.boot_order {
+                dev.push_str(&format!(",bootindex={b}"));
+            }
+            if let Some(s) = &disk.serial {
+                if !disk.cdrom {
+                    dev.push_str(&format!(",serial={}", s.replace(',', ",,")));
+                }
+            }
+            push(&["-device", &dev]);
+        }
+        for nic in &self.nics {
+            let netdev = match &nic.backend {
+                NicBackend::User { forwards } => {
+                    let mut n = format!("user,id=net-{}", nic.id);
+                    for (host, guest) in forwards {
+                        n.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+                    }
+                    n
+                }
+                NicBackend::Tap { ifname } => {
+                    format!("tap,id=net-{},ifname={ifname},script=no,downscript=no", nic.id)
+                }
+            };
+            push(&["-netdev", &netdev]);
+            let mut dev = format!("{},netdev=net-{},mac={},id={}", nic.model, nic.id, nic.mac, nic.id);
+            if let Some(b) = nic.boot_order {
+                dev.push_str(&format!(",bootindex={b}"));
+            }
+            push(&["-device", &dev]);
+        }
+        push(&["-daemonize", "-pidfile", &path(&pid_file(d))]);
+        push(&["-D", &path(&qemu_log(d))]);
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> MachineConfig {
+        MachineConfig {
+            name: "default_vm1".into(),
+            uuid: "5a9b1c3e-0000-4000-8000-000000000001".into(),
+            accel: Accel::Tcg,
+            machine_type: "q35".into(),
+            cpu_model: None,
+            sockets: 1,
+            cores: 2,
+            threads: 1,
+            memory_mib: 128,
+            firmware: Firmware::Bios,
+            smbios_serial: None,
+            disks: vec![DiskConfig {
+                id: "root".into(),
+                path: "/var/lib/x,y/root.qcow2".into(),
+                format: "qcow2".into(),
+                bus: DiskBus::Virtio,
+                cdrom: false,
+                readonly: false,
+                boot_order: Some(1),
+                serial: Some("abc".into()),
+            }],
+            nics: vec![NicConfig {
+                id: "default".into(),
+                mac: "52:54:00:00:00:01".into(),
+                model: "virtio-net-pci".into(),
+                backend: NicBackend::User { forwards: vec![(2222, 22)] },
+                boot_order: None,
+            }],
+            kernel_boot: None,
+            run_dir: "/run/sheaf/vmi/u1".into(),
+            vnc: true,
+        }
+    }
+
+    #[test]
+    fn argv_has_the_essentials() {
+        let argv = base().argv().join(" ");
+        assert!(argv.contains("-accel tcg,thread=multi"), "{argv}");
+        assert!(argv.contains("-cpu max"), "{argv}");
+        assert!(argv.contains("-smp 2,sockets=1,cores=2,threads=1"), "{argv}");
+        assert!(argv.contains("-m 128M"), "{argv}");
+        assert!(argv.contains("filename=/var/lib/x,,y/root.qcow2"), "commas escaped: {argv}");
+        assert!(argv.contains("virtio-blk-pci,drive=drive-root,id=root,bootindex=1,serial=abc"), "{argv}");
+        assert!(argv.contains("hostfwd=tcp:127.0.0.1:2222-:22"), "{argv}");
+        assert!(argv.contains("-daemonize -pidfile /run/sheaf/vmi/u1/qemu.pid"), "{argv}");
+        assert!(argv.contains("-vnc unix:/run/sheaf/vmi/u1/vnc.sock"), "{argv}");
+    }
+
+    #[test]
+    fn kvm_uses_host_cpu_and_sata_cdrom_on_q35() {
+        let mut m = base();
+        m.accel = Accel::Kvm;
+        m.disks.push(DiskConfig {
+            id: "cd".into(),
+            path: "/x.iso".into(),
+            format: "raw".into(),
+            bus: DiskBus::Sata,
+            cdrom: true,
+            readonly: true,
+            boot_order: None,
+            serial: None,
+        });
+        let argv = m.argv().join(" ");
+        assert!(argv.contains("-accel kvm") && argv.contains("-cpu host"), "{argv}");
+        assert!(argv.contains("ide-cd,bus=ide.0,drive=drive-cd,id=cd"), "{argv}");
+        assert!(argv.contains("readonly=on"), "{argv}");
+    }
+}
