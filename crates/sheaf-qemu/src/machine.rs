@@ -195,7 +195,7 @@ impl MachineConfig {
         };
         let mut sata_port = 0;
         for disk in &self.disks {
-            let ro = if disk.readonly || disk.cdrom { ",readonly=on" } else { "" };
+            let ro = if disk.readonly || disk.cdrom { ",read-only=on" } else { "" };
             let node = format!("drive-{}", disk.id);
             push(&[
                 "-blockdev",
@@ -323,6 +323,6 @@ mod tests {
         let argv = m.argv().join(" ");
         assert!(argv.contains("-accel kvm") && argv.contains("-cpu host"), "{argv}");
         assert!(argv.contains("ide-cd,bus=ide.0,drive=drive-cd,id=cd"), "{argv}");
-        assert!(argv.contains("readonly=on"), "{argv}");
+        assert!(argv.contains("read-only=on"), "{argv}");
     }
 }

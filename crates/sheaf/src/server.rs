@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use sheaf_apiserver::{gc::GarbageCollector, pki, registry::Registry, ApiServer};
+use sheaf_apiserver::{gc::GarbageCollector, local_api::LocalApi, pki, registry::Registry, ApiServer};
 use sheaf_store::{etcd::EtcdStore, sqlite::SqliteStore, Store};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,6 +45,21 @@ pub struct ServerArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
+    /// Do not run the node agent in this process (control plane only).
+    #[arg(long)]
+    pub no_agent: bool,
+    /// This node's name (default: the host name).
+    #[arg(long, env = "SHEAF_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Where VM runtime directories live (sockets, pidfiles, serial logs).
+    #[arg(long, default_value = "/run/sheaf/vmi")]
+    pub run_dir: PathBuf,
+    /// The node's image store (default: DATA_DIR/images).
+    #[arg(long)]
+    pub image_dir: Option<PathBuf>,
+    /// The QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
 }
 
 fn init_logging(json: bool) {
@@ -122,6 +137,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     std::fs::write(&kc_path, kubeconfig).with_context(|| format!("cannot write {}", kc_path.display()))?;
 
     tokio::spawn(GarbageCollector::new(api.objects.clone()).run());
+    let local: Arc<dyn sheaf_client::Api> = LocalApi::new(api.objects.clone());
+    // controllers: wired when sheaf-controllers lands
+    if !args.no_agent {
+        let cfg = sheaf_agent::AgentConfig {
+            node_name: args.node_name.clone().unwrap_or_else(sheaf_agent::node::hostname),
+            run_root: args.run_dir.clone(),
+            image_root: args.image_dir.clone().unwrap_or_else(|| args.data_dir.join("images")),
+            qemu: args.qemu.clone(),
+        };
+        tokio::spawn(sheaf_agent::run(local.clone(), cfg));
+    }
     tokio::spawn(compactor(store.clone(), Duration::from_secs(args.history_seconds.max(1))));
     api.set_ready(true);
     tracing::info!(listen = %args.listen, store = ?args.store, kubeconfig = %kc_path.display(), "sheaf server ready");

@@ -1,0 +1,145 @@
+//! Sheaf's node agent: registers the node, and runs the virtual machines
+//! bound to it, one [`runner`] task per VMI.
+//!
+//! The agent is stateless: on start it lists the VMIs bound to its node and
+//! adopts the QEMU processes it finds in their runtime directories, so it
+//! can be restarted (or crash) without touching running guests.
+
+pub mod accel;
+pub mod launch;
+pub mod node;
+pub mod runner;
+pub mod seed;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+use sheaf_client::{Api, Gvr, Selectors, WatchEvent};
+use sheaf_types::kubevirt::VirtualMachineInstance;
+use tokio::sync::mpsc;
+
+use crate::runner::{Request, RunnerEnv};
+
+/// Agent settings.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node_name: String,
+    /// Per-VMI runtime directories (sockets, pidfiles, logs).
+    pub run_root: PathBuf,
+    /// The node's image store (container disks, kernels).
+    pub image_root: PathBuf,
+    pub qemu: PathBuf,
+}
+
+struct Runner {
+    tx: mpsc::Sender<Request>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the agent until the task is dropped.
+pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
+    let accel = accel::probe(std::path::Path::new("/dev/kvm"), std::path::Path::new("/sys"));
+    let ready = match &accel.reason {
+        None => "agent ready; KVM available".to_string(),
+        Some(r) => format!("agent ready; guests run under TCG: {r}"),
+    };
+    tracing::info!(node = %cfg.node_name, accel = ?accel.accel, reason = ?accel.reason, "agent starting");
+    if let Err(e) = std::fs::create_dir_all(&cfg.run_root) {
+        tracing::error!(dir = %cfg.run_root.display(), error = %e, "cannot create the runtime directory");
+    }
+    let env = Arc::new(RunnerEnv {
+        api: api.clone(),
+        node: cfg.node_name.clone(),
+        run_root: cfg.run_root.clone(),
+        images: launch::ImageStore { root: cfg.image_root.clone() },
+        accel,
+        qemu: cfg.qemu.clone(),
+    });
+    let heartbeat_api = api.clone();
+    let node = cfg.node_name.clone();
+    let ready2 = ready.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = node::register(heartbeat_api.as_ref(), &node, &ready2).await {
+                tracing::warn!(error = %e, "node heartbeat failed");
+            }
+            tokio::time::sleep(node::HEARTBEAT).await;
+        }
+    });
+    let mut runners: HashMap<String, Runner> = HashMap::new();
+    let gvr = Gvr::of::<VirtualMachineInstance>();
+    let sel = Selectors { labels: String::new(), fields: format!("status.nodeName={}", cfg.node_name) };
+    loop {
+        let (items, rv) = match api.list(gvr, None, &sel).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list VMIs; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for item in items {
+            handle(&env, &mut runners, item, false);
+        }
+        let mut stream = match api.watch(gvr, None, &sel, &rv).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch VMIs; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(WatchEvent::Added(o)) | Ok(WatchEvent::Modified(o)) => handle(&env, &mut runners, o, false),
+                Ok(WatchEvent::Deleted(o)) => handle(&env, &mut runners, o, true),
+                Ok(WatchEvent::Bookmark(_)) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "VMI watch ended; relisting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn handle(env: &Arc<RunnerEnv>, runners: &mut HashMap<String, Runner>, obj: Value, deleted: bool) {
+    runners.retain(|_, r| !r.task.is_finished());
+    let Ok(vmi) = serde_json::from_value::<VirtualMachineInstance>(obj) else { return };
+    let Some(uid) = vmi.metadata.uid.clone() else { return };
+    let grace = Duration::from_secs(vmi.spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
+    if let Some(r) = runners.get(&uid) {
+        if deleted || vmi.metadata.deletion_timestamp.is_some() {
+            let _ = r.tx.try_send(Request::Shutdown { grace });
+        }
+        return;
+    }
+    if deleted {
+        // Gone without our finalizer: make sure nothing is left running.
+        let dir = runner::run_dir(&env.run_root, &uid);
+        if runner::live_qemu(&dir).is_some() || dir.exists() {
+            let (tx, rx) = mpsc::channel(8);
+            let _ = tx.try_send(Request::Shutdown { grace: Duration::from_secs(0) });
+            let task = tokio::spawn(runner::run(env.clone(), vmi, rx));
+            runners.insert(uid, Runner { tx, task });
+        }
+        return;
+    }
+    let phase = vmi.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    let dir = runner::run_dir(&env.run_root, &uid);
+    let finished = phase == "Succeeded" || phase == "Failed";
+    let holds_finalizer = vmi.metadata.finalizers.iter().any(|f| f == runner::FINALIZER);
+    if finished && !holds_finalizer && runner::live_qemu(&dir).is_none() {
+        return;
+    }
+    let (tx, rx) = mpsc::channel(8);
+    if vmi.metadata.deletion_timestamp.is_some() {
+        let _ = tx.try_send(Request::Shutdown { grace });
+    }
+    let task = tokio::spawn(runner::run(env.clone(), vmi, rx));
+    runners.insert(uid, Runner { tx, task });
+}
