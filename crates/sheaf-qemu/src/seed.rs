@@ -472,7 +472,7 @@ impl TreeLayout {
                     target: Target::File(f),
                 }))
                 .collect();
-            list.sort_by(|a, b| sort_key(flavor, &a.id).cmp(&sort_key(flavor, &b.id)));
+            list.sort_by_key(|e| sort_key(flavor, &e.id));
             entries.push(list);
         }
         // Breadth first over sorted children: the path table order.
@@ -1003,6 +1003,7 @@ pub fn configdrive_iso(seed: &ConfigDrive) -> Result<Vec<u8>, SeedError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

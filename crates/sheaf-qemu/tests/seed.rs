@@ -1,5 +1,6 @@
 //! Seed images: structural checks with a small ISO 9660 reader, then the
 //! real tools (`isoinfo`, `genisoimage`, `blkid`) when they are installed.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,7 +39,7 @@ struct Record {
 impl Record {
     fn parse(b: &[u8]) -> Record {
         let len = b[0] as usize;
-        assert!(len >= 34 && len % 2 == 0, "record length {len}");
+        assert!(len >= 34 && len.is_multiple_of(2), "record length {len}");
         assert_eq!(b[1], 0, "extended attribute length");
         let id_len = b[32] as usize;
         assert_eq!(len, 33 + id_len + (1 - id_len % 2), "record length vs identifier");
