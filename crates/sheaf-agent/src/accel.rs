@@ -32,7 +32,9 @@ pub fn probe(dev_kvm: &Path, sys: &Path) -> AccelChoice {
         return AccelChoice { accel: Accel::Kvm, reason: None };
     }
     if module("kvm_pvm") {
-        return tcg("/dev/kvm is backed by PVM (software nested virtualisation), which crashes ordinary guest kernels".into());
+        return tcg(
+            "/dev/kvm is backed by PVM (software nested virtualisation), which crashes ordinary guest kernels".into()
+        );
     }
     tcg("no hardware KVM backend (kvm_intel or kvm_amd) is loaded".into())
 }

@@ -112,7 +112,9 @@ fn bus(name: Option<&str>, default: DiskBus, volume: &str) -> Result<DiskBus, La
         "virtio" => Ok(DiskBus::Virtio),
         "sata" => Ok(DiskBus::Sata),
         "scsi" => Ok(DiskBus::Scsi),
-        other => Err(LaunchError::Unsupported(format!("disk {volume:?}: bus {other:?} is not supported (use virtio, sata or scsi)"))),
+        other => Err(LaunchError::Unsupported(format!(
+            "disk {volume:?}: bus {other:?} is not supported (use virtio, sata or scsi)"
+        ))),
     }
 }
 
@@ -158,7 +160,8 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
                 return Err(LaunchError::Unsupported("EFI needs OVMF: apt-get install ovmf".into()));
             }
             let vars = ctx.run_dir.join("efivars.fd");
-            std::fs::copy(&vars_src, &vars).map_err(|e| LaunchError::Io { what: "copying OVMF vars".into(), source: e })?;
+            std::fs::copy(&vars_src, &vars)
+                .map_err(|e| LaunchError::Io { what: "copying OVMF vars".into(), source: e })?;
             Firmware::Efi { code, vars }
         }
         None => Firmware::Bios,
@@ -167,10 +170,12 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
         None => None,
         Some(kb) => {
             let container = kb.get("container");
-            let image = container.and_then(|c| c.get("image")).and_then(|v| v.as_str()).ok_or_else(|| {
-                LaunchError::Unsupported("firmware.kernelBoot needs container.image".into())
-            })?;
-            let kernel_path = container.and_then(|c| c.get("kernelPath")).and_then(|v| v.as_str()).unwrap_or("/vmlinuz");
+            let image = container
+                .and_then(|c| c.get("image"))
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| LaunchError::Unsupported("firmware.kernelBoot needs container.image".into()))?;
+            let kernel_path =
+                container.and_then(|c| c.get("kernelPath")).and_then(|v| v.as_str()).unwrap_or("/vmlinuz");
             let kernel = ctx.images.file(image, kernel_path)?;
             let initrd = match container.and_then(|c| c.get("initrdPath")).and_then(|v| v.as_str()) {
                 Some(p) => Some(ctx.images.file(image, p)?),
@@ -210,25 +215,37 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
             let file = ctx.run_dir.join(format!("{}.empty.qcow2", disk.name));
             let bytes = ed.capacity.as_ref().and_then(|c| c.value()).unwrap_or(0).max(0);
             if bytes == 0 {
-                return Err(LaunchError::Volume { volume: vol.name.clone(), message: "emptyDisk.capacity must be positive".into() });
+                return Err(LaunchError::Volume {
+                    volume: vol.name.clone(),
+                    message: "emptyDisk.capacity must be positive".into(),
+                });
             }
             qemu_img(&["create", "-q", "-f", "qcow2", &file.display().to_string(), &bytes.to_string()], &disk.name)?;
             (file, "qcow2")
         } else if let Some(hd) = &vol.host_disk {
             let host_path = hd.path.clone().unwrap_or_default();
             if host_path.is_empty() {
-                return Err(LaunchError::Volume { volume: vol.name.clone(), message: "hostDisk.path is required".into() });
+                return Err(LaunchError::Volume {
+                    volume: vol.name.clone(),
+                    message: "hostDisk.path is required".into(),
+                });
             }
             let p = PathBuf::from(&host_path);
             if !p.exists() {
                 if hd.type_.as_deref() == Some("DiskOrCreate") {
                     let bytes = hd.capacity.as_ref().and_then(|c| c.value()).unwrap_or(0).max(0);
                     if let Some(parent) = p.parent() {
-                        std::fs::create_dir_all(parent).map_err(|e| LaunchError::Io { what: format!("creating {}", parent.display()), source: e })?;
+                        std::fs::create_dir_all(parent).map_err(|e| LaunchError::Io {
+                            what: format!("creating {}", parent.display()),
+                            source: e,
+                        })?;
                     }
                     qemu_img(&["create", "-q", "-f", "raw", &host_path, &bytes.to_string()], &disk.name)?;
                 } else {
-                    return Err(LaunchError::Volume { volume: vol.name.clone(), message: format!("hostDisk {host_path} does not exist") });
+                    return Err(LaunchError::Volume {
+                        volume: vol.name.clone(),
+                        message: format!("hostDisk {host_path} does not exist"),
+                    });
                 }
             }
             (p, "raw")
@@ -241,7 +258,10 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
                 message: "persistent volumes are not available yet on this node (storage is a later milestone)".into(),
             });
         } else {
-            return Err(LaunchError::Unsupported(format!("volume {:?}: this volume type is not supported yet", vol.name)));
+            return Err(LaunchError::Unsupported(format!(
+                "volume {:?}: this volume type is not supported yet",
+                vol.name
+            )));
         };
         disks.push(DiskConfig {
             id: disk.name.clone(),

@@ -29,7 +29,9 @@ pub const FINALIZER: &str = "sheaf.io/vmi-runner";
 #[derive(Debug)]
 pub enum Request {
     /// The VMI is being deleted: shut down within the grace period.
-    Shutdown { grace: Duration },
+    Shutdown {
+        grace: Duration,
+    },
     Pause,
     Unpause,
     SoftReboot,
@@ -50,10 +52,7 @@ pub fn run_dir(root: &Path, uid: &str) -> PathBuf {
 }
 
 fn ns_name(vmi: &VirtualMachineInstance) -> (String, String) {
-    (
-        vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
-        vmi.metadata.name.clone().unwrap_or_default(),
-    )
+    (vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into()), vmi.metadata.name.clone().unwrap_or_default())
 }
 
 /// Is the process in `pid_file` a QEMU started for `dir`?
@@ -127,7 +126,8 @@ async fn remove_finalizer(env: &RunnerEnv, vmi: &VirtualMachineInstance) {
 
 /// Launches QEMU for the VMI; on failure cleans the directory.
 async fn launch(env: &RunnerEnv, vmi: &VirtualMachineInstance, dir: &Path) -> Result<(), LaunchError> {
-    std::fs::create_dir_all(dir).map_err(|e| LaunchError::Io { what: format!("creating {}", dir.display()), source: e })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| LaunchError::Io { what: format!("creating {}", dir.display()), source: e })?;
     let vmi_json = serde_json::to_vec_pretty(vmi).unwrap_or_default();
     std::fs::write(dir.join("vmi.json"), vmi_json)
         .map_err(|e| LaunchError::Io { what: "writing vmi.json".into(), source: e })?;
@@ -150,11 +150,7 @@ async fn launch(env: &RunnerEnv, vmi: &VirtualMachineInstance, dir: &Path) -> Re
         .map_err(|e| LaunchError::Io { what: format!("starting {}", env.qemu.display()), source: e })?;
     if !out.status.success() {
         let log = std::fs::read_to_string(machine::qemu_log(dir)).unwrap_or_default();
-        return Err(LaunchError::Qemu(format!(
-            "{} {}",
-            String::from_utf8_lossy(&out.stderr).trim(),
-            log.trim()
-        )));
+        return Err(LaunchError::Qemu(format!("{} {}", String::from_utf8_lossy(&out.stderr).trim(), log.trim())));
     }
     Ok(())
 }
@@ -261,10 +257,8 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
         tokio::select! {
             ev = events.recv() => match ev {
                 Ok(ev) => match ev.event.as_str() {
-                    "SHUTDOWN" => {
-                        if ev.data.get("reason").and_then(Value::as_str) == Some("guest-shutdown") {
-                            guest_shutdown = true;
-                        }
+                    "SHUTDOWN" if ev.data.get("reason").and_then(Value::as_str) == Some("guest-shutdown") => {
+                        guest_shutdown = true;
                     }
                     "STOP" => patch_status(&env, &vmi, running_status(true)).await,
                     "RESUME" => patch_status(&env, &vmi, running_status(false)).await,
@@ -304,7 +298,8 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (phase, reason) = if guest_shutdown || deleting.is_some() { ("Succeeded", "GuestShutdown") } else { ("Failed", "QemuExited") };
+    let (phase, reason) =
+        if guest_shutdown || deleting.is_some() { ("Succeeded", "GuestShutdown") } else { ("Failed", "QemuExited") };
     tracing::info!(%ns, %name, phase, "VMI finished");
     let mut conds = accel_conditions(&env);
     conds.push(condition("Ready", false, reason, ""));

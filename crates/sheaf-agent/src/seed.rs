@@ -37,7 +37,8 @@ async fn secret_value(
         .ok_or_else(|| volume_error(volume, format!("secret {secret:?} not found in namespace {ns:?}")))?;
     for k in keys {
         if let Some(v) = obj.pointer(&format!("/data/{k}")).and_then(Value::as_str) {
-            let bytes = decode_b64(v).ok_or_else(|| volume_error(volume, format!("secret {secret:?} key {k:?} is not base64")))?;
+            let bytes = decode_b64(v)
+                .ok_or_else(|| volume_error(volume, format!("secret {secret:?} key {k:?} is not base64")))?;
             return String::from_utf8(bytes)
                 .map(Some)
                 .map_err(|_| volume_error(volume, format!("secret {secret:?} key {k:?} is not UTF-8 text")));
@@ -78,7 +79,11 @@ async fn resolve(api: &dyn Api, ns: &str, src: &CloudInitSource, volume: &str) -
 }
 
 /// Builds every seed image the VMI needs in `dir`; returns volume → path.
-pub async fn prepare(api: &dyn Api, vmi: &VirtualMachineInstance, dir: &Path) -> Result<HashMap<String, PathBuf>, LaunchError> {
+pub async fn prepare(
+    api: &dyn Api,
+    vmi: &VirtualMachineInstance,
+    dir: &Path,
+) -> Result<HashMap<String, PathBuf>, LaunchError> {
     let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let name = vmi.metadata.name.clone().unwrap_or_default();
     let uid = vmi.metadata.uid.clone().unwrap_or_default();
@@ -104,7 +109,6 @@ pub async fn prepare(api: &dyn Api, vmi: &VirtualMachineInstance, dir: &Path) ->
                     name: Some(name.clone()),
                     ..Default::default()
                 },
-                ..Default::default()
             };
             sheaf_qemu::seed::configdrive_iso(&cd)
         } else {
@@ -122,7 +126,8 @@ pub async fn prepare(api: &dyn Api, vmi: &VirtualMachineInstance, dir: &Path) ->
         }
         .map_err(|e| volume_error(&vol.name, e.to_string()))?;
         let path = dir.join(format!("{}.seed.iso", vol.name));
-        std::fs::write(&path, iso).map_err(|e| LaunchError::Io { what: format!("writing {}", path.display()), source: e })?;
+        std::fs::write(&path, iso)
+            .map_err(|e| LaunchError::Io { what: format!("writing {}", path.display()), source: e })?;
         out.insert(vol.name.clone(), path);
     }
     Ok(out)
