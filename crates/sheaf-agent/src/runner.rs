@@ -88,15 +88,29 @@ fn accel_conditions(env: &RunnerEnv) -> Vec<Value> {
 }
 
 async fn add_finalizer(env: &RunnerEnv, vmi: &VirtualMachineInstance) {
-    if vmi.metadata.finalizers.iter().any(|f| f == FINALIZER) {
-        return;
-    }
     let (ns, name) = ns_name(vmi);
-    let mut f = vmi.metadata.finalizers.clone();
-    f.push(FINALIZER.into());
-    let patch = json!({"metadata": {"finalizers": f, "resourceVersion": vmi.metadata.resource_version}});
-    if let Err(e) = env.api.merge_patch(Gvr::of::<VirtualMachineInstance>(), Some(&ns), &name, patch, false).await {
-        tracing::warn!(%ns, %name, error = %e, "cannot add the runner finalizer");
+    let gvr = Gvr::of::<VirtualMachineInstance>();
+    for _ in 0..10 {
+        let Ok(Some(cur)) = env.api.get(gvr, Some(&ns), &name).await else { return };
+        if cur.pointer("/metadata/uid") != Some(&json!(vmi.metadata.uid)) {
+            return;
+        }
+        let mut fins: Vec<Value> =
+            cur.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+        if fins.iter().any(|f| f.as_str() == Some(FINALIZER)) || cur.pointer("/metadata/deletionTimestamp").is_some() {
+            return;
+        }
+        fins.push(json!(FINALIZER));
+        let rv = cur.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+        let patch = json!({"metadata": {"finalizers": fins, "resourceVersion": rv}});
+        match env.api.merge_patch(gvr, Some(&ns), &name, patch, false).await {
+            Ok(_) => return,
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => {
+                tracing::warn!(%ns, %name, error = %e, "cannot add the runner finalizer");
+                return;
+            }
+        }
     }
 }
 

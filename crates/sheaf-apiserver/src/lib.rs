@@ -23,6 +23,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod selector;
 pub mod server;
+pub mod subresources;
 pub mod table;
 pub mod watch;
 

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use sheaf_store::Store;
 use sheaf_types::ResourceType;
 
-use crate::discovery;
+use crate::{discovery, subresources};
 use crate::error::{ApiError, ApiResult};
 use crate::objects::{DeleteOptions, Deleted, FieldValidation, ListParams, Objects, WriteOptions, Written};
 use crate::openapi::OpenApi;
@@ -164,7 +164,10 @@ fn parse_route(reg: &Registry, path: &str) -> Route {
         ["watch", r @ ..] => (true, r),
         r => (false, r),
     };
-    let namespaced_plural = |p: &str| reg.find(group, version, p).is_some_and(|rt| rt.namespaced);
+    let namespaced_plural = |p: &str| {
+        reg.find(group, version, p).is_some_and(|rt| rt.namespaced)
+            || (group == crate::subresources::GROUP && reg.find("kubevirt.io", version, p).is_some())
+    };
     let rp = |plural: &str, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
         Route::Resource(ResourcePath {
             group: group.to_string(),
@@ -299,7 +302,13 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
     match route {
         Route::ApiVersions => get_only(Some(discovery::api_versions())),
         Route::GroupList => get_only(Some(discovery::api_group_list(&s.registry))),
+        Route::Group(g) if g == subresources::GROUP => get_only(Some(json!({
+            "kind": "APIGroup", "apiVersion": "v1", "name": g,
+            "versions": [{"groupVersion": format!("{g}/v1"), "version": "v1"}],
+            "preferredVersion": {"groupVersion": format!("{g}/v1"), "version": "v1"}
+        }))),
         Route::Group(g) => get_only(discovery::api_group(&s.registry, &g)),
+        Route::GroupVersion(g, v) if g == subresources::GROUP && v == "v1" => get_only(Some(subresources::discovery())),
         Route::GroupVersion(g, v) => get_only(discovery::api_resource_list(&s.registry, &g, &v)),
         Route::OpenApiV3Index => get_only(Some(s.openapi.index())),
         Route::OpenApiV3(p) => get_only(s.openapi.document(&p).cloned()),
@@ -307,6 +316,26 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
             "the server could not find the requested resource {}",
             parts.uri.path()
         ))),
+        Route::Resource(rp) if rp.group == subresources::GROUP => {
+            let (Some(ns), Some(name), Some(action)) = (rp.namespace.as_deref(), rp.name.as_deref(), rp.sub.as_deref())
+            else {
+                return Err(ApiError::not_found_msg(format!(
+                    "use PUT /apis/{}/v1/namespaces/NAMESPACE/virtualmachines/NAME/start|stop|restart",
+                    subresources::GROUP
+                )));
+            };
+            if rp.plural != "virtualmachines" {
+                return Err(ApiError::not_found_msg(format!(
+                    "{} of {} are not available yet; start, stop and restart of virtualmachines are",
+                    action, rp.plural
+                )));
+            }
+            if parts.method != Method::PUT {
+                return Err(ApiError::method_not_allowed(format!("use PUT for {action}")));
+            }
+            subresources::vm_action(&s.objects, ns, name, action).await?;
+            Ok((StatusCode::ACCEPTED, "").into_response())
+        }
         Route::Resource(rp) => {
             let Some(rt) = s.registry.find(&rp.group, &rp.version, &rp.plural).cloned() else {
                 let gv = if rp.group.is_empty() { rp.version.clone() } else { format!("{}/{}", rp.group, rp.version) };

@@ -6,6 +6,7 @@
 mod client;
 mod manifest;
 mod printer;
+pub mod vm;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -253,6 +254,11 @@ fn describe(e: &anyhow::Error) -> String {
 
 /// Prints the error of a command and exits non-zero; kubectl's format, no
 /// backtrace.
+/// `sheaf vm ...`.
+pub async fn vm(a: vm::VmArgs) -> anyhow::Result<()> {
+    finish(vm::run(a).await)
+}
+
 fn finish(r: anyhow::Result<()>) -> anyhow::Result<()> {
     if let Err(e) = r {
         let _ = std::io::stdout().flush();

@@ -43,6 +43,8 @@ enum Command {
     /// Delete objects by kind and name, or those in a file:
     /// `sheaf delete vm my-vm`, `sheaf delete -f vm.yaml`.
     Delete(cli::DeleteArgs),
+    /// Start, stop or restart a VirtualMachine: `sheaf vm start my-vm`.
+    Vm(cli::vm::VmArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,5 +65,6 @@ fn main() -> anyhow::Result<()> {
         Command::Get(a) => rt.block_on(cli::get(a)),
         Command::Apply(a) => rt.block_on(cli::apply(a)),
         Command::Delete(a) => rt.block_on(cli::delete(a)),
+        Command::Vm(a) => rt.block_on(cli::vm(a)),
     }
 }

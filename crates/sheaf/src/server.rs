@@ -138,7 +138,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     tokio::spawn(GarbageCollector::new(api.objects.clone()).run());
     let local: Arc<dyn sheaf_client::Api> = LocalApi::new(api.objects.clone());
-    // controllers: wired when sheaf-controllers lands
+    tokio::spawn(sheaf_controllers::run_all(local.clone()));
     if !args.no_agent {
         let cfg = sheaf_agent::AgentConfig {
             node_name: args.node_name.clone().unwrap_or_else(sheaf_agent::node::hostname),

@@ -466,6 +466,9 @@ impl Client {
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
         let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
         if (200..300).contains(&status) {
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Ok(Reply { status, body: Value::Null });
+            }
             let body = parsed.ok_or_else(|| {
                 anyhow!("the server answered {path} with something that is not JSON: {}", snippet(&bytes))
             })?;

@@ -1,0 +1,36 @@
+//! Sheaf's server-side controllers, over the [`sheaf_client::Api`] trait:
+//!
+//! ```text
+//!  VirtualMachine ──[vm]──▶ VirtualMachineInstance ──[scheduler]──▶ status.nodeName ──▶ agent
+//!        ▲ status: printableStatus, ready, conditions, startFailure
+//!        └──────── VMI changes wake their VM
+//! ```
+//!
+//! - [`runtime`]: list+watch, a deduplicating work queue with per-key
+//!   backoff, and workers calling a level-triggered `reconcile(key)`.
+//! - [`vm`]: the VirtualMachine controller (run strategies, start/stop
+//!   requests, crash-loop backoff, status).
+//! - [`scheduler`]: binds VMIs to Ready nodes with room.
+//! - [`events`]: core `v1` Events about what they did.
+//!
+//! The server starts them all with [`run_all`]; they keep no state of their
+//! own, so they can be stopped and started at any time.
+
+pub mod events;
+pub mod runtime;
+pub mod scheduler;
+pub mod vm;
+
+use std::sync::Arc;
+
+use sheaf_client::Api;
+
+/// Runs the VM controller and the scheduler until the future is dropped.
+///
+/// ```ignore
+/// let api = sheaf_apiserver::local_api::LocalApi::new(server.objects.clone());
+/// tokio::spawn(sheaf_controllers::run_all(api));
+/// ```
+pub async fn run_all(api: Arc<dyn Api>) {
+    tokio::join!(vm::run(api.clone(), vm::Config::default()), scheduler::run(api));
+}
