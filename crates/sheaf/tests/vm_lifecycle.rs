@@ -78,6 +78,16 @@ spec:
             # marker: hello-from-sheaf
 "#;
 
+/// Kills every QEMU started under `dir` when dropped, so that a failing
+/// test leaves no daemonized guest behind.
+struct QemuReaper(PathBuf);
+
+impl Drop for QemuReaper {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pkill").args(["-9", "-f", &self.0.display().to_string()]).status();
+    }
+}
+
 fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
@@ -96,6 +106,7 @@ fn jsonpath(s: &Server, kind: &str, path: &str) -> String {
 #[test]
 fn vm_runs_stops_restarts_and_survives_agent_restart() {
     let root = tempfile::tempdir().expect("tempdir");
+    let _reaper = QemuReaper(root.path().to_path_buf());
     let mut s = server(root.path());
     let run = root.path().join("run");
     let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(VM));
