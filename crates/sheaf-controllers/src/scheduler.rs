@@ -6,7 +6,8 @@
 //!   "" / Pending ─────────────────────▶ Scheduled ──────────────────────────▶ Running ...
 //!        │  ▲      nodeName, PodScheduled=True,
 //!        │  │      label kubevirt.io/nodeName
-//!        ▼  │ a Node changes, a VMI frees room, or every RETRY_UNSCHEDULABLE
+//!        ▼  │ a Node changes, a VMI frees room, or a retry timer (1 s at
+//!        │  │ first, slowing to RETRY_UNSCHEDULABLE) fires
 //!   Pending, PodScheduled=False reason Unschedulable,
 //!   message "0/3 nodes are available: 1 Insufficient memory (wants 64Gi, 2Gi free), ..."
 //! ```
@@ -24,12 +25,15 @@
 //! name).
 //!
 //! One VMI is scheduled at a time (a single worker), and each attempt
-//! reads nodes and VMIs fresh, so two VMIs never take the same room.
+//! reads nodes and VMIs fresh. Bindings the scheduler just made are also
+//! counted from memory until a list shows them (as Kubernetes' scheduler
+//! "assumes" pods), so that a list lagging behind its own writes never lets
+//! two VMIs take the same room.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
@@ -42,6 +46,7 @@ use sheaf_types::kubevirt::{
 };
 use sheaf_types::meta::Condition;
 use sheaf_types::Time;
+use tokio::time::Instant;
 
 use crate::events::{reference_to, EventRecorder, EventType};
 use crate::runtime::{Action, Change, Controller, ObjectKey, Reconciler, Store};
@@ -54,6 +59,8 @@ pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
 pub const VMI_MEMORY_OVERHEAD: Bytes = Bytes(32 * 1024 * 1024);
 /// An unschedulable VMI is tried again at least this often.
 pub const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(30);
+/// A binding is counted from memory until lists show it, at most this long.
+const ASSUME_FOR: Duration = Duration::from_secs(60);
 /// Every VMI is looked at at least this often.
 pub const RESYNC: Duration = Duration::from_secs(5 * 60);
 
@@ -241,18 +248,44 @@ pub fn unschedulable_message(nodes: usize, rejections: &[Rejection]) -> String {
     format!("0/{nodes} nodes are available: {}.", parts.join(", "))
 }
 
+/// A binding this scheduler made, counted until lists show it.
+#[derive(Clone, Debug)]
+pub struct Assumed {
+    pub uid: String,
+    pub node: String,
+    pub request: Request,
+}
+
+/// What the unfinished VMIs bound to each node take, leaving out the VMI
+/// with uid `except` (the one being placed). `assumed` bindings count too
+/// unless the list already shows them (bound or finished): a list may lag
+/// behind a write this scheduler just made.
+pub fn usage(vmis: &[VirtualMachineInstance], assumed: &[Assumed], except: &str) -> HashMap<String, Request> {
+    let mut used: HashMap<String, Request> = HashMap::new();
+    for v in vmis.iter().filter(|v| v.metadata.uid.as_deref() != Some(except) && !is_final(v)) {
+        if let Some(node) = node_of(v) {
+            let u = used.entry(node.to_string()).or_default();
+            *u = u.add(Request::of(&v.spec));
+        }
+    }
+    for a in assumed.iter().filter(|a| a.uid != except) {
+        let listed = vmis.iter().find(|v| v.metadata.uid.as_deref() == Some(a.uid.as_str()));
+        if listed.is_some_and(|v| node_of(v).is_some() || is_final(v)) {
+            continue;
+        }
+        let u = used.entry(a.node.clone()).or_default();
+        *u = u.add(a.request);
+    }
+    used
+}
+
 /// The node chosen for a VMI, or why there is none.
-pub fn choose(nodes: &[Node], vmis: &[VirtualMachineInstance], vmi: &VirtualMachineInstance) -> Result<String, String> {
+pub fn choose(nodes: &[Node], used: &HashMap<String, Request>, vmi: &VirtualMachineInstance) -> Result<String, String> {
     let mut best: Option<(f64, &str)> = None;
     let mut rejections = Vec::new();
     for node in nodes {
         let name = node.metadata.name.as_deref().unwrap_or_default();
-        let used = vmis
-            .iter()
-            .filter(|v| v.metadata.uid != vmi.metadata.uid && !is_final(v))
-            .filter(|v| v.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name))
-            .fold(Request::default(), |acc, v| acc.add(Request::of(&v.spec)));
-        match evaluate(node, &vmi.spec, used) {
+        match evaluate(node, &vmi.spec, used.get(name).copied().unwrap_or_default()) {
             Ok(load) => {
                 let better = match best {
                     None => true,
@@ -273,6 +306,14 @@ pub fn choose(nodes: &[Node], vmis: &[VirtualMachineInstance], vmi: &VirtualMach
         Some((_, name)) => Ok(name.to_string()),
         None => Err(unschedulable_message(nodes.len(), &rejections)),
     }
+}
+
+/// When to try an unschedulable VMI again, `since` after it became
+/// unschedulable: soon at first (a node may be registering), then less
+/// often, up to [`RETRY_UNSCHEDULABLE`]. Node and VMI changes retry at once
+/// anyway.
+fn retry_unschedulable(since: Duration) -> Duration {
+    (since / 2).clamp(Duration::from_secs(1), RETRY_UNSCHEDULABLE)
 }
 
 fn phase(vmi: &VirtualMachineInstance) -> &str {
@@ -340,6 +381,8 @@ pub enum SchedulerError {
 pub struct Scheduler {
     api: Arc<dyn Api>,
     events: EventRecorder,
+    /// Recent bindings, with when they were made.
+    assumed: Mutex<Vec<(Assumed, Instant)>>,
 }
 
 /// Runs the scheduler until the future is dropped.
@@ -430,7 +473,9 @@ impl Reconciler for Scheduler {
             source,
         })?;
         let now = now();
-        match choose(&nodes, &all, &vmi) {
+        let assumed = self.assumed_bindings(&all);
+        let used = usage(&all, &assumed, vmi.metadata.uid.as_deref().unwrap_or_default());
+        match choose(&nodes, &used, &vmi) {
             Ok(node) => self.bind(key, vmi, node, now).await,
             Err(message) => self.report_unschedulable(key, vmi, message, now).await,
         }
@@ -439,7 +484,7 @@ impl Reconciler for Scheduler {
 
 impl Scheduler {
     pub fn new(api: Arc<dyn Api>) -> Self {
-        Scheduler { events: EventRecorder::new(api.clone(), COMPONENT), api }
+        Scheduler { events: EventRecorder::new(api.clone(), COMPONENT), api, assumed: Mutex::default() }
     }
 
     async fn bind(
@@ -463,12 +508,32 @@ impl Scheduler {
             Err(e) if e.is_not_found() => return Ok(Action::Done),
             Err(source) => return Err(SchedulerError::Bind { key: key.clone(), node, source }),
         }
+        self.assumed.lock().unwrap_or_else(PoisonError::into_inner).push((
+            Assumed {
+                uid: vmi.metadata.uid.clone().unwrap_or_default(),
+                node: node.clone(),
+                request: Request::of(&vmi.spec),
+            },
+            Instant::now(),
+        ));
         tracing::info!(vmi = %key, %node, "scheduled");
         self.label(key, &node).await?;
         self.events
             .record(&reference_to(&vmi), EventType::Normal, SCHEDULED, format!("Successfully assigned {key} to {node}"))
             .await;
         Ok(Action::Done)
+    }
+
+    /// The bindings lists may not show yet; forgets those they show and
+    /// those older than [`ASSUME_FOR`].
+    fn assumed_bindings(&self, listed: &[VirtualMachineInstance]) -> Vec<Assumed> {
+        let mut assumed = self.assumed.lock().unwrap_or_else(PoisonError::into_inner);
+        assumed.retain(|(a, at)| {
+            let shown =
+                listed.iter().any(|v| v.metadata.uid.as_deref() == Some(a.uid.as_str()) && node_of(v).is_some());
+            !shown && at.elapsed() < ASSUME_FOR
+        });
+        assumed.iter().map(|(a, _)| a.clone()).collect()
     }
 
     async fn label(&self, key: &ObjectKey, node: &str) -> Result<(), SchedulerError> {
@@ -510,7 +575,14 @@ impl Scheduler {
             tracing::info!(vmi = %key, %message, "unschedulable");
             self.events.record(&reference_to(&vmi), EventType::Warning, "FailedScheduling", message).await;
         }
-        Ok(Action::RequeueAfter(RETRY_UNSCHEDULABLE))
+        let since = vmi
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == POD_SCHEDULED))
+            .and_then(|c| c.last_transition_time)
+            .and_then(|t| (now.0 - t.0).to_std().ok())
+            .unwrap_or_default();
+        Ok(Action::RequeueAfter(retry_unschedulable(since)))
     }
 }
 
@@ -578,23 +650,57 @@ mod tests {
         assert_eq!(Request::of(&v.spec).cpu, MilliCpu(500));
     }
 
+    /// Places `v` given the other VMIs and no assumed bindings.
+    fn place(nodes: &[Node], others: &[VirtualMachineInstance], v: &VirtualMachineInstance) -> Result<String, String> {
+        choose(nodes, &usage(others, &[], v.metadata.uid.as_deref().unwrap_or_default()), v)
+    }
+
     #[test]
     fn least_loaded_node_wins() {
         let nodes = [node("a", "4", "8Gi"), node("b", "4", "8Gi")];
         let others = [bound("x", "4Gi", "a")];
-        assert_eq!(choose(&nodes, &others, &vmi("new", "1Gi")), Ok("b".to_string()));
-        assert_eq!(choose(&nodes, &[], &vmi("new", "1Gi")), Ok("a".to_string()), "ties by name");
+        assert_eq!(place(&nodes, &others, &vmi("new", "1Gi")), Ok("b".to_string()));
+        assert_eq!(place(&nodes, &[], &vmi("new", "1Gi")), Ok("a".to_string()), "ties by name");
     }
 
     #[test]
     fn finished_vmis_free_their_room() {
         let nodes = [node("a", "4", "2Gi")];
         let mut done = bound("x", "1900Mi", "a");
-        assert!(choose(&nodes, std::slice::from_ref(&done), &vmi("new", "1Gi")).is_err());
+        assert!(place(&nodes, std::slice::from_ref(&done), &vmi("new", "1Gi")).is_err());
         if let Some(s) = done.status.as_mut() {
             s.phase = Some("Succeeded".into());
         }
-        assert_eq!(choose(&nodes, &[done], &vmi("new", "1Gi")), Ok("a".to_string()));
+        assert_eq!(place(&nodes, &[done], &vmi("new", "1Gi")), Ok("a".to_string()));
+    }
+
+    #[test]
+    fn assumed_bindings_count_until_lists_show_them() {
+        let nodes = [node("a", "4", "2Gi")];
+        let first = vmi("first", "1536Mi");
+        let assumed = [Assumed { uid: "first".into(), node: "a".into(), request: Request::of(&first.spec) }];
+        let second = vmi("second", "1536Mi");
+        // The list still shows the first VMI unbound (or not at all).
+        for listed in [vec![first.clone()], vec![]] {
+            let used = usage(&listed, &assumed, "second");
+            assert!(choose(&nodes, &used, &second).is_err(), "the node is taken");
+        }
+        // Once the list shows it bound, it is not counted twice.
+        let used = usage(&[bound("first", "1536Mi", "a")], &assumed, "second");
+        assert_eq!(used.get("a").map(|r| r.memory), Some(Request::of(&first.spec).memory));
+        // Nor when it finished.
+        let mut done = bound("first", "1536Mi", "a");
+        if let Some(s) = done.status.as_mut() {
+            s.phase = Some("Failed".into());
+        }
+        assert!(usage(&[done], &assumed, "second").is_empty());
+    }
+
+    #[test]
+    fn unschedulable_retries_slow_down() {
+        assert_eq!(retry_unschedulable(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(retry_unschedulable(Duration::from_secs(10)), Duration::from_secs(5));
+        assert_eq!(retry_unschedulable(Duration::from_secs(3600)), RETRY_UNSCHEDULABLE);
     }
 
     #[test]
@@ -616,7 +722,7 @@ mod tests {
             ..Default::default()
         });
         let nodes = [node("a", "4", "2Gi"), node("b", "500m", "1Gi"), cordoned, not_ready, tainted];
-        let msg = choose(&nodes, &[], &vmi("big", "64Gi")).expect_err("nothing fits");
+        let msg = place(&nodes, &[], &vmi("big", "64Gi")).expect_err("nothing fits");
         assert_eq!(
             msg,
             "0/5 nodes are available: 1 Insufficient cpu (wants 1, 500m free), \
@@ -625,7 +731,7 @@ mod tests {
              1 node(s) were unschedulable."
                 .replace("64Gi", &Bytes((64 << 30) + VMI_MEMORY_OVERHEAD.0).to_string())
         );
-        assert_eq!(choose(&[], &[], &vmi("x", "1Gi")).map_err(|m| m.starts_with("0/0 nodes")), Err(true));
+        assert_eq!(place(&[], &[], &vmi("x", "1Gi")).map_err(|m| m.starts_with("0/0 nodes")), Err(true));
     }
 
     #[test]

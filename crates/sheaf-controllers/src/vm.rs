@@ -36,7 +36,7 @@
 //! |                | to Always (KubeVirt's start)    |                                            |
 //!
 //! `status.stateChangeRequests` (written by the `start`, `stop` and
-//! `restart` subresources) are taken one at a time, first first: a `Stop`
+//! `restart` subresources) are taken one at a time, in order: a `Stop`
 //! names the VMI uid it stops and is dropped once that VMI is gone; a
 //! `Start` is dropped once a VMI exists. A restart is `[Stop(uid), Start]`.
 //! A Start with `data: {paused: "true"}` creates the VMI with

@@ -187,6 +187,7 @@ async fn changes_survive_broken_watches() -> anyhow::Result<()> {
     for name in ["a", "b", "c"] {
         s.config_map(name, "1").await?;
     }
+    s.wait_seen(&[("a", Some("1")), ("b", Some("1")), ("c", Some("1"))]).await;
     s.config_map("a", "2").await?;
     s.cluster.api.delete(Gvr::of::<ConfigMap>(), Some("default"), "b").await?;
     s.wait_seen(&[("a", Some("2")), ("b", None), ("c", Some("1"))]).await;

@@ -210,8 +210,10 @@ async fn repeated_quick_failures_back_off() -> anyhow::Result<()> {
     // A VMI that ran for a while ends the crash loop.
     c.agent_reports("crashy", ran_for(300, "Failed")).await?;
     c.vmi_replaced("crashy", &uid(&third)).await;
-    let vm = c.wait_vm("crashy", "no start failure", |vm| status(vm).start_failure.is_none()).await;
-    assert_eq!(printable(&vm), "Starting");
+    c.wait_vm("crashy", "Starting, with no start failure", |vm| {
+        status(vm).start_failure.is_none() && printable(vm) == "Starting"
+    })
+    .await;
     Ok(())
 }
 

@@ -27,8 +27,8 @@
 //! `fsync` for the whole batch (group commit). Each request is checked
 //! (compare-and-swap) against the state including earlier requests of the
 //! same batch, so batching never changes the outcome. After the commit the
-//! writer publishes the events on a broadcast channel, then advances the
-//! published revision, then answers the callers. Readers use a small pool of
+//! writer advances the published revision (what lists read at), then
+//! broadcasts the events, both under one lock, then answers the callers. Readers use a small pool of
 //! read-only connections (WAL lets them run beside the writer); a list is
 //! read at the published revision so it never sees a half-committed batch.
 //!
@@ -375,7 +375,11 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteRequest>, shared: A
             shared.compacted.fetch_max(c, Ordering::SeqCst);
         }
         let mut replies = Vec::with_capacity(batch.len());
+        // Under the publish lock: first make the batch visible to lists,
+        // then broadcast it, so that no watcher ever holds an event a list
+        // cannot see yet.
         let guard = shared.publish.lock();
+        shared.revision.store(revision, Ordering::SeqCst);
         for (req, result) in batch.into_iter().zip(results) {
             match result {
                 Ok((ok, event)) => {
@@ -388,7 +392,6 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteRequest>, shared: A
                 Err(e) => replies.push((req.reply, Err(e))),
             }
         }
-        shared.revision.store(revision, Ordering::SeqCst);
         drop(guard);
         for (reply, result) in replies {
             let _ = reply.send(result);
@@ -583,7 +586,12 @@ impl SqliteStore {
                         // Idle. Everything up to the published revision was
                         // broadcast before it was published, so drain what is
                         // queued, then announce progress.
-                        let published = self.shared.revision.load(Ordering::SeqCst);
+                        // Read under the publish lock: every event up to
+                        // this revision has then been broadcast.
+                        let published = match self.shared.publish.lock() {
+                            Ok(_guard) => self.shared.revision.load(Ordering::SeqCst),
+                            Err(_) => return Err(StoreError::backend("publish lock poisoned")),
+                        };
                         loop {
                             match live.try_recv() {
                                 Ok(ev) => {
