@@ -18,7 +18,6 @@ use sha2::{Digest, Sha256};
 use sheaf_store::Store;
 use sheaf_types::ResourceType;
 
-use crate::{discovery, subresources};
 use crate::error::{ApiError, ApiResult};
 use crate::objects::{DeleteOptions, Deleted, FieldValidation, ListParams, Objects, WriteOptions, Written};
 use crate::openapi::OpenApi;
@@ -27,6 +26,7 @@ use crate::registry::Registry;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::table::{self, IncludeObject};
 use crate::watch::{self, WatchParams};
+use crate::{discovery, subresources};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;

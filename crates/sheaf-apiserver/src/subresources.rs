@@ -93,22 +93,20 @@ pub async fn vm_action(objects: &Objects, ns: &str, name: &str, action: &str) ->
                 _ => (requests(json!([{"action": "Start"}])), true),
             }
         }
-        "stop" => {
-            match strategy {
-                RunStrategy::Halted if !vmi_active => {
-                    return Err(conflict(format!("VM {name:?} is not running")));
-                }
-                RunStrategy::Always | RunStrategy::RerunOnFailure | RunStrategy::Halted => {
-                    (set_strategy("Halted", false), false)
-                }
-                _ => {
-                    let Some(uid) = vmi_uid.filter(|_| vmi_active) else {
-                        return Err(conflict(format!("VM {name:?} is not running")));
-                    };
-                    (requests(json!([{"action": "Stop", "uid": uid}])), true)
-                }
+        "stop" => match strategy {
+            RunStrategy::Halted if !vmi_active => {
+                return Err(conflict(format!("VM {name:?} is not running")));
             }
-        }
+            RunStrategy::Always | RunStrategy::RerunOnFailure | RunStrategy::Halted => {
+                (set_strategy("Halted", false), false)
+            }
+            _ => {
+                let Some(uid) = vmi_uid.filter(|_| vmi_active) else {
+                    return Err(conflict(format!("VM {name:?} is not running")));
+                };
+                (requests(json!([{"action": "Stop", "uid": uid}])), true)
+            }
+        },
         "restart" => {
             let Some(uid) = vmi_uid.filter(|_| vmi_active) else {
                 return Err(conflict(format!("VM {name:?} is not running; start it instead")));

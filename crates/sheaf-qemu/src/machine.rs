@@ -142,10 +142,7 @@ impl MachineConfig {
         push(&["-machine", &format!("{},usb=off", self.machine_type)]);
         push(&["-cpu", &cpu]);
         let vcpus = self.sockets * self.cores * self.threads;
-        push(&[
-            "-smp",
-            &format!("{vcpus},sockets={},cores={},threads={}", self.sockets, self.cores, self.threads),
-        ]);
+        push(&["-smp", &format!("{vcpus},sockets={},cores={},threads={}", self.sockets, self.cores, self.threads)]);
         push(&["-m", &format!("{}M", self.memory_mib)]);
         if let Firmware::Efi { code, vars } = &self.firmware {
             push(&["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={}", path(code))]);
@@ -210,7 +207,8 @@ impl MachineConfig {
                 (DiskBus::Scsi, true) => format!("scsi-cd,bus=scsi0.0,drive={node},id={}", disk.id),
                 (DiskBus::Scsi, false) => format!("scsi-hd,bus=scsi0.0,drive={node},id={}", disk.id),
                 (DiskBus::Sata, cdrom) => {
-                    let bus = if sata_bus == "ide" { format!("ide.{sata_port}") } else { format!("{sata_bus}.{sata_port}") };
+                    let bus =
+                        if sata_bus == "ide" { format!("ide.{sata_port}") } else { format!("{sata_bus}.{sata_port}") };
                     sata_port += 1;
                     let kind = if cdrom { "ide-cd" } else { "ide-hd" };
                     format!("{kind},bus={bus},drive={node},id={}", disk.id)
