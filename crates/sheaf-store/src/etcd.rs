@@ -95,6 +95,12 @@
 //! `--experimental-watch-progress-notify-interval` (Kubernetes recommends
 //! 5s). [`EtcdStore::with_requested_progress`] overrides the detection.
 
+/// Keys fetched per etcd range request while listing.
+const LIST_PAGE: usize = 100;
+/// Largest gRPC message accepted from etcd: a page of the largest objects
+/// (3 MiB each), far above gRPC's default of 4 MiB.
+const MAX_MESSAGE: usize = LIST_PAGE * 3 * 1024 * 1024 + 1024 * 1024;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -343,7 +349,7 @@ impl EtcdStore {
     /// etcd cancels with it. None if etcd does not say in time.
     async fn compacted_revision(&self) -> Option<Revision> {
         let probe = async {
-            let mut watch_client = self.client.watch_client();
+            let mut watch_client = self.client.watch_client().max_decoding_message_size(MAX_MESSAGE);
             let opts = WatchOptions::new().with_start_revision(1);
             let mut stream = watch_client.watch(self.range_start(""), Some(opts)).await.ok()?;
             while let Ok(Some(resp)) = stream.message().await {
@@ -408,31 +414,48 @@ impl Store for EtcdStore {
         let mut full_prefix = self.prefix.to_string();
         full_prefix.push_str(&opts.prefix);
         let end = prefix_end(&full_prefix);
-        let mut get = GetOptions::new().with_range(end);
-        if opts.limit > 0 {
-            get = get.with_limit(i64::try_from(opts.limit).unwrap_or(i64::MAX));
-        }
-        if let Some(r) = requested {
-            get = get.with_revision(r);
-        }
-        let mut kv = self.client.kv_client();
-        let resp = match call("list", kv.get(start, Some(get))).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                let requested = requested.unwrap_or(0);
-                return Err(match e {
-                    EtcdError::Compacted => self.compacted_error(requested).await,
-                    EtcdError::Future => self.future_error(requested).await,
-                    EtcdError::Other(e) => e,
-                });
+        // Read in pages at one revision: a single response is bounded by
+        // gRPC's message size (4 MiB), which a large list exceeds.
+        let mut revision = requested;
+        let mut items = Vec::new();
+        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+        loop {
+            let want = if opts.limit > 0 { (opts.limit - items.len()).min(LIST_PAGE) } else { LIST_PAGE };
+            let mut get = GetOptions::new().with_range(end.clone()).with_limit(want as i64);
+            if let Some(r) = revision {
+                get = get.with_revision(r);
             }
-        };
-        let items = resp.kvs().iter().map(|kv| self.convert(kv)).collect::<Result<Vec<_>, _>>()?;
-        let revision = match requested {
-            Some(r) => r,
-            None => header_revision(resp.header())?,
-        };
-        Ok(ListResult { items, revision, more: resp.more() })
+            let resp = match call("list", kv.get(start.clone(), Some(get))).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let requested = revision.unwrap_or(0);
+                    return Err(match e {
+                        EtcdError::Compacted => self.compacted_error(requested).await,
+                        EtcdError::Future => self.future_error(requested).await,
+                        EtcdError::Other(e) => e,
+                    });
+                }
+            };
+            if revision.is_none() {
+                revision = Some(header_revision(resp.header())?);
+            }
+            let last = resp.kvs().last().map(|kv| kv.key().to_vec());
+            for kv in resp.kvs() {
+                items.push(self.convert(kv)?);
+            }
+            let more = resp.more();
+            let full = opts.limit > 0 && items.len() >= opts.limit;
+            match last {
+                Some(mut next) if more && !full => {
+                    next.push(0);
+                    start = next;
+                }
+                _ => {
+                    let revision = revision.unwrap_or(0);
+                    return Ok(ListResult { items, revision, more });
+                }
+            }
+        }
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
@@ -544,7 +567,7 @@ impl Store for EtcdStore {
         if progress {
             opts = opts.with_progress_notify();
         }
-        let mut watch_client = self.client.watch_client();
+        let mut watch_client = self.client.watch_client().max_decoding_message_size(MAX_MESSAGE);
         let mut stream = call("watch", watch_client.watch(self.range_start(prefix), Some(opts))).await?;
         let created = match timeout(REQUEST_TIMEOUT, stream.message()).await {
             Err(_) => return Err(timed_out("watch")),

@@ -92,6 +92,7 @@ conformance!(
     watch_progress,
     concurrent_cas_counter,
     concurrent_create,
+    list_larger_than_a_message,
 );
 
 /// Helpers shared by the cases.
@@ -297,6 +298,22 @@ mod cases {
 
         let next = s.create("/r/9", vec![]).await?;
         assert_eq!(next, last + 1);
+        Ok(())
+    }
+
+    /// More data than one gRPC message (4 MiB) holds, in one list.
+    pub async fn list_larger_than_a_message(s: Arc<dyn Store>) -> Result {
+        let value = vec![b'x'; 200 * 1024];
+        for i in 0..30 {
+            s.create(&format!("/big/{i:03}"), value.clone()).await?;
+        }
+        let page = s.list(prefix("/big/")).await?;
+        assert_eq!(page.items.len(), 30);
+        assert!(!page.more);
+        assert!(page.items.iter().all(|kv| kv.value.len() == value.len()));
+        let limited = s.list(ListOptions { limit: 25, ..prefix("/big/") }).await?;
+        assert_eq!(limited.items.len(), 25);
+        assert!(limited.more);
         Ok(())
     }
 
