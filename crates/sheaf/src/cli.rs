@@ -622,9 +622,13 @@ fn about(e: anyhow::Error, what: &str, p: &Planned<'_>) -> anyhow::Error {
 }
 
 /// An object without what changes on every write even when nothing else
-/// does (resourceVersion, managedFields timestamps), to tell "unchanged".
+/// does (resourceVersion, managedFields timestamps) and without status,
+/// which controllers write and apply never does, to tell "unchanged".
 fn comparable(v: &Value) -> Value {
     let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("status");
+    }
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
         for entry in m.get_mut("managedFields").and_then(Value::as_array_mut).into_iter().flatten() {
