@@ -19,8 +19,8 @@
 //! requests of the unfinished VMIs already bound to it. A VMI requests
 //! `resources.requests` (else `limits`) memory, else `memory.guest`, plus
 //! [`VMI_MEMORY_OVERHEAD`] for QEMU (unless `overcommitGuestOverhead`);
-//! and `resources.requests.cpu`, else one CPU per vCPU (cores × sockets ×
-//! threads), else one. Among the nodes that fit, the least loaded after
+//! and `resources.requests.cpu`, else a tenth of a CPU per vCPU (cores ×
+//! sockets × threads; KubeVirt's default allocation ratio of 10). Among the nodes that fit, the least loaded after
 //! placement wins (mean of the CPU and memory fractions in use; ties by
 //! name).
 //!
@@ -126,7 +126,10 @@ impl Request {
             None => {
                 let topo = spec.domain.cpu.as_ref();
                 let n = |v: Option<u32>| u64::from(v.unwrap_or(1).max(1));
-                1000 * n(topo.and_then(|c| c.cores)) * n(topo.and_then(|c| c.sockets)) * n(topo.and_then(|c| c.threads))
+                let vcpus =
+                    n(topo.and_then(|c| c.cores)) * n(topo.and_then(|c| c.sockets)) * n(topo.and_then(|c| c.threads));
+                // KubeVirt's default CPU allocation ratio: a vCPU requests a tenth of a CPU.
+                vcpus * 1000 / CPU_ALLOCATION_RATIO
             }
         };
         Request { memory: Bytes(guest.saturating_add(overhead)), cpu: MilliCpu(cpu) }
@@ -260,6 +263,10 @@ pub struct Assumed {
 /// with uid `except` (the one being placed). `assumed` bindings count too
 /// unless the list already shows them (bound or finished): a list may lag
 /// behind a write this scheduler just made.
+/// vCPUs per host CPU when a VMI requests no CPU explicitly (KubeVirt's
+/// `cpuAllocationRatio` default).
+pub const CPU_ALLOCATION_RATIO: u64 = 10;
+
 pub fn usage(vmis: &[VirtualMachineInstance], assumed: &[Assumed], except: &str) -> HashMap<String, Request> {
     let mut used: HashMap<String, Request> = HashMap::new();
     for v in vmis.iter().filter(|v| v.metadata.uid.as_deref() != Some(except) && !is_final(v)) {
@@ -528,10 +535,12 @@ impl Scheduler {
     /// those older than [`ASSUME_FOR`].
     fn assumed_bindings(&self, listed: &[VirtualMachineInstance]) -> Vec<Assumed> {
         let mut assumed = self.assumed.lock().unwrap_or_else(PoisonError::into_inner);
+        // Keep a binding only while its VMI is listed without its node; a
+        // VMI that is gone (deleted) no longer uses anything.
         assumed.retain(|(a, at)| {
-            let shown =
-                listed.iter().any(|v| v.metadata.uid.as_deref() == Some(a.uid.as_str()) && node_of(v).is_some());
-            !shown && at.elapsed() < ASSUME_FOR
+            let pending =
+                listed.iter().any(|v| v.metadata.uid.as_deref() == Some(a.uid.as_str()) && node_of(v).is_none());
+            pending && at.elapsed() < ASSUME_FOR
         });
         assumed.iter().map(|(a, _)| a.clone()).collect()
     }
@@ -641,11 +650,11 @@ mod tests {
         let mut v = vmi("a", "1Gi");
         assert_eq!(
             Request::of(&v.spec),
-            Request { memory: Bytes((1 << 30) + VMI_MEMORY_OVERHEAD.0), cpu: MilliCpu(1000) }
+            Request { memory: Bytes((1 << 30) + VMI_MEMORY_OVERHEAD.0), cpu: MilliCpu(100) }
         );
         v.spec.domain.resources.overcommit_guest_overhead = Some(true);
         v.spec.domain.cpu = Some(sheaf_types::kubevirt::Cpu { cores: Some(2), sockets: Some(2), ..Default::default() });
-        assert_eq!(Request::of(&v.spec), Request { memory: Bytes(1 << 30), cpu: MilliCpu(4000) });
+        assert_eq!(Request::of(&v.spec), Request { memory: Bytes(1 << 30), cpu: MilliCpu(400) });
         v.spec.domain.resources.requests.insert("cpu".into(), q("500m"));
         assert_eq!(Request::of(&v.spec).cpu, MilliCpu(500));
     }
@@ -721,11 +730,11 @@ mod tests {
             }],
             ..Default::default()
         });
-        let nodes = [node("a", "4", "2Gi"), node("b", "500m", "1Gi"), cordoned, not_ready, tainted];
+        let nodes = [node("a", "4", "2Gi"), node("b", "50m", "1Gi"), cordoned, not_ready, tainted];
         let msg = place(&nodes, &[], &vmi("big", "64Gi")).expect_err("nothing fits");
         assert_eq!(
             msg,
-            "0/5 nodes are available: 1 Insufficient cpu (wants 1, 500m free), \
+            "0/5 nodes are available: 1 Insufficient cpu (wants 100m, 50m free), \
              1 Insufficient memory (wants 64Gi, 1Gi free), 1 Insufficient memory (wants 64Gi, 2Gi free), \
              1 node(s) had untolerated taint {dedicated: gpu}, 1 node(s) were not ready, \
              1 node(s) were unschedulable."

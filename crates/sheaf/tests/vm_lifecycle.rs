@@ -192,8 +192,9 @@ fn vm_runs_stops_restarts_and_survives_agent_restart() {
     assert!(
         eventually(Duration::from_secs(60), || vmi_uid(&s).is_some_and(|u| u != before)
             && jsonpath(&s, "vmi", "{.status.phase}") == "Running"),
-        "no new VMI after restart: {}",
-        jsonpath(&s, "vm", "{.status}")
+        "no new VMI after restart: {}\n{}",
+        jsonpath(&s, "vm", "{.status}"),
+        s.log()
     );
     let (ok, out) = sheaf(&["vm", "stop", "tiny"]);
     assert!(ok, "{out}");
