@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::unix::fs::PermissionsExt as _;
+
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use sheaf_apiserver::{gc::GarbageCollector, local_api::LocalApi, pki, registry::Registry, ApiServer};
@@ -95,10 +97,22 @@ async fn compactor(store: Arc<dyn Store>, every: Duration) {
     }
 }
 
+/// Writes a file only its owner can read (it holds credentials).
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(data)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
+    // The store holds Secrets and the directory holds the admin token.
+    std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict the data directory {}", args.data_dir.display()))?;
     let store: Arc<dyn Store> = match args.store {
         StoreKind::Sqlite => {
             let path = args.data_dir.join("state.db");
@@ -134,7 +148,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let kubeconfig = pki::kubeconfig(&format!("https://{local}"), &pki.ca_pem, &pki.admin_token, "admin");
     let kc_path = args.data_dir.join("admin.kubeconfig");
-    std::fs::write(&kc_path, kubeconfig).with_context(|| format!("cannot write {}", kc_path.display()))?;
+    write_private(&kc_path, kubeconfig.as_bytes()).with_context(|| format!("cannot write {}", kc_path.display()))?;
 
     tokio::spawn(GarbageCollector::new(api.objects.clone()).run());
     let local: Arc<dyn sheaf_client::Api> = LocalApi::new(api.objects.clone());
