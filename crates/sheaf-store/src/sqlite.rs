@@ -348,25 +348,20 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteRequest>, shared: A
             }
             continue;
         }
-        for req in &batch {
-            let op = match &req.op {
-                WriteOp::Create { key, value } => WriteOp::Create { key: key.clone(), value: value.clone() },
-                WriteOp::Update { key, value, expected } => {
-                    WriteOp::Update { key: key.clone(), value: value.clone(), expected: *expected }
-                }
-                WriteOp::Delete { key, expected } => WriteOp::Delete { key: key.clone(), expected: *expected },
-                WriteOp::Compact { revision } => {
-                    compaction = Some(*revision);
-                    WriteOp::Compact { revision: *revision }
-                }
-            };
-            results.push(apply(&conn, op, &mut next));
+        // Each request's operation moves into `apply`; no value is copied.
+        let mut senders = Vec::with_capacity(batch.len());
+        for req in batch {
+            if let WriteOp::Compact { revision } = req.op {
+                compaction = Some(revision);
+            }
+            results.push(apply(&conn, req.op, &mut next));
+            senders.push(req.reply);
         }
         if let Err(e) = conn.execute_batch("COMMIT") {
             let _ = conn.execute_batch("ROLLBACK");
             let msg = e.to_string();
-            for req in batch {
-                let _ = req.reply.send(Err(StoreError::Backend { message: msg.clone() }));
+            for reply in senders {
+                let _ = reply.send(Err(StoreError::Backend { message: msg.clone() }));
             }
             continue;
         }
@@ -374,22 +369,22 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteRequest>, shared: A
         if let Some(c) = compaction {
             shared.compacted.fetch_max(c, Ordering::SeqCst);
         }
-        let mut replies = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(senders.len());
         // Under the publish lock: first make the batch visible to lists,
         // then broadcast it, so that no watcher ever holds an event a list
         // cannot see yet.
         let guard = shared.publish.lock();
         shared.revision.store(revision, Ordering::SeqCst);
-        for (req, result) in batch.into_iter().zip(results) {
+        for (reply, result) in senders.into_iter().zip(results) {
             match result {
                 Ok((ok, event)) => {
                     if let Some(ev) = event {
                         // No receivers is fine: nobody is watching.
                         let _ = shared.events.send(Arc::new(ev));
                     }
-                    replies.push((req.reply, Ok(ok)));
+                    replies.push((reply, Ok(ok)));
                 }
-                Err(e) => replies.push((req.reply, Err(e))),
+                Err(e) => replies.push((reply, Err(e))),
             }
         }
         drop(guard);
