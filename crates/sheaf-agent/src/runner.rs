@@ -87,43 +87,20 @@ fn accel_conditions(env: &RunnerEnv) -> Vec<Value> {
     }
 }
 
-async fn add_finalizer(env: &RunnerEnv, vmi: &VirtualMachineInstance) {
+/// Rewrites the VMI's finalizers with `edit` (given the current object and
+/// its finalizers; `None` means nothing to change), retrying on conflicts.
+async fn edit_finalizers(
+    env: &RunnerEnv,
+    vmi: &VirtualMachineInstance,
+    what: &str,
+    edit: impl Fn(&Value, Vec<Value>) -> Option<Vec<Value>>,
+) {
     let (ns, name) = ns_name(vmi);
     let gvr = Gvr::of::<VirtualMachineInstance>();
     for _ in 0..10 {
         let Ok(Some(cur)) = env.api.get(gvr, Some(&ns), &name).await else { return };
-        if cur.pointer("/metadata/uid") != Some(&json!(vmi.metadata.uid)) {
-            return;
-        }
-        let mut fins: Vec<Value> =
-            cur.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
-        if fins.iter().any(|f| f.as_str() == Some(FINALIZER)) || cur.pointer("/metadata/deletionTimestamp").is_some() {
-            return;
-        }
-        fins.push(json!(FINALIZER));
-        let rv = cur.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
-        let patch = json!({"metadata": {"finalizers": fins, "resourceVersion": rv}});
-        match env.api.merge_patch(gvr, Some(&ns), &name, patch, false).await {
-            Ok(_) => return,
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => {
-                tracing::warn!(%ns, %name, error = %e, "cannot add the runner finalizer");
-                return;
-            }
-        }
-    }
-}
-
-async fn remove_finalizer(env: &RunnerEnv, vmi: &VirtualMachineInstance) {
-    let (ns, name) = ns_name(vmi);
-    let gvr = Gvr::of::<VirtualMachineInstance>();
-    for _ in 0..10 {
-        let Ok(Some(cur)) = env.api.get(gvr, Some(&ns), &name).await else { return };
-        let fins: Vec<Value> = cur
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter(|f| f.as_str() != Some(FINALIZER)).cloned().collect())
-            .unwrap_or_default();
+        let fins = cur.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+        let Some(fins) = edit(&cur, fins) else { return };
         let rv = cur.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
         let patch = json!({"metadata": {"finalizers": fins, "resourceVersion": rv}});
         match env.api.merge_patch(gvr, Some(&ns), &name, patch, false).await {
@@ -131,11 +108,33 @@ async fn remove_finalizer(env: &RunnerEnv, vmi: &VirtualMachineInstance) {
             Err(e) if e.is_not_found() => return,
             Err(e) if e.is_conflict() => continue,
             Err(e) => {
-                tracing::warn!(%ns, %name, error = %e, "cannot remove the runner finalizer");
+                tracing::warn!(%ns, %name, error = %e, "cannot {what} the runner finalizer");
                 return;
             }
         }
     }
+}
+
+async fn add_finalizer(env: &RunnerEnv, vmi: &VirtualMachineInstance) {
+    let uid = json!(vmi.metadata.uid);
+    edit_finalizers(env, vmi, "add", |cur, mut fins| {
+        let other_vmi = cur.pointer("/metadata/uid") != Some(&uid);
+        let done = fins.iter().any(|f| f.as_str() == Some(FINALIZER));
+        if other_vmi || done || cur.pointer("/metadata/deletionTimestamp").is_some() {
+            return None;
+        }
+        fins.push(json!(FINALIZER));
+        Some(fins)
+    })
+    .await
+}
+
+async fn remove_finalizer(env: &RunnerEnv, vmi: &VirtualMachineInstance) {
+    edit_finalizers(env, vmi, "remove", |_, mut fins| {
+        fins.retain(|f| f.as_str() != Some(FINALIZER));
+        Some(fins)
+    })
+    .await
 }
 
 /// Launches QEMU for the VMI; on failure cleans the directory.

@@ -5,8 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-use sheaf_client::{Api, Gvr};
+use sheaf_client::{Api, Typed};
 use sheaf_types::core::Secret;
 use sheaf_types::kubevirt::{CloudInitSource, VirtualMachineInstance};
 
@@ -30,16 +29,15 @@ async fn secret_value(
     keys: &[&str],
     volume: &str,
 ) -> Result<Option<String>, LaunchError> {
-    let obj = api
-        .get(Gvr::of::<Secret>(), Some(ns), secret)
+    // Secret's own type decodes its base64 data.
+    let obj: Secret = Typed::new(api)
+        .get(Some(ns), secret)
         .await
         .map_err(|e| volume_error(volume, format!("cannot read secret {secret:?}: {e}")))?
         .ok_or_else(|| volume_error(volume, format!("secret {secret:?} not found in namespace {ns:?}")))?;
     for k in keys {
-        if let Some(v) = obj.pointer(&format!("/data/{k}")).and_then(Value::as_str) {
-            let bytes = decode_b64(v)
-                .ok_or_else(|| volume_error(volume, format!("secret {secret:?} key {k:?} is not base64")))?;
-            return String::from_utf8(bytes)
+        if let Some(v) = obj.data.get(*k) {
+            return String::from_utf8(v.0.clone())
                 .map(Some)
                 .map_err(|_| volume_error(volume, format!("secret {secret:?} key {k:?} is not UTF-8 text")));
         }
