@@ -199,6 +199,11 @@ fn query_map(uri: &http::Uri) -> HashMap<String, String> {
 
 fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<Value> {
     let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    parse_as(ct, bytes)
+}
+
+/// Decodes a body of content type `ct`.
+fn parse_as(ct: &str, bytes: &[u8]) -> ApiResult<Value> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty; send the object as JSON or YAML"));
     }
@@ -448,15 +453,9 @@ async fn resource(
             let kind = PatchType::from_content_type(ct)?;
             let opts = write_options(q)?;
             let bytes = read_body(body).await?;
-            let patch = if kind == PatchType::Apply {
-                let mut h = HeaderMap::new();
-                h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
-                parse_body(&h, &bytes)?
-            } else {
-                let mut h = HeaderMap::new();
-                h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                parse_body(&h, &bytes)?
-            };
+            // Apply bodies are YAML (JSON is YAML too); the other patches JSON.
+            let format = if kind == PatchType::Apply { "application/yaml" } else { "application/json" };
+            let patch = parse_as(format, &bytes)?;
             if kind == PatchType::Apply {
                 Objects::check_apply_target(rt, &patch)?;
             }
