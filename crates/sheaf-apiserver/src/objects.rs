@@ -638,9 +638,7 @@ impl Objects {
             let kv = match self.get_kv(rt, ns, name).await {
                 Ok(kv) => kv,
                 Err(e) if e.code == http::StatusCode::NOT_FOUND && kind == PatchType::Apply && !status_only => {
-                    let manager = opts.field_manager.clone().ok_or_else(|| {
-                        ApiError::bad_request("fieldManager is required for apply requests; pass ?fieldManager=NAME")
-                    })?;
+                    let manager = apply_manager(opts)?;
                     let mut base = json!({"metadata": {"name": name}});
                     if let Some(ns) = ns {
                         meta_mut(&mut base).insert("namespace".into(), json!(ns));
@@ -660,9 +658,7 @@ impl Objects {
                 PatchType::Json => crate::patch::json_patch(&mut next, &patch)?,
                 PatchType::Strategic => crate::patch::strategic_merge_patch(&mut next, &patch)?,
                 PatchType::Apply => {
-                    let manager = opts.field_manager.clone().ok_or_else(|| {
-                        ApiError::bad_request("fieldManager is required for apply requests; pass ?fieldManager=NAME")
-                    })?;
+                    let manager = apply_manager(opts)?;
                     let body_name = name_of(&patch);
                     if !body_name.is_empty() && body_name != name {
                         return Err(ApiError::bad_request(format!(
@@ -861,6 +857,13 @@ impl Objects {
             }
         }
     }
+}
+
+/// The field manager of an apply request, which Kubernetes requires.
+fn apply_manager(opts: &WriteOptions) -> ApiResult<String> {
+    opts.field_manager
+        .clone()
+        .ok_or_else(|| ApiError::bad_request("fieldManager is required for apply requests; pass ?fieldManager=NAME"))
 }
 
 /// `VirtualMachine.kubevirt.io`, or `ConfigMap` for the core group, as
