@@ -1,108 +1,24 @@
 //! `sheaf get`, `sheaf apply` and `sheaf delete` against a real `sheaf
 //! server` on a loopback port.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 const SHEAF: &str = env!("CARGO_BIN_EXE_sheaf");
 
-/// A `sheaf server` child process, killed on drop.
-struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
+mod support;
+
+use support::{free_port, Server};
+
+/// The CLI driven against a test server.
+trait Cli {
+    fn file(&self, name: &str, text: &str) -> String;
+    fn sheaf(&self, args: &[&str], stdin: Option<&str>) -> Output;
+    fn ok(&self, args: &[&str]) -> String;
+    fn ok_stdin(&self, args: &[&str], stdin: Option<&str>) -> String;
+    fn fails(&self, args: &[&str], stdin: Option<&str>) -> (String, String);
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
-impl Server {
-    fn start() -> Server {
-        // The port is free when picked but another process may take it
-        // before the server binds it: try a few.
-        for _ in 0..3 {
-            if let Some(s) = Self::try_start() {
-                return s;
-            }
-        }
-        panic!("sheaf server did not start on three free ports");
-    }
-
-    fn try_start() -> Option<Server> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let data = dir.path().join("data");
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-        let child = Command::new(SHEAF)
-            .arg("server")
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sheaf server");
-        let mut s = Server { child, kubeconfig: dir.path().join("kubeconfig"), dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = s.child.try_wait() {
-                let log = s.log();
-                if log.contains("Address already in use") {
-                    return None;
-                }
-                panic!("sheaf server exited early with {status}:\n{log}");
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && data.join("admin.kubeconfig").exists() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "sheaf server not listening in 60 s:\n{}", s.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = Command::new(SHEAF)
-            .args(["kubeconfig", "--data-dir"])
-            .arg(&data)
-            .args(["--server", &format!("https://127.0.0.1:{port}")])
-            .output()
-            .expect("sheaf kubeconfig");
-        assert!(out.status.success(), "sheaf kubeconfig failed: {}", String::from_utf8_lossy(&out.stderr));
-        std::fs::write(&s.kubeconfig, &out.stdout).expect("write kubeconfig");
-        // Ready when the client can list namespaces.
-        loop {
-            let out = s.sheaf(&["get", "ns"], None);
-            if out.status.success() {
-                return Some(s);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sheaf get ns never succeeded: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                s.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
+impl Cli for Server {
     /// Writes a file in the test directory and returns its path.
     fn file(&self, name: &str, text: &str) -> String {
         let p = self.dir.path().join(name);

@@ -15,7 +15,7 @@ pub struct Server {
     extra: Vec<String>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
 }
@@ -28,18 +28,30 @@ impl Server {
     /// Starts `sheaf server` with extra arguments (e.g. `--store etcd`).
     pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let kubeconfig = dir.path().join("kubeconfig");
-        let mut s = Server { child: None, dir, port, kubeconfig, extra: extra.iter().map(|s| s.to_string()).collect() };
-        s.spawn();
-        s
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut s = Server { child: None, dir, port: free_port(), kubeconfig, extra };
+        // A port free when picked may be taken before the server binds it:
+        // try a few.
+        for _ in 0..3 {
+            if s.spawn() {
+                return s;
+            }
+            s.port = free_port();
+        }
+        panic!("sheaf server did not start on three free ports: {}", s.log());
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
+    /// Starts the server; false if its port was taken meanwhile.
+    fn spawn(&mut self) -> bool {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -57,7 +69,9 @@ impl Server {
             .spawn()
             .expect("start sheaf server");
         self.child = Some(child);
-        self.wait_ready();
+        if !self.wait_ready() {
+            return false;
+        }
         let out = Command::new(env!("CARGO_BIN_EXE_sheaf"))
             .args(["kubeconfig", "--data-dir"])
             .arg(self.dir.path().join("data"))
@@ -66,20 +80,26 @@ impl Server {
             .expect("sheaf kubeconfig");
         assert!(out.status.success(), "sheaf kubeconfig failed: {}", String::from_utf8_lossy(&out.stderr));
         std::fs::write(&self.kubeconfig, &out.stdout).expect("write kubeconfig");
+        true
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the server listens; false if its port was in use.
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    if self.log().contains("Address already in use") {
+                        return false;
+                    }
                     panic!("sheaf server exited early with {status}: {}", self.log());
                 }
             }
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
                 && self.dir.path().join("data/admin.kubeconfig").exists()
             {
-                return;
+                return true;
             }
             assert!(Instant::now() < deadline, "sheaf server not ready in 30 s: {}", self.log());
             std::thread::sleep(Duration::from_millis(50));
@@ -108,7 +128,7 @@ impl Server {
 
     pub fn restart(&mut self) {
         self.kill9();
-        self.spawn();
+        assert!(self.spawn(), "port {} was taken while the server restarted", self.port);
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Output {
