@@ -139,8 +139,8 @@ fn vm_runs_stops_restarts_and_survives_agent_restart() {
     s.restart();
     assert!(pid_alive(pid), "QEMU survived the agent restart");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(vmi_uid(&s).as_deref(), Some(uid.as_str()), "same VMI after the restart");
-    assert_eq!(jsonpath(&s, "vmi", "{.status.phase}"), "Running");
+    assert_eq!(vmi_uid(&s).as_deref(), Some(uid.as_str()), "same VMI after the restart\n{}", s.log());
+    assert_eq!(jsonpath(&s, "vmi", "{.status.phase}"), "Running", "{}", s.log());
     assert!(pid_alive(pid));
 
     // kill -9 QEMU: the VMI fails and runStrategy Always starts a new one.
