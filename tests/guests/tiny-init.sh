@@ -79,5 +79,14 @@ mkdir -p /etc/acpi/PWRF
 printf '#!/bin/sh\npoweroff -f\n' > /etc/acpi/PWRF/00000080
 chmod +x /etc/acpi/PWRF/00000080
 modprobe button 2>/dev/null
+modprobe evdev 2>/dev/null
+# acpid opens the event devices present when it starts: wait for them.
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+  want=$(grep -c 'Handlers=.*event' /proc/bus/input/devices)
+  [ "$(ls /dev/input/event* 2>/dev/null | wc -l)" -ge "$want" ] && break
+  sleep 0.2
+done
+mkdir -p /var/log
 acpid -c /etc/acpi 2>/dev/null
-exec sh -c 'while :; do sleep 3600; done'
+# A shell on the serial console (for console tests), respawned on exit.
+while :; do setsid cttyhack sh; sleep 1; done

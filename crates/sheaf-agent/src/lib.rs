@@ -115,6 +115,9 @@ fn handle(env: &Arc<RunnerEnv>, runners: &mut HashMap<String, Runner>, obj: Valu
     if let Some(r) = runners.get(&uid) {
         if deleted || vmi.metadata.deletion_timestamp.is_some() {
             let _ = r.tx.try_send(Request::Shutdown { grace });
+        } else {
+            // Dropped when the runner is busy: it re-reads the VMI regularly.
+            let _ = r.tx.try_send(Request::Sync(Box::new(vmi)));
         }
         return;
     }

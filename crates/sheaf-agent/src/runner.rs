@@ -14,8 +14,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sheaf_client::{Api, Gvr};
 use sheaf_qemu::machine;
+use sheaf_qemu::qga::{self, GuestInfo};
 use sheaf_qemu::qmp::Qmp;
-use sheaf_types::kubevirt::VirtualMachineInstance;
+use sheaf_types::kubevirt::{vmi_requests, VirtualMachineInstance};
 use sheaf_types::Time;
 use tokio::sync::mpsc;
 
@@ -29,12 +30,10 @@ pub const FINALIZER: &str = "sheaf.io/vmi-runner";
 #[derive(Debug)]
 pub enum Request {
     /// The VMI is being deleted: shut down within the grace period.
-    Shutdown {
-        grace: Duration,
-    },
-    Pause,
-    Unpause,
-    SoftReboot,
+    Shutdown { grace: Duration },
+    /// The VMI changed: carry out what its annotations ask
+    /// ([`vmi_requests`]: pause, unpause, soft reboot).
+    Sync(Box<VirtualMachineInstance>),
 }
 
 /// Settings shared by all runners of a node.
@@ -49,6 +48,16 @@ pub struct RunnerEnv {
 
 pub fn run_dir(root: &Path, uid: &str) -> PathBuf {
     root.join(uid)
+}
+
+/// The serial console socket of the VMI `uid`.
+pub fn serial_socket(root: &Path, uid: &str) -> PathBuf {
+    machine::serial_socket(&run_dir(root, uid))
+}
+
+/// The VNC socket of the VMI `uid`.
+pub fn vnc_socket(root: &Path, uid: &str) -> PathBuf {
+    machine::vnc_socket(&run_dir(root, uid))
 }
 
 fn ns_name(vmi: &VirtualMachineInstance) -> (String, String) {
@@ -135,6 +144,109 @@ async fn remove_finalizer(env: &RunnerEnv, vmi: &VirtualMachineInstance) {
         Some(fins)
     })
     .await
+}
+
+async fn patch_annotations(env: &RunnerEnv, vmi: &VirtualMachineInstance, annotations: Value) {
+    let (ns, name) = ns_name(vmi);
+    let patch = json!({"metadata": {"uid": vmi.metadata.uid, "annotations": annotations}});
+    if let Err(e) = env.api.merge_patch(Gvr::of::<VirtualMachineInstance>(), Some(&ns), &name, patch, false).await {
+        if !e.is_not_found() && !e.is_conflict() {
+            tracing::warn!(%ns, %name, error = %e, "cannot annotate VMI");
+        }
+    }
+}
+
+/// KubeVirt's `status.guestOSInfo` from the guest agent's `guest-get-osinfo`.
+fn guest_os_info(info: &GuestInfo) -> Value {
+    let os = &info.os;
+    let field = |k: &str| os.get(k).cloned().unwrap_or(Value::Null);
+    json!({
+        "id": field("id"), "name": field("name"), "prettyName": field("pretty-name"), "version": field("version"),
+        "versionId": field("version-id"), "kernelRelease": field("kernel-release"),
+        "kernelVersion": field("kernel-version"), "machine": field("machine"),
+    })
+}
+
+/// The parts of `guestosinfo` that have no VMI status field.
+fn guest_agent_extra(info: &GuestInfo) -> Value {
+    let mut v = json!({ "guestAgentVersion": info.version });
+    if let Some(h) = &info.hostname {
+        v["hostname"] = json!(h);
+    }
+    if let Some((zone, offset)) = &info.timezone {
+        v["timezone"] = json!(format!("{zone}, {offset}"));
+    }
+    v
+}
+
+/// What the runner has done of the requests in the VMI's annotations.
+#[derive(Default)]
+struct RequestState {
+    /// The last soft reboot request carried out.
+    soft_reboot: Option<String>,
+    /// QEMU is set to pause instead of ending on a guest power-off (an
+    /// ACPI soft reboot in progress).
+    reboot_on_shutdown: bool,
+}
+
+impl RequestState {
+    async fn apply(
+        &mut self,
+        env: &RunnerEnv,
+        qmp: &Qmp,
+        dir: &Path,
+        vmi: &VirtualMachineInstance,
+        paused: bool,
+        agent: bool,
+    ) {
+        let ann = |k: &str| vmi.metadata.annotations.get(k).map(String::as_str);
+        let want_paused = ann(vmi_requests::PAUSED) == Some("true");
+        if want_paused && !paused {
+            if let Err(e) = qmp.stop().await {
+                tracing::warn!(error = %e, "cannot pause the guest");
+            }
+        } else if !want_paused && paused {
+            if let Err(e) = qmp.cont().await {
+                tracing::warn!(error = %e, "cannot unpause the guest");
+            }
+        }
+        let Some(id) = ann(vmi_requests::SOFT_REBOOT).filter(|id| !id.is_empty()) else { return };
+        let done = ann(vmi_requests::SOFT_REBOOT_DONE).unwrap_or("");
+        if done.split(": ").next() == Some(id) || self.soft_reboot.as_deref() == Some(id) {
+            return;
+        }
+        self.soft_reboot = Some(id.to_string());
+        let result = if paused {
+            Err("the guest is paused".to_string())
+        } else if agent && qga::reboot(&machine::guest_agent_socket(dir), Duration::from_secs(3)).await.is_ok() {
+            Ok(())
+        } else {
+            // No guest agent: ACPI power button, with QEMU set to pause
+            // instead of ending when the guest powers off; the runner then
+            // resets and resumes it.
+            match qmp.execute("set-action", Some(json!({"shutdown": "pause"}))).await {
+                Ok(_) => {
+                    self.reboot_on_shutdown = true;
+                    qmp.system_powerdown().await.map(|_| ()).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let done = match result {
+            Ok(()) => id.to_string(),
+            Err(e) => format!("{id}: {e}"),
+        };
+        patch_annotations(env, vmi, json!({ vmi_requests::SOFT_REBOOT_DONE: done })).await;
+    }
+
+    /// The guest rebooted (or is being deleted): power-offs end QEMU again.
+    async fn rebooted(&mut self, qmp: &Qmp) {
+        if std::mem::take(&mut self.reboot_on_shutdown) {
+            if let Err(e) = qmp.execute("set-action", Some(json!({"shutdown": "poweroff"}))).await {
+                tracing::warn!(error = %e, "cannot restore QEMU's shutdown action");
+            }
+        }
+    }
 }
 
 /// Launches QEMU for the VMI; on failure cleans the directory.
@@ -249,19 +361,29 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
                    "interfaceName": format!("eth{i}"), "infoSource": "domain"})
         })
         .collect();
-    let running_status = |paused: bool| {
+    let running_status = |paused: bool, agent: Option<&GuestInfo>| {
         let mut conds = accel_conditions(&env);
         conds.push(condition("Ready", !paused, if paused { "Paused" } else { "Running" }, ""));
         if paused {
             conds.push(condition("Paused", true, "PausedByUser", "VMI was paused by user"));
         }
+        if agent.is_some() {
+            conds.push(condition("AgentConnected", true, "GuestAgentConnected", "the guest agent answers"));
+        }
         json!({
             "phase": "Running", "nodeName": env.node, "conditions": conds, "interfaces": interfaces,
+            "guestOSInfo": agent.map(guest_os_info),
             "qosClass": "Burstable", "phaseTransitionTimestamps": [{"phase": "Running", "phaseTransitionTimestamp": Time::now()}]
         })
     };
-    let paused = matches!(qmp.query_status().await, Ok(s) if !s.running);
-    patch_status(&env, &vmi, running_status(paused)).await;
+    let mut paused = matches!(qmp.query_status().await, Ok(s) if !s.running);
+    let mut agent: Option<GuestInfo> = None;
+    patch_status(&env, &vmi, running_status(paused, None)).await;
+    let mut requests_seen = RequestState::default();
+    requests_seen.apply(&env, &qmp, &dir, &vmi, paused, agent.is_some()).await;
+    // The guest agent is polled, and the VMI re-read, every so often.
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut guest_shutdown = false;
     let mut deleting: Option<tokio::time::Instant> = None;
@@ -271,10 +393,29 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
             ev = events.recv() => match ev {
                 Ok(ev) => match ev.event.as_str() {
                     "SHUTDOWN" if ev.data.get("reason").and_then(Value::as_str) == Some("guest-shutdown") => {
-                        guest_shutdown = true;
+                        if requests_seen.reboot_on_shutdown {
+                            // A soft reboot by ACPI: QEMU paused instead of
+                            // ending; reset the machine and run it again.
+                            let _ = qmp.system_reset().await;
+                            let _ = qmp.cont().await;
+                            requests_seen.rebooted(&qmp).await;
+                        } else {
+                            guest_shutdown = true;
+                        }
                     }
-                    "STOP" => patch_status(&env, &vmi, running_status(true)).await,
-                    "RESUME" => patch_status(&env, &vmi, running_status(false)).await,
+                    "STOP" => {
+                        paused = true;
+                        patch_status(&env, &vmi, running_status(paused, agent.as_ref())).await;
+                    }
+                    "RESUME" => {
+                        paused = false;
+                        patch_status(&env, &vmi, running_status(paused, agent.as_ref())).await;
+                    }
+                    "RESET" => {
+                        // A reboot, not a power-off.
+                        guest_shutdown = false;
+                        requests_seen.rebooted(&qmp).await;
+                    }
                     _ => {}
                 },
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -283,15 +424,36 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
             req = requests.recv() => match req {
                 Some(Request::Shutdown { grace }) => {
                     if deleting.is_none() {
+                        requests_seen.rebooted(&qmp).await;
                         let _ = qmp.system_powerdown().await;
                         deleting = Some(tokio::time::Instant::now() + grace);
                     }
                 }
-                Some(Request::Pause) => { let _ = qmp.stop().await; }
-                Some(Request::Unpause) => { let _ = qmp.cont().await; }
-                Some(Request::SoftReboot) => { let _ = qmp.system_powerdown().await; }
+                Some(Request::Sync(cur)) => {
+                    if deleting.is_none() {
+                        requests_seen.apply(&env, &qmp, &dir, &cur, paused, agent.is_some()).await;
+                    }
+                }
                 None => break,
             },
+            _ = tick.tick(), if deleting.is_none() => {
+                let now = qga::guest_info(&machine::guest_agent_socket(&dir), Duration::from_secs(3)).await.ok();
+                if now != agent {
+                    agent = now;
+                    patch_status(&env, &vmi, running_status(paused, agent.as_ref())).await;
+                    let extra = agent.as_ref().map(|a| guest_agent_extra(a).to_string());
+                    patch_annotations(&env, &vmi, json!({ vmi_requests::GUEST_AGENT_INFO: extra })).await;
+                }
+                // Requests whose watch event was missed.
+                let (ns, name) = ns_name(&vmi);
+                if let Ok(Some(cur)) = env.api.get(Gvr::of::<VirtualMachineInstance>(), Some(&ns), &name).await {
+                    if let Ok(cur) = serde_json::from_value::<VirtualMachineInstance>(cur) {
+                        if cur.metadata.uid == vmi.metadata.uid {
+                            requests_seen.apply(&env, &qmp, &dir, &cur, paused, agent.is_some()).await;
+                        }
+                    }
+                }
+            }
             _ = tokio::time::sleep_until(deadline), if deleting.is_some() => {
                 tracing::info!(%ns, %name, "grace period over; stopping QEMU");
                 let _ = qmp.quit().await;

@@ -11,6 +11,7 @@
 //!  gc: garbage collector and namespace finalizer (background task)
 //! ```
 
+pub mod console;
 pub mod discovery;
 pub mod error;
 pub mod gc;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts as _, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use sheaf_store::Store;
 use sheaf_types::ResourceType;
 
+use crate::console::{Channel, Consoles, NodeDialer};
 use crate::error::{ApiError, ApiResult};
 use crate::objects::{DeleteOptions, Deleted, FieldValidation, ListParams, Objects, WriteOptions, Written};
 use crate::openapi::OpenApi;
@@ -39,6 +40,8 @@ pub struct ApiServer {
     /// SHA-256 of every accepted bearer token.
     tokens: Vec<[u8; 32]>,
     ready: AtomicBool,
+    dialer: std::sync::OnceLock<Arc<dyn NodeDialer>>,
+    consoles: Arc<Consoles>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -55,7 +58,14 @@ impl ApiServer {
             openapi,
             tokens: tokens.iter().map(|t| digest(t)).collect(),
             ready: AtomicBool::new(false),
+            dialer: std::sync::OnceLock::new(),
+            consoles: Arc::default(),
         })
+    }
+
+    /// How consoles and VNC of instances are reached (set once, at start).
+    pub fn set_node_dialer(&self, dialer: Arc<dyn NodeDialer>) {
+        let _ = self.dialer.set(dialer);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -285,7 +295,7 @@ async fn dispatch(State(s): State<Arc<ApiServer>>, req: Request) -> Response {
 }
 
 async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let q = query_map(&parts.uri);
     let route = parse_route(&s.registry, parts.uri.path());
     let get_only = |r: Option<Value>| -> ApiResult<Response> {
@@ -325,21 +335,39 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
             let (Some(ns), Some(name), Some(action)) = (rp.namespace.as_deref(), rp.name.as_deref(), rp.sub.as_deref())
             else {
                 return Err(ApiError::not_found_msg(format!(
-                    "use PUT /apis/{}/v1/namespaces/NAMESPACE/virtualmachines/NAME/start|stop|restart",
+                    "use PUT /apis/{}/v1/namespaces/NAMESPACE/virtualmachines/NAME/start|stop|restart \
+                     or virtualmachineinstances/NAME/pause|unpause|softreboot, GET .../console|vnc|guestosinfo",
                     subresources::GROUP
                 )));
             };
-            if rp.plural != "virtualmachines" {
-                return Err(ApiError::not_found_msg(format!(
-                    "{} of {} are not available yet; start, stop and restart of virtualmachines are",
-                    action, rp.plural
-                )));
+            let method = parts.method.clone();
+            match (rp.plural.as_str(), action, method) {
+                ("virtualmachines", _, Method::PUT) => {
+                    subresources::vm_action(&s.objects, ns, name, action).await?;
+                    Ok((StatusCode::ACCEPTED, "").into_response())
+                }
+                ("virtualmachineinstances", "pause" | "unpause" | "softreboot", Method::PUT) => {
+                    subresources::vmi_action(&s.objects, ns, name, action).await?;
+                    Ok(StatusCode::OK.into_response())
+                }
+                ("virtualmachineinstances", "guestosinfo", Method::GET) => {
+                    Ok(json_response(StatusCode::OK, &subresources::guest_os_info(&s.objects, ns, name).await?, &[]))
+                }
+                ("virtualmachineinstances", "console" | "vnc", Method::GET) => {
+                    let channel = if action == "console" { Channel::Serial } else { Channel::Vnc };
+                    let upgrade = axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await.ok();
+                    crate::console::connect(&s.objects, s.dialer.get(), &s.consoles, ns, name, channel, upgrade).await
+                }
+                ("virtualmachines" | "virtualmachineinstances", _, m) => Err(ApiError::method_not_allowed(format!(
+                    "{m} is not allowed on {}/{action}: use PUT for start, stop, restart, pause, unpause and \
+                     softreboot, GET for console, vnc and guestosinfo",
+                    rp.plural
+                ))),
+                (plural, _, _) => Err(ApiError::not_found_msg(format!(
+                    "{plural} have no subresources in {}; virtualmachines and virtualmachineinstances do",
+                    subresources::GROUP
+                ))),
             }
-            if parts.method != Method::PUT {
-                return Err(ApiError::method_not_allowed(format!("use PUT for {action}")));
-            }
-            subresources::vm_action(&s.objects, ns, name, action).await?;
-            Ok((StatusCode::ACCEPTED, "").into_response())
         }
         Route::Resource(rp) => {
             let Some(rt) = s.registry.find(&rp.group, &rp.version, &rp.plural).cloned() else {

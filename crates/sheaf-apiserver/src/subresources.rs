@@ -10,9 +10,17 @@
 //!
 //! State change requests live in the VM's status and are carried out by
 //! the VirtualMachine controller.
+//!
+//! On VirtualMachineInstances, `pause`, `unpause` and `softreboot` record a
+//! request in the instance's annotations ([`vmi_requests`]); the node agent
+//! running the instance carries it out and reports it (the `Paused`
+//! condition, or the id of the soft reboot done), and the call returns once
+//! it has, or fails with a timeout.
+
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use sheaf_types::kubevirt::{RunStrategy, VirtualMachine};
+use sheaf_types::kubevirt::{vmi_requests, RunStrategy, VirtualMachine};
 
 use crate::error::{ApiError, ApiResult};
 use crate::objects::{Objects, WriteOptions};
@@ -26,9 +34,17 @@ pub fn discovery() -> Value {
         json!({"name": format!("virtualmachines/{verb}"), "singularName": "", "namespaced": true,
                "kind": "VirtualMachine", "verbs": ["update"]})
     };
+    let vmi = |sub: &str, verb: &str| {
+        json!({"name": format!("virtualmachineinstances/{sub}"), "singularName": "", "namespaced": true,
+               "kind": "VirtualMachineInstance", "verbs": [verb]})
+    };
     json!({
         "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{GROUP}/v1"),
-        "resources": [vm("start"), vm("stop"), vm("restart")],
+        "resources": [
+            vm("start"), vm("stop"), vm("restart"),
+            vmi("pause", "update"), vmi("unpause", "update"), vmi("softreboot", "update"),
+            vmi("console", "get"), vmi("vnc", "get"), vmi("guestosinfo", "get"),
+        ],
     })
 }
 
@@ -124,4 +140,146 @@ pub async fn vm_action(objects: &Objects, ns: &str, name: &str, action: &str) ->
     };
     objects.patch(&vm_rt, Some(ns), name, PatchType::Merge, patch, status, false, &opts).await?;
     Ok(())
+}
+
+/// How long a pause, unpause or soft reboot may take the node agent.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn condition_true(vmi: &Value, type_: &str) -> bool {
+    vmi.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c.get("type").and_then(Value::as_str) == Some(type_) && c.get("status") == Some(&json!("True")))
+    })
+}
+
+fn annotation<'a>(vmi: &'a Value, key: &str) -> Option<&'a str> {
+    vmi.pointer("/metadata/annotations").and_then(|a| a.get(key)).and_then(Value::as_str)
+}
+
+/// Whether the agent has carried out a request, seen in the VMI: not yet
+/// (`None`), done, or failed with a message.
+type Done = dyn Fn(&Value) -> Option<Result<(), String>> + Send;
+
+/// Handles `PUT .../virtualmachineinstances/NAME/{pause,unpause,softreboot}`.
+pub async fn vmi_action(objects: &Objects, ns: &str, name: &str, action: &str) -> ApiResult<()> {
+    let Some(rt) = objects.registry.find("kubevirt.io", "v1", "virtualmachineinstances").cloned() else {
+        return Err(ApiError::internal("VirtualMachineInstance kind is not registered"));
+    };
+    let vmi = objects.get(&rt, Some(ns), name).await?;
+    let uid = vmi.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
+    if vmi.pointer("/metadata/deletionTimestamp").is_some() {
+        return Err(conflict(format!("VMI {name:?} is being deleted")));
+    }
+    if vmi.pointer("/status/phase").and_then(Value::as_str) != Some("Running") {
+        return Err(conflict(format!("VMI {name:?} is not running")));
+    }
+    let paused = condition_true(&vmi, "Paused");
+    let annotate = |key: &str, value: Value| json!({"metadata": {"uid": uid, "annotations": {key: value}}});
+    // The patch, and when the agent has carried it out.
+    let (patch, done): (Value, Box<Done>) = match action {
+        "pause" => {
+            if paused {
+                return Err(conflict(format!("VMI {name:?} is already paused")));
+            }
+            (annotate(vmi_requests::PAUSED, json!("true")), Box::new(|v| condition_true(v, "Paused").then_some(Ok(()))))
+        }
+        "unpause" => {
+            if !paused && annotation(&vmi, vmi_requests::PAUSED).is_none() {
+                return Err(conflict(format!("VMI {name:?} is not paused")));
+            }
+            (annotate(vmi_requests::PAUSED, Value::Null), Box::new(|v| (!condition_true(v, "Paused")).then_some(Ok(()))))
+        }
+        "softreboot" => {
+            if paused {
+                return Err(conflict(format!("VMI {name:?} is paused; unpause it first")));
+            }
+            let id = uuid::Uuid::new_v4().to_string();
+            let check = {
+                let id = id.clone();
+                move |v: &Value| {
+                    let done = annotation(v, vmi_requests::SOFT_REBOOT_DONE)?;
+                    let rest = done.strip_prefix(id.as_str())?;
+                    match rest.strip_prefix(": ") {
+                        None if rest.is_empty() => Some(Ok(())),
+                        None => None,
+                        Some(err) => Some(Err(err.to_string())),
+                    }
+                }
+            };
+            (annotate(vmi_requests::SOFT_REBOOT, json!(id)), Box::new(check))
+        }
+        other => {
+            return Err(ApiError::not_found_msg(format!(
+                "virtualmachineinstances has no subresource {other:?}; use pause, unpause, softreboot, console, vnc or guestosinfo"
+            )))
+        }
+    };
+    let opts = WriteOptions::default();
+    objects.patch(&rt, Some(ns), name, PatchType::Merge, patch, false, false, &opts).await?;
+    let deadline = tokio::time::Instant::now() + AGENT_TIMEOUT;
+    loop {
+        let cur = match objects.get(&rt, Some(ns), name).await {
+            Ok(v) => v,
+            Err(e) if e.code == http::StatusCode::NOT_FOUND => {
+                return Err(conflict(format!("VMI {name:?} was deleted before the {action} was carried out")))
+            }
+            Err(e) => return Err(e),
+        };
+        match done(&cur) {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(message)) => {
+                return Err(ApiError::new(
+                    http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("{action} of VMI {name:?} failed: {message}"),
+                ))
+            }
+            None => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                "Timeout",
+                format!(
+                    "the node agent running VMI {name:?} has not carried out the {action} within {} s; \
+                     the request stays recorded and will be carried out when the agent gets to it",
+                    AGENT_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Handles `GET .../virtualmachineinstances/NAME/guestosinfo`: what the
+/// guest agent reported, in KubeVirt's `VirtualMachineInstanceGuestAgentInfo`
+/// shape.
+pub async fn guest_os_info(objects: &Objects, ns: &str, name: &str) -> ApiResult<Value> {
+    let Some(rt) = objects.registry.find("kubevirt.io", "v1", "virtualmachineinstances").cloned() else {
+        return Err(ApiError::internal("VirtualMachineInstance kind is not registered"));
+    };
+    let vmi = objects.get(&rt, Some(ns), name).await?;
+    if !condition_true(&vmi, "AgentConnected") {
+        return Err(ApiError::new(
+            http::StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "VMI {name:?} does not have a guest agent connected (install and start qemu-guest-agent in the guest)"
+            ),
+        ));
+    }
+    let mut info = json!({"kind": "VirtualMachineInstanceGuestAgentInfo", "apiVersion": "v1"});
+    if let Some(os) = vmi.pointer("/status/guestOSInfo") {
+        info["os"] = os.clone();
+    }
+    if let Some(agent) =
+        vmi.pointer("/metadata/annotations").and_then(|a| a.get(vmi_requests::GUEST_AGENT_INFO)).and_then(Value::as_str)
+    {
+        if let Ok(Value::Object(extra)) = serde_json::from_str::<Value>(agent) {
+            for (k, v) in extra {
+                info[k] = v;
+            }
+        }
+    }
+    Ok(info)
 }

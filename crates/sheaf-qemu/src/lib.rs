@@ -3,5 +3,6 @@
 //! line for a virtual machine. A leaf crate: no API, store or runtime.
 
 pub mod machine;
+pub mod qga;
 pub mod qmp;
 pub mod seed;

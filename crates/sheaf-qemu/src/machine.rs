@@ -110,6 +110,9 @@ pub fn serial_log(run_dir: &Path) -> PathBuf {
 pub fn vnc_socket(run_dir: &Path) -> PathBuf {
     run_dir.join("vnc.sock")
 }
+pub fn guest_agent_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("qga.sock")
+}
 pub fn pid_file(run_dir: &Path) -> PathBuf {
     run_dir.join("qemu.pid")
 }
@@ -171,6 +174,10 @@ impl MachineConfig {
             ),
         ]);
         push(&["-serial", "chardev:serial0"]);
+        // The guest agent's channel, as KubeVirt gives every VM.
+        push(&["-chardev", &format!("socket,id=qga0,path={},server=on,wait=off", path(&guest_agent_socket(d)))]);
+        push(&["-device", "virtio-serial-pci,id=virtio-serial0"]);
+        push(&["-device", "virtserialport,bus=virtio-serial0.0,chardev=qga0,name=org.qemu.guest_agent.0"]);
         if self.vnc {
             push(&["-vnc", &format!("unix:{}", path(&vnc_socket(d)))]);
             push(&["-device", "VGA"]);

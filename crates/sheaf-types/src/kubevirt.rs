@@ -318,6 +318,23 @@ pub struct StartFailure {
 // VirtualMachineInstance
 // ---------------------------------------------------------------------------
 
+/// Annotations through which the API asks a node agent to act on a running
+/// instance (the `subresources.kubevirt.io` pause, unpause and softreboot
+/// calls). The agent watches its instances, so these work on any node.
+pub mod vmi_requests {
+    /// `"true"`: the guest should be paused; absent: running.
+    pub const PAUSED: &str = "vmi.sheaf.io/paused";
+    /// A request id: reboot the guest softly (guest agent or ACPI) once.
+    pub const SOFT_REBOOT: &str = "vmi.sheaf.io/soft-reboot";
+    /// Written by the agent: the id of the last soft reboot carried out,
+    /// followed by `: message` when it failed.
+    pub const SOFT_REBOOT_DONE: &str = "vmi.sheaf.io/soft-reboot-done";
+    /// Written by the agent: the guest agent's version, hostname and
+    /// timezone (the parts of `guestosinfo` without a status field), as a
+    /// JSON object.
+    pub const GUEST_AGENT_INFO: &str = "vmi.sheaf.io/guest-agent-info";
+}
+
 /// A running virtual machine. Usually created by a VirtualMachine from its
 /// template; its spec cannot be changed after creation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

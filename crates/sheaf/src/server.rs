@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use sheaf_apiserver::console::{Channel, NodeDialer};
 use sheaf_apiserver::{gc::GarbageCollector, local_api::LocalApi, pki, registry::Registry, ApiServer};
 use sheaf_store::{etcd::EtcdStore, sqlite::SqliteStore, Store};
 
@@ -97,6 +98,29 @@ async fn compactor(store: Arc<dyn Store>, every: Duration) {
     }
 }
 
+/// Reaches the consoles of the VMIs this node's embedded agent runs.
+struct LocalDialer {
+    node: String,
+    run_root: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl NodeDialer for LocalDialer {
+    async fn dial(&self, node: &str, vmi_uid: &str, channel: Channel) -> Result<tokio::net::UnixStream, String> {
+        if node != self.node {
+            return Err(format!(
+                "the VMI runs on node {node:?}; consoles of other nodes are reached through their agents \
+                 (not available in this version)"
+            ));
+        }
+        let socket = match channel {
+            Channel::Serial => sheaf_agent::runner::serial_socket(&self.run_root, vmi_uid),
+            Channel::Vnc => sheaf_agent::runner::vnc_socket(&self.run_root, vmi_uid),
+        };
+        tokio::net::UnixStream::connect(&socket).await.map_err(|e| format!("{}: {e}", socket.display()))
+    }
+}
+
 /// Writes a file only its owner can read (it holds credentials).
 fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -160,6 +184,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             image_root: args.image_dir.clone().unwrap_or_else(|| args.data_dir.join("images")),
             qemu: args.qemu.clone(),
         };
+        api.set_node_dialer(Arc::new(LocalDialer { node: cfg.node_name.clone(), run_root: cfg.run_root.clone() }));
         tokio::spawn(sheaf_agent::run(local.clone(), cfg));
     }
     tokio::spawn(compactor(store.clone(), Duration::from_secs(args.history_seconds.max(1))));

@@ -308,6 +308,8 @@ pub struct Reply {
 /// The API client.
 pub struct Client {
     http: reqwest::Client,
+    /// HTTP/1.1 only, no overall timeout: for WebSocket upgrades.
+    http1: reqwest::Client,
     base: String,
     token: Option<String>,
     /// The namespace of the kubeconfig context ("default" if it names none).
@@ -374,42 +376,51 @@ impl Client {
         if !cfg.server.starts_with("https://") && !cfg.server.starts_with("http://") {
             bail!("the server URL {:?} in {src} must start with https://", cfg.server);
         }
-        let mut b = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("sheaf/", env!("CARGO_PKG_VERSION")));
-        if timeout_secs > 0 {
-            b = b.timeout(Duration::from_secs(timeout_secs));
-        }
-        match &cfg.ca_pem {
-            Some(pem) => {
-                let certs = reqwest::Certificate::from_pem_bundle(pem)
-                    .map_err(|e| anyhow!("the certificate authority in {src} is not a valid PEM certificate: {e}"))?;
-                if certs.is_empty() {
-                    bail!("the certificate authority in {src} holds no PEM certificate");
-                }
-                for c in certs {
-                    b = b.add_root_certificate(c);
-                }
+        let build = |http1_only: bool| -> anyhow::Result<reqwest::Client> {
+            let mut b = reqwest::Client::builder()
+                .tls_built_in_root_certs(false)
+                .connect_timeout(Duration::from_secs(10))
+                .user_agent(concat!("sheaf/", env!("CARGO_PKG_VERSION")));
+            if http1_only {
+                // WebSockets upgrade an HTTP/1.1 connection.
+                b = b.http1_only();
+            } else if timeout_secs > 0 {
+                b = b.timeout(Duration::from_secs(timeout_secs));
             }
-            None if cfg.insecure => {}
-            None if cfg.server.starts_with("https://") => bail!(
-                "the cluster in {src} has neither certificate-authority-data nor certificate-authority, \
-                 so the server cannot be verified; regenerate it with `sheaf kubeconfig`"
-            ),
-            None => {}
-        }
-        if cfg.insecure {
-            b = b.danger_accept_invalid_certs(true);
-        }
-        if let Some(id) = &cfg.identity_pem {
-            let identity = reqwest::Identity::from_pem(id)
-                .map_err(|e| anyhow!("the client certificate or key in {src} is not valid: {e}"))?;
-            b = b.identity(identity);
-        }
-        let http = b.build().map_err(|e| anyhow!("cannot set up the HTTPS client: {}", cause_chain(&e)))?;
+            match &cfg.ca_pem {
+                Some(pem) => {
+                    let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                        anyhow!("the certificate authority in {src} is not a valid PEM certificate: {e}")
+                    })?;
+                    if certs.is_empty() {
+                        bail!("the certificate authority in {src} holds no PEM certificate");
+                    }
+                    for c in certs {
+                        b = b.add_root_certificate(c);
+                    }
+                }
+                None if cfg.insecure => {}
+                None if cfg.server.starts_with("https://") => bail!(
+                    "the cluster in {src} has neither certificate-authority-data nor certificate-authority, \
+                     so the server cannot be verified; regenerate it with `sheaf kubeconfig`"
+                ),
+                None => {}
+            }
+            if cfg.insecure {
+                b = b.danger_accept_invalid_certs(true);
+            }
+            if let Some(id) = &cfg.identity_pem {
+                let identity = reqwest::Identity::from_pem(id)
+                    .map_err(|e| anyhow!("the client certificate or key in {src} is not valid: {e}"))?;
+                b = b.identity(identity);
+            }
+            b.build().map_err(|e| anyhow!("cannot set up the HTTPS client: {}", cause_chain(&e)))
+        };
+        let http = build(false)?;
+        let http1 = build(true)?;
         Ok(Client {
             http,
+            http1,
             base: cfg.server.trim_end_matches('/').to_string(),
             token: cfg.token,
             namespace: cfg.namespace,
@@ -492,6 +503,45 @@ impl Client {
             },
         };
         Err(err.into())
+    }
+
+    /// Opens a WebSocket to `path` with `protocol`, as `kubectl exec` and
+    /// `virtctl console` do. Errors before the upgrade are the server's
+    /// `Status` messages.
+    pub async fn websocket(&self, path: &str, protocol: &str) -> anyhow::Result<reqwest::Upgraded> {
+        let url = format!("{}{path}", self.base);
+        let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+        let mut req = self
+            .http1
+            .get(&url)
+            .header(reqwest::header::CONNECTION, "Upgrade")
+            .header(reqwest::header::UPGRADE, "websocket")
+            .header(reqwest::header::SEC_WEBSOCKET_VERSION, "13")
+            .header(reqwest::header::SEC_WEBSOCKET_KEY, &key)
+            .header(reqwest::header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let status = resp.status().as_u16();
+        if status != 101 {
+            let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+            let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+            let message = parsed
+                .as_ref()
+                .and_then(|v| v.get("message"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("the server answered HTTP {status}: {}", snippet(&bytes)));
+            return Err(ServerError { code: status, reason: default_reason(status).to_string(), message }.into());
+        }
+        let accept = resp.headers().get(reqwest::header::SEC_WEBSOCKET_ACCEPT).map(|v| v.as_bytes().to_vec());
+        if accept.as_deref()
+            != Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()).as_bytes())
+        {
+            bail!("the server at {} did not complete the WebSocket handshake", self.base);
+        }
+        resp.upgrade().await.map_err(|e| self.transport_error(e))
     }
 
     pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {

@@ -1,7 +1,14 @@
-//! `sheaf vm start|stop|restart NAME`: KubeVirt's VM subresources.
+//! `sheaf vm ...`: KubeVirt's subresources. `start|stop|restart` act on
+//! the VirtualMachine; `pause|unpause|softreboot|console|vnc|guestosinfo`
+//! on its running instance (which has the VM's name).
 
 use clap::{Args, Subcommand};
+use futures::{SinkExt, StreamExt};
 use reqwest::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 use super::client::{encode, Client, ConnArgs};
 
@@ -19,11 +26,24 @@ pub enum VmAction {
     Stop(VmTarget),
     /// Stop and start a running VM.
     Restart(VmTarget),
+    /// Pause a running VM's guest (its vCPUs stop; memory is kept).
+    Pause(VmTarget),
+    /// Resume a paused VM.
+    Unpause(VmTarget),
+    /// Reboot the guest from inside: through the guest agent if one
+    /// answers, else the ACPI power button (QEMU resets instead of ending).
+    Softreboot(VmTarget),
+    /// Attach the terminal to the VM's serial console. Escape: Ctrl+].
+    Console(VmTarget),
+    /// Serve the VM's display as a VNC server on a local port.
+    Vnc(VncArgs),
+    /// Print what the guest agent reports (OS, hostname, agent version).
+    Guestosinfo(VmTarget),
 }
 
 #[derive(Args, Debug)]
 pub struct VmTarget {
-    /// The VirtualMachine's name.
+    /// The VirtualMachine's (or VirtualMachineInstance's) name.
     pub name: String,
     /// Its namespace (default: the kubeconfig context's).
     #[arg(short, long, value_name = "NS")]
@@ -32,25 +52,200 @@ pub struct VmTarget {
     pub conn: ConnArgs,
 }
 
+#[derive(Args, Debug)]
+pub struct VncArgs {
+    #[command(flatten)]
+    pub target: VmTarget,
+    /// Local address to listen on for VNC viewers.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+}
+
+const GROUP_PATH: &str = "/apis/subresources.kubevirt.io/v1";
+
+fn path(client: &Client, t: &VmTarget, plural: &str, sub: &str) -> String {
+    let ns = t.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| client.namespace.clone());
+    format!("{GROUP_PATH}/namespaces/{}/{plural}/{}/{sub}", encode(&ns), encode(&t.name))
+}
+
 pub async fn run(a: VmArgs) -> anyhow::Result<()> {
     let (verb, t) = match &a.action {
         VmAction::Start(t) => ("start", t),
         VmAction::Stop(t) => ("stop", t),
         VmAction::Restart(t) => ("restart", t),
+        VmAction::Pause(t) => ("pause", t),
+        VmAction::Unpause(t) => ("unpause", t),
+        VmAction::Softreboot(t) => ("softreboot", t),
+        VmAction::Console(t) => return console(t).await,
+        VmAction::Vnc(v) => return vnc(v).await,
+        VmAction::Guestosinfo(t) => {
+            let client = Client::connect(&t.conn)?;
+            let info = client.get_json(&path(&client, t, "virtualmachineinstances", "guestosinfo")).await?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            return Ok(());
+        }
     };
     let client = Client::connect(&t.conn)?;
-    let ns = t.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| client.namespace.clone());
-    let path = format!(
-        "/apis/subresources.kubevirt.io/v1/namespaces/{}/virtualmachines/{}/{verb}",
-        encode(&ns),
-        encode(&t.name)
-    );
-    client.request(Method::PUT, &path, "application/json", Some(("application/json", b"{}".to_vec()))).await?;
+    let plural =
+        if matches!(verb, "start" | "stop" | "restart") { "virtualmachines" } else { "virtualmachineinstances" };
+    let p = path(&client, t, plural, verb);
+    client.request(Method::PUT, &p, "application/json", Some(("application/json", b"{}".to_vec()))).await?;
     let done = match verb {
         "start" => "was scheduled to start",
         "stop" => "was scheduled to stop",
-        _ => "was scheduled to restart",
+        "restart" => "was scheduled to restart",
+        "pause" => "was paused",
+        "unpause" => "was unpaused",
+        _ => "was asked to reboot",
     };
     println!("VM {} {done}", t.name);
     Ok(())
+}
+
+type Ws = WebSocketStream<reqwest::Upgraded>;
+
+async fn open(t: &VmTarget, sub: &str) -> anyhow::Result<Ws> {
+    let client = Client::connect(&t.conn)?;
+    let io = client.websocket(&path(&client, t, "virtualmachineinstances", sub), "plain.kubevirt.io").await?;
+    Ok(WebSocketStream::from_raw_socket(io, Role::Client, None).await)
+}
+
+/// The terminal in raw mode while alive (when stdin is a terminal).
+struct RawMode(Option<rustix::termios::Termios>);
+
+impl RawMode {
+    fn enter() -> RawMode {
+        let fd = rustix::stdio::stdin();
+        if !rustix::termios::isatty(fd) {
+            return RawMode(None);
+        }
+        let Ok(saved) = rustix::termios::tcgetattr(fd) else { return RawMode(None) };
+        let mut raw = saved.clone();
+        raw.make_raw();
+        if rustix::termios::tcsetattr(fd, rustix::termios::OptionalActions::Now, &raw).is_err() {
+            return RawMode(None);
+        }
+        RawMode(Some(saved))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            let _ = rustix::termios::tcsetattr(rustix::stdio::stdin(), rustix::termios::OptionalActions::Now, saved);
+        }
+    }
+}
+
+/// Ctrl+] ends an interactive console session, as in virtctl and telnet.
+const ESCAPE: u8 = 0x1d;
+
+async fn console(t: &VmTarget) -> anyhow::Result<()> {
+    let ws = open(t, "console").await?;
+    let interactive = rustix::termios::isatty(rustix::stdio::stdin());
+    if interactive {
+        eprintln!("Connected to the console of {}. Escape sequence: ^]\r", t.name);
+    }
+    let _raw = RawMode::enter();
+    let (mut tx, mut rx) = ws.split();
+    let from_guest = async {
+        let mut out = tokio::io::stdout();
+        while let Some(msg) = rx.next().await {
+            let data = match msg {
+                Ok(Message::Binary(b)) => b.to_vec(),
+                Ok(Message::Text(t)) => t.as_bytes().to_vec(),
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            if out.write_all(&data).await.is_err() || out.flush().await.is_err() {
+                break;
+            }
+        }
+    };
+    let to_guest = async {
+        let mut input = tokio::io::stdin();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = match input.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let (chunk, escape) = match buf[..n].iter().position(|b| *b == ESCAPE && interactive) {
+                Some(i) => (&buf[..i], true),
+                None => (&buf[..n], false),
+            };
+            if !chunk.is_empty() && tx.send(Message::Binary(bytes::Bytes::copy_from_slice(chunk))).await.is_err() {
+                return;
+            }
+            if escape {
+                let _ = tx.send(Message::Close(None)).await;
+                return;
+            }
+        }
+        // End of (non-terminal) input: keep printing the guest's output.
+        futures::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = from_guest => {}
+        _ = to_guest => {}
+    }
+    drop(_raw);
+    if interactive {
+        eprintln!();
+    }
+    // The stdin reader is a blocking thread that the runtime would wait
+    // for at exit: end the process here.
+    std::process::exit(0)
+}
+
+async fn vnc(v: &VncArgs) -> anyhow::Result<()> {
+    // Fail early (not running, no display) before listening.
+    drop(open(&v.target, "vnc").await?);
+    let listener = tokio::net::TcpListener::bind(v.listen).await?;
+    let addr = listener.local_addr()?;
+    println!("VNC of {} at {addr}: connect a VNC viewer (for example `vncviewer {addr}`); Ctrl+C ends", v.target.name);
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let ws = match open(&v.target, "vnc").await {
+            Ok(ws) => ws,
+            Err(e) => {
+                eprintln!("error: {e}");
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let (mut rd, mut wr) = tcp.into_split();
+            let (mut tx, mut rx) = ws.split();
+            let up = async {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match rd.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if tx.send(Message::Binary(bytes::Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = tx.send(Message::Close(None)).await;
+            };
+            let down = async {
+                while let Some(Ok(msg)) = rx.next().await {
+                    let data = match msg {
+                        Message::Binary(b) => b,
+                        Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    if wr.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = up => {}
+                _ = down => {}
+            }
+        });
+    }
 }

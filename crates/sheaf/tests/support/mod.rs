@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod guest;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

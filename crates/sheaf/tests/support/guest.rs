@@ -1,0 +1,96 @@
+//! Test guests for VM tests: a server whose image store holds the tiny
+//! guest (built by `scripts/build-test-guests.sh`) as image `sheaf/tiny`,
+//! and a guard that kills any QEMU a failing test leaves behind.
+
+use std::path::{Path, PathBuf};
+
+use super::Server;
+
+/// Where `scripts/build-test-guests.sh` puts the guests.
+pub fn guest_dir() -> PathBuf {
+    std::env::var_os("SHEAF_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-guests"))
+}
+
+/// Links the files of guest `name` into `images/<image dir>` under `root`.
+pub fn install_image(root: &Path, guest: &str, image_dir: &str, files: &[&str]) {
+    let src = guest_dir().join(guest);
+    assert!(
+        src.join(files[0]).is_file(),
+        "the {guest} test guest is missing at {}: run scripts/build-test-guests.sh",
+        src.display()
+    );
+    let images = root.join("images").join(image_dir);
+    std::fs::create_dir_all(&images).expect("image dir");
+    for f in files {
+        let _ = std::os::unix::fs::symlink(src.join(f), images.join(f));
+    }
+}
+
+/// A server with the tiny guest as image `sheaf/tiny`, its image store in
+/// `ROOT/images` and VM runtime directories in `ROOT/run`.
+pub fn tiny_server(root: &Path, extra: &[&str]) -> Server {
+    install_image(root, "tiny", "sheaf_tiny", &["vmlinuz", "initramfs.cpio.gz"]);
+    let images = root.join("images").display().to_string();
+    let run = root.join("run").display().to_string();
+    let mut args = vec!["--image-dir", &images, "--run-dir", &run];
+    args.extend_from_slice(extra);
+    Server::start_with(&args)
+}
+
+/// Kills every QEMU started under its directory when dropped, so that a
+/// failing test leaves no daemonized guest behind.
+pub struct QemuReaper(pub PathBuf);
+
+impl Drop for QemuReaper {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pkill").args(["-9", "-f", &self.0.display().to_string()]).status();
+    }
+}
+
+/// A VirtualMachine of the tiny guest booted by kernel, with a NoCloud
+/// seed whose user data carries `marker: MARKER`.
+pub fn tiny_vm(name: &str, marker: &str) -> String {
+    format!(
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      terminationGracePeriodSeconds: 5
+      domain:
+        cpu:
+          cores: 1
+        memory:
+          guest: 128Mi
+        firmware:
+          kernelBoot:
+            kernelArgs: console=ttyS0 quiet
+            container:
+              image: sheaf/tiny
+              kernelPath: /vmlinuz
+              initrdPath: /initramfs.cpio.gz
+        devices:
+          disks:
+          - name: cloudinit
+            disk:
+              bus: virtio
+          interfaces:
+          - name: default
+            masquerade: {{}}
+      networks:
+      - name: default
+        pod: {{}}
+      volumes:
+      - name: cloudinit
+        cloudInitNoCloud:
+          userData: |
+            #cloud-config
+            # marker: {marker}
+"#
+    )
+}

@@ -1,0 +1,215 @@
+//! A running VM's subresources end to end, through the CLI: the serial
+//! console (interactive shell of the tiny guest), VNC, pause/unpause, soft
+//! reboot, guestosinfo, and their errors.
+
+mod support;
+
+use std::io::{BufRead, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::guest::{tiny_server, tiny_vm, QemuReaper};
+use support::{eventually, Server};
+
+fn sheaf(s: &Server, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sheaf"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&s.kubeconfig)
+        .output()
+        .expect("sheaf");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+}
+
+fn jsonpath(s: &Server, kind: &str, path: &str) -> String {
+    let out = s.kubectl(&["get", kind, "con", "-o", &format!("jsonpath={path}")]);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `sheaf vm console con`, its output collected as it comes.
+struct Console {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Console {
+    fn open(s: &Server) -> Console {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sheaf"))
+            .args(["vm", "console", "con", "--kubeconfig"])
+            .arg(&s.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sheaf vm console");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut stream = stream;
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    output.lock().expect("lock").push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        Console { child, output }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(line.as_bytes()).expect("write");
+        stdin.write_all(b"\n").expect("write");
+        stdin.flush().expect("flush");
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().expect("lock").clone()
+    }
+
+    /// Types `echo` of an arithmetic expression until its result shows (the
+    /// shell may still be starting), so the echo of the typed line itself
+    /// can't satisfy the check.
+    fn expect_shell(&mut self, a: u32, b: u32) -> bool {
+        let want = format!("CONSOLE-{}", a * b);
+        eventually(Duration::from_secs(60), || {
+            self.type_line(&format!("echo CONSOLE-$(({a}*{b}))"));
+            std::thread::sleep(Duration::from_millis(500));
+            self.output().contains(&want)
+        })
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn boots(serial: &std::path::Path) -> usize {
+    std::fs::read_to_string(serial).unwrap_or_default().matches("SHEAF-GUEST booted").count()
+}
+
+#[test]
+fn console_vnc_pause_and_soft_reboot() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _reaper = QemuReaper(root.path().to_path_buf());
+    let s = tiny_server(root.path(), &[]);
+
+    let (ok, out) = sheaf(&s, &["vm", "pause", "con"]);
+    assert!(!ok && out.contains("not found"), "{out}");
+    let (ok, out) = sheaf(&s, &["vm", "console", "con"]);
+    assert!(!ok && out.contains("not found"), "{out}");
+
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(&tiny_vm("con", "console-test")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        eventually(Duration::from_secs(60), || jsonpath(&s, "vmi", "{.status.phase}") == "Running"),
+        "VMI not Running: {}\n{}",
+        jsonpath(&s, "vmi", "{.status}"),
+        s.log()
+    );
+    let uid = jsonpath(&s, "vmi", "{.metadata.uid}");
+    let serial = root.path().join("run").join(&uid).join("serial.log");
+    assert!(
+        eventually(Duration::from_secs(90), || std::fs::read_to_string(&serial)
+            .is_ok_and(|l| l.contains("SHEAF-GUEST ready"))),
+        "guest not ready: {}",
+        std::fs::read_to_string(&serial).unwrap_or_default()
+    );
+
+    // The serial console: a shell answers.
+    let mut first = Console::open(&s);
+    assert!(first.expect_shell(6, 7), "no shell on the console: {:?}", first.output());
+    // A second console takes over; the first one ends.
+    let mut second = Console::open(&s);
+    assert!(
+        eventually(Duration::from_secs(15), || first.child.try_wait().ok().flatten().is_some()),
+        "the first console was not closed when the second connected"
+    );
+    assert!(second.expect_shell(7, 7), "no shell on the second console: {:?}", second.output());
+    drop(second);
+
+    // VNC: a local port that speaks RFB.
+    let mut vnc = Command::new(env!("CARGO_BIN_EXE_sheaf"))
+        .args(["vm", "vnc", "con", "--listen", "127.0.0.1:0", "--kubeconfig"])
+        .arg(&s.kubeconfig)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sheaf vm vnc");
+    let mut line = String::new();
+    std::io::BufReader::new(vnc.stdout.take().expect("stdout")).read_line(&mut line).expect("vnc line");
+    let addr = line.split(" at ").nth(1).and_then(|r| r.split(':').take(2).collect::<Vec<_>>().join(":").into());
+    let addr: String = addr.unwrap_or_default();
+    let mut tcp = std::net::TcpStream::connect(addr.trim()).unwrap_or_else(|e| panic!("connect {addr:?}: {e}"));
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let mut banner = [0u8; 12];
+    tcp.read_exact(&mut banner).expect("RFB banner");
+    assert_eq!(&banner, b"RFB 003.008\n");
+    drop(tcp);
+    let _ = vnc.kill();
+    let _ = vnc.wait();
+
+    // Pause and unpause.
+    let (ok, out) = sheaf(&s, &["vm", "pause", "con"]);
+    assert!(ok, "{out}");
+    assert_eq!(jsonpath(&s, "vmi", "{.status.conditions[?(@.type=='Paused')].status}"), "True");
+    assert!(
+        eventually(Duration::from_secs(20), || jsonpath(&s, "vm", "{.status.printableStatus}") == "Paused"),
+        "VM not Paused: {}",
+        jsonpath(&s, "vm", "{.status}")
+    );
+    let (ok, out) = sheaf(&s, &["vm", "pause", "con"]);
+    assert!(!ok && out.contains("already paused"), "{out}");
+    let (ok, out) = sheaf(&s, &["vm", "softreboot", "con"]);
+    assert!(!ok && out.contains("paused"), "{out}");
+    let (ok, out) = sheaf(&s, &["vm", "unpause", "con"]);
+    assert!(ok, "{out}");
+    assert_eq!(jsonpath(&s, "vmi", "{.status.conditions[?(@.type=='Paused')].status}"), "");
+    assert!(
+        eventually(Duration::from_secs(20), || jsonpath(&s, "vm", "{.status.printableStatus}") == "Running"),
+        "VM not Running after unpause: {}",
+        jsonpath(&s, "vm", "{.status}")
+    );
+    let (ok, out) = sheaf(&s, &["vm", "unpause", "con"]);
+    assert!(!ok && out.contains("not paused"), "{out}");
+
+    // Soft reboot (no guest agent: ACPI, and QEMU resets rather than ends).
+    assert_eq!(boots(&serial), 1);
+    let (ok, out) = sheaf(&s, &["vm", "softreboot", "con"]);
+    assert!(ok, "{out}");
+    assert!(
+        eventually(Duration::from_secs(90), || boots(&serial) == 2),
+        "the guest did not boot again: {}",
+        std::fs::read_to_string(&serial).unwrap_or_default()
+    );
+    assert_eq!(jsonpath(&s, "vmi", "{.metadata.uid}"), uid, "same VMI after a soft reboot");
+    assert_eq!(jsonpath(&s, "vmi", "{.status.phase}"), "Running");
+
+    // No guest agent in the tiny guest.
+    let (ok, out) = sheaf(&s, &["vm", "guestosinfo", "con"]);
+    assert!(!ok && out.contains("guest agent"), "{out}");
+
+    // Stopped: the instance subresources say so.
+    let (ok, out) = sheaf(&s, &["vm", "stop", "con"]);
+    assert!(ok, "{out}");
+    assert!(
+        eventually(Duration::from_secs(60), || jsonpath(&s, "vm", "{.status.printableStatus}") == "Stopped"),
+        "not stopped: {}",
+        jsonpath(&s, "vm", "{.status}")
+    );
+    let (ok, out) = sheaf(&s, &["vm", "pause", "con"]);
+    assert!(!ok && out.contains("not found"), "{out}");
+    s.kubectl_ok(&["delete", "vm", "con"]);
+    let leftovers: Vec<_> =
+        std::fs::read_dir(root.path().join("run")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+}
