@@ -38,7 +38,7 @@ install -m 0755 "$SRC/tiny-init.sh" "$rootfs/init"
 install -m 0755 "$SRC/udhcpc-script.sh" "$rootfs/bin/udhcpc-script"
 
 # The modules the init loads, with their dependencies.
-mods="virtio_pci virtio_blk virtio_net virtio_scsi sr_mod ahci isofs vfat nls_cp437 nls_iso8859_1 nls_utf8 virtio_console virtio_rng button"
+mods="virtio_pci virtio_blk virtio_net virtio_scsi sr_mod ahci isofs vfat nls_cp437 nls_iso8859_1 nls_utf8 virtio_console virtio_rng button evdev"
 kmods="$work/k/lib/modules/$kver"
 declare -A want=()
 for m in $mods; do
