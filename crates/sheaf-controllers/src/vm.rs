@@ -103,6 +103,7 @@ const SUCCESSFUL_CREATE: &str = "SuccessfulCreate";
 const FAILED_CREATE: &str = "FailedCreate";
 const SUCCESSFUL_DELETE: &str = "SuccessfulDelete";
 const FAILED_DELETE: &str = "FailedDelete";
+const VMI_FAILED: &str = "FailedStart";
 
 /// KubeVirt's namespace for stable firmware UUIDs (a name-based UUID of
 /// the VM name), so that a guest sees the same SMBIOS UUID on every start
@@ -254,7 +255,10 @@ impl Reconciler for VmController {
 
         let mut status = vm.status.clone().unwrap_or_default();
         initialize(&mut status, strategy);
-        sync_start_failure(&mut status, vmi.as_ref(), strategy, pass.now, &self.config);
+        if let Some(why) = sync_start_failure(&mut status, vmi.as_ref(), strategy, pass.now, &self.config) {
+            // Why it failed is on the instance, which is about to go.
+            self.events.record(&reference_to(&vm), EventType::Warning, VMI_FAILED, why).await;
+        }
 
         let mut wait = None;
         if pass.failure.is_none() {
@@ -592,6 +596,11 @@ pub fn vmi_from_vm(vm: &VirtualMachine, paused: bool) -> VirtualMachineInstance 
     let name = name_of(vm).to_string();
     let mut annotations = template.metadata.annotations.clone();
     annotations.insert(GENERATION_ANNOTATION.to_string(), vm.metadata.generation.unwrap_or(1).to_string());
+    // Harvester names the VM's SSH KeyPairs on the VM; the agent reads them
+    // from the instance.
+    if let Some(names) = vm.metadata.annotations.get(sheaf_types::harvester::SSH_NAMES_ANNOTATION) {
+        annotations.insert(sheaf_types::harvester::SSH_NAMES_ANNOTATION.to_string(), names.clone());
+    }
     let mut spec = template.spec.clone();
     if paused {
         spec.start_strategy = Some("Paused".to_string());
@@ -715,27 +724,31 @@ fn crash_loop_delay(count: i64, config: &Config) -> Duration {
 }
 
 /// Updates `status.startFailure` from a finished VMI (each VMI is counted
-/// once, by uid).
+/// once, by uid). Returns why a newly counted crash happened, when the
+/// instance says.
 fn sync_start_failure(
     status: &mut VirtualMachineStatus,
     vmi: Option<&VirtualMachineInstance>,
     strategy: RunStrategy,
     now: Time,
     config: &Config,
-) {
+) -> Option<String> {
     if !matches!(strategy, RunStrategy::Always | RunStrategy::RerunOnFailure | RunStrategy::Once) {
         status.start_failure = None;
-        return;
+        return None;
     }
-    let Some(vmi) = vmi.filter(|v| is_final(v)) else { return };
+    let vmi = vmi.filter(|v| is_final(v))?;
     let uid = vmi.metadata.uid.clone();
     let counted = status.start_failure.as_ref().and_then(|f| f.last_failed_vmi_uid.as_ref());
     if uid.is_none() || counted == uid.as_ref() {
-        return;
+        return None;
     }
     match ending(vmi, now, config.crash_window) {
-        Ending::Deleted => {}
-        Ending::Clean => status.start_failure = None,
+        Ending::Deleted => None,
+        Ending::Clean => {
+            status.start_failure = None;
+            None
+        }
         Ending::Crash => {
             let count = status.start_failure.as_ref().and_then(|f| f.consecutive_fail_count).unwrap_or(0) + 1;
             let delay = TimeDelta::from_std(crash_loop_delay(count, config)).unwrap_or(TimeDelta::MAX);
@@ -744,6 +757,14 @@ fn sync_start_failure(
                 last_failed_vmi_uid: uid,
                 retry_after_timestamp: Some(Time(now.0.checked_add_signed(delay).unwrap_or(now.0))),
             });
+            let st = vmi.status.as_ref()?;
+            let ready = st.conditions.iter().find(|c| c.type_ == READY && c.status == "False");
+            let message = ready.and_then(|c| c.message.clone()).filter(|m| !m.is_empty())?;
+            let reason = ready.and_then(|c| c.reason.clone()).or_else(|| st.reason.clone()).unwrap_or_default();
+            Some(format!(
+                "The virtual machine instance {} failed ({reason}): {message}",
+                vmi.metadata.name.as_deref().unwrap_or("")
+            ))
         }
     }
 }
@@ -1015,7 +1036,14 @@ mod tests {
         vm.metadata.uid = Some("vm-uid".into());
         vm.metadata.generation = Some(3);
         vm.spec.template.metadata.labels.insert("kubevirt.io/domain".into(), "testvm".into());
+        vm.metadata.annotations.insert("harvesterhci.io/sshNames".into(), r#"["default/mykey"]"#.into());
+        vm.metadata.annotations.insert("unrelated.example/note".into(), "x".into());
         let vmi = vmi_from_vm(&vm, true);
+        assert_eq!(
+            vmi.metadata.annotations.get("harvesterhci.io/sshNames").map(String::as_str),
+            Some(r#"["default/mykey"]"#)
+        );
+        assert!(!vmi.metadata.annotations.contains_key("unrelated.example/note"));
         assert_eq!(vmi.metadata.name.as_deref(), Some("testvm"));
         assert_eq!(vmi.metadata.labels.get("kubevirt.io/domain").map(String::as_str), Some("testvm"));
         assert_eq!(vmi.metadata.annotations.get(GENERATION_ANNOTATION).map(String::as_str), Some("3"));

@@ -5,6 +5,7 @@
 //! This crate does no I/O.
 
 pub mod core;
+pub mod harvester;
 pub mod kubevirt;
 pub mod meta;
 pub mod quantity;

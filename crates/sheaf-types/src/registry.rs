@@ -1,7 +1,7 @@
 //! The kinds Sheaf serves.
 
 use crate::resource::ResourceType;
-use crate::{core, kubevirt};
+use crate::{core, harvester, kubevirt};
 
 /// Every kind the API server serves, in discovery order.
 pub fn all() -> Vec<ResourceType> {
@@ -14,5 +14,6 @@ pub fn all() -> Vec<ResourceType> {
         ResourceType::of::<kubevirt::VirtualMachine>(),
         ResourceType::of::<kubevirt::VirtualMachineInstance>(),
         ResourceType::of::<kubevirt::VirtualMachineInstanceMigration>(),
+        ResourceType::of::<harvester::KeyPair>(),
     ]
 }
