@@ -1,0 +1,704 @@
+//! The replica store: a volume's blocks as a chain of sparse layers with
+//! per-block checksums (see docs/design/storage-engine.md).
+//!
+//! Files in a replica directory:
+//! - `replica.json`: the [`Meta`] (chain, size, epoch, dirty flag),
+//!   replaced atomically.
+//! - `layer-<id>.data`: sparse, a block's data at its volume offset.
+//! - `layer-<id>.sum`: a header block, then 8 bytes per block: CRC32 of the
+//!   data and the block's state in this layer (absent, data or zero).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes per block: the unit of checksums, presence and snapshots.
+pub const BLOCK: u64 = 4096;
+const HEADER: u64 = 4096;
+const ENTRY: u64 = 8;
+const MAGIC: &[u8; 8] = b"SHEAFSUM";
+const FORMAT: u32 = 1;
+
+const ABSENT: u32 = 0;
+const DATA: u32 = 1;
+const ZERO: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("replica {dir}: {message}")]
+    Corrupt { dir: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("snapshot {0:?} does not exist")]
+    NoSnapshot(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let what = what.into();
+    move |source| StoreError::Io { what, source }
+}
+
+/// One layer of the chain, as recorded in `replica.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerMeta {
+    pub id: u64,
+    /// The snapshot's name; `None` for the live head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    pub created: String,
+}
+
+/// `replica.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub format: u32,
+    pub volume: String,
+    pub size: u64,
+    pub epoch: u64,
+    /// Base first, head last.
+    pub layers: Vec<LayerMeta>,
+    /// A writer has it open (or died with it open).
+    pub dirty: bool,
+}
+
+/// A snapshot of the replica.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub created: String,
+    /// Bytes of blocks this layer stores (data blocks).
+    pub stored_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: u64) -> Bits {
+        Bits(vec![0; n.div_ceil(64) as usize])
+    }
+    fn get(&self, i: u64) -> bool {
+        self.0.get((i / 64) as usize).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+    fn set(&mut self, i: u64, v: bool) {
+        if let Some(w) = self.0.get_mut((i / 64) as usize) {
+            if v {
+                *w |= 1 << (i % 64);
+            } else {
+                *w &= !(1 << (i % 64));
+            }
+        }
+    }
+    fn grow(&mut self, n: u64) {
+        self.0.resize(n.div_ceil(64) as usize, 0);
+    }
+    fn count(&self) -> u64 {
+        self.0.iter().map(|w| w.count_ones() as u64).sum()
+    }
+}
+
+struct Layer {
+    meta: LayerMeta,
+    data: File,
+    sum: File,
+    present: Bits,
+    zero: Bits,
+}
+
+impl Layer {
+    fn state(&self, b: u64) -> u32 {
+        match (self.present.get(b), self.zero.get(b)) {
+            (false, _) => ABSENT,
+            (true, false) => DATA,
+            (true, true) => ZERO,
+        }
+    }
+    fn mark(&mut self, b: u64, state: u32) {
+        self.present.set(b, state != ABSENT);
+        self.zero.set(b, state == ZERO);
+    }
+}
+
+/// An open replica.
+pub struct Replica {
+    dir: PathBuf,
+    meta: Meta,
+    layers: Vec<Layer>,
+    flush_gen: u64,
+    writable: bool,
+}
+
+fn data_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("layer-{id}.data"))
+}
+fn sum_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("layer-{id}.sum"))
+}
+
+fn header(id: u64, flush_gen: u64, epoch: u64) -> [u8; 40] {
+    let mut h = [0u8; 40];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT.to_le_bytes());
+    h[16..24].copy_from_slice(&id.to_le_bytes());
+    h[24..32].copy_from_slice(&flush_gen.to_le_bytes());
+    h[32..40].copy_from_slice(&epoch.to_le_bytes());
+    h
+}
+
+fn entry(crc: u32, state: u32) -> [u8; 8] {
+    let mut e = [0u8; 8];
+    e[..4].copy_from_slice(&crc.to_le_bytes());
+    e[4..].copy_from_slice(&state.to_le_bytes());
+    e
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(format!("syncing {}", dir.display())))
+}
+
+fn punch(file: &File, offset: u64, len: u64) -> Result<()> {
+    use rustix::fs::FallocateFlags;
+    rustix::fs::fallocate(file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len)
+        .map_err(|e| StoreError::Io { what: "punching a hole".into(), source: e.into() })
+}
+
+impl Replica {
+    /// Creates an empty replica of `size` bytes in `dir` (which must not
+    /// hold one yet).
+    pub fn create(dir: &Path, volume: &str, size: u64) -> Result<Replica> {
+        if size == 0 || !size.is_multiple_of(BLOCK) {
+            return Err(StoreError::Invalid(format!("size must be a positive multiple of {BLOCK} bytes, not {size}")));
+        }
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        if dir.join("replica.json").exists() {
+            return Err(StoreError::Invalid(format!("{} already holds a replica", dir.display())));
+        }
+        let head = LayerMeta { id: 1, snapshot: None, created: now() };
+        let meta =
+            Meta { format: FORMAT, volume: volume.into(), size, epoch: 0, layers: vec![head.clone()], dirty: true };
+        let layer = Self::new_layer_files(dir, &head, size, 0, 0)?;
+        write_meta(dir, &meta)?;
+        Ok(Replica { dir: dir.to_path_buf(), meta, layers: vec![layer], flush_gen: 0, writable: true })
+    }
+
+    fn new_layer_files(dir: &Path, meta: &LayerMeta, size: u64, flush_gen: u64, epoch: u64) -> Result<Layer> {
+        let blocks = size / BLOCK;
+        let open = |p: PathBuf| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&p)
+                .map_err(io(format!("creating {}", p.display())))
+        };
+        let data = open(data_path(dir, meta.id))?;
+        data.set_len(size).map_err(io("sizing layer data"))?;
+        let sum = open(sum_path(dir, meta.id))?;
+        sum.set_len(HEADER + blocks * ENTRY).map_err(io("sizing layer checksums"))?;
+        sum.write_all_at(&header(meta.id, flush_gen, epoch), 0).map_err(io("writing layer header"))?;
+        sum.sync_all().map_err(io("syncing layer checksums"))?;
+        data.sync_all().map_err(io("syncing layer data"))?;
+        Ok(Layer { meta: meta.clone(), data, sum, present: Bits::new(blocks), zero: Bits::new(blocks) })
+    }
+
+    /// Opens the replica in `dir` for writing. A replica left dirty by a
+    /// writer that died has its head's checksums brought in line with its
+    /// data (writes after the last flush carry no promise); older layers
+    /// must verify.
+    pub fn open(dir: &Path) -> Result<Replica> {
+        let meta: Meta = {
+            let p = dir.join("replica.json");
+            let text = std::fs::read(&p).map_err(io(format!("reading {}", p.display())))?;
+            serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
+                dir: dir.display().to_string(),
+                message: format!("replica.json does not parse: {e}"),
+            })?
+        };
+        if meta.format != FORMAT || meta.layers.is_empty() || !meta.size.is_multiple_of(BLOCK) {
+            return Err(StoreError::Corrupt {
+                dir: dir.display().to_string(),
+                message: "replica.json has an unknown format, no layers or a bad size".into(),
+            });
+        }
+        let blocks = meta.size / BLOCK;
+        let mut layers = Vec::new();
+        let mut flush_gen = 0;
+        for (i, lm) in meta.layers.iter().enumerate() {
+            let open = |p: PathBuf| {
+                OpenOptions::new().read(true).write(true).open(&p).map_err(io(format!("opening {}", p.display())))
+            };
+            let data = open(data_path(dir, lm.id))?;
+            let sum = open(sum_path(dir, lm.id))?;
+            let mut h = [0u8; 40];
+            sum.read_exact_at(&mut h, 0).map_err(io("reading a layer header"))?;
+            if &h[..8] != MAGIC || u64::from_le_bytes(h[16..24].try_into().unwrap_or_default()) != lm.id {
+                return Err(StoreError::Corrupt {
+                    dir: dir.display().to_string(),
+                    message: format!("layer {} has a bad header", lm.id),
+                });
+            }
+            if i == meta.layers.len() - 1 {
+                flush_gen = u64::from_le_bytes(h[24..32].try_into().unwrap_or_default());
+            }
+            let mut layer = Layer { meta: lm.clone(), data, sum, present: Bits::new(blocks), zero: Bits::new(blocks) };
+            // Presence from the checksum file, a megabyte at a time.
+            let chunk = 128 * 1024;
+            let mut buf = vec![0u8; (chunk * ENTRY) as usize];
+            let mut b = 0;
+            while b < blocks {
+                let n = chunk.min(blocks - b);
+                let bytes = &mut buf[..(n * ENTRY) as usize];
+                layer.sum.read_exact_at(bytes, HEADER + b * ENTRY).map_err(io("reading layer checksums"))?;
+                for (k, e) in bytes.chunks_exact(ENTRY as usize).enumerate() {
+                    let state = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+                    if state > ZERO {
+                        return Err(StoreError::Corrupt {
+                            dir: dir.display().to_string(),
+                            message: format!("layer {} block {} has state {state}", lm.id, b + k as u64),
+                        });
+                    }
+                    layer.mark(b + k as u64, state);
+                }
+                b += n;
+            }
+            layers.push(layer);
+        }
+        remove_stray_layers(dir, &meta);
+        let mut r = Replica { dir: dir.to_path_buf(), meta, layers, flush_gen, writable: true };
+        if r.meta.dirty {
+            r.recover_head()?;
+        }
+        r.meta.dirty = true;
+        write_meta(&r.dir, &r.meta)?;
+        Ok(r)
+    }
+
+    /// After a crash: re-checksum head blocks whose data changed after
+    /// their checksum was written.
+    fn recover_head(&mut self) -> Result<()> {
+        let head = self.layers.len() - 1;
+        let blocks = self.meta.size / BLOCK;
+        let mut fixed = 0u64;
+        let mut buf = vec![0u8; BLOCK as usize];
+        let mut e = [0u8; 8];
+        for b in 0..blocks {
+            if self.layers[head].state(b) != DATA {
+                continue;
+            }
+            let l = &self.layers[head];
+            l.data.read_exact_at(&mut buf, b * BLOCK).map_err(io("reading head data"))?;
+            l.sum.read_exact_at(&mut e, HEADER + b * ENTRY).map_err(io("reading head checksums"))?;
+            let crc = crc32fast::hash(&buf);
+            if u32::from_le_bytes([e[0], e[1], e[2], e[3]]) != crc {
+                l.sum.write_all_at(&entry(crc, DATA), HEADER + b * ENTRY).map_err(io("fixing a checksum"))?;
+                fixed += 1;
+            }
+        }
+        if fixed > 0 {
+            tracing::info!(dir = %self.dir.display(), blocks = fixed, "replica recovered: unflushed blocks re-checksummed");
+        }
+        self.layers[head].sum.sync_data().map_err(io("syncing head checksums"))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.meta.size
+    }
+    pub fn epoch(&self) -> u64 {
+        self.meta.epoch
+    }
+    /// Flushes completed on this replica (persisted in the head's header).
+    pub fn flush_generation(&self) -> u64 {
+        self.flush_gen
+    }
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Records a new epoch (fencing); an older one is refused.
+    pub fn set_epoch(&mut self, epoch: u64) -> Result<()> {
+        if epoch < self.meta.epoch {
+            return Err(StoreError::Invalid(format!(
+                "epoch {epoch} is older than the replica's {}: a newer engine owns this volume",
+                self.meta.epoch
+            )));
+        }
+        if epoch > self.meta.epoch {
+            self.meta.epoch = epoch;
+            write_meta(&self.dir, &self.meta)?;
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.meta.size) {
+            return Err(StoreError::Invalid(format!(
+                "range {offset}+{len} is beyond the end of the volume ({} bytes)",
+                self.meta.size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The topmost layer up to `top` holding block `b`, if any.
+    fn owner(&self, top: usize, b: u64) -> Option<usize> {
+        self.layers[..=top].iter().rposition(|l| l.present.get(b))
+    }
+
+    /// Reads `buf.len()` bytes at `offset`, verifying checksums.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_upto(self.layers.len() - 1, offset, buf)
+    }
+
+    /// Reads from snapshot `name` as it was taken.
+    pub fn read_snapshot(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_upto(self.snapshot_index(name)?, offset, buf)
+    }
+
+    fn read_upto(&self, top: usize, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let at = offset + pos as u64;
+            let b = at / BLOCK;
+            let in_block = (at % BLOCK) as usize;
+            // A run of blocks served by the same layer in the same state.
+            let owner = self.owner(top, b);
+            let state = owner.map(|o| self.layers[o].state(b)).unwrap_or(ABSENT);
+            let mut run = 1u64;
+            let last = (offset + buf.len() as u64 - 1) / BLOCK;
+            while b + run <= last {
+                let o = self.owner(top, b + run);
+                if o != owner || o.map(|o| self.layers[o].state(b + run)).unwrap_or(ABSENT) != state {
+                    break;
+                }
+                run += 1;
+            }
+            let run_end = ((b + run) * BLOCK).min(offset + buf.len() as u64);
+            let n = (run_end - at) as usize;
+            let out = &mut buf[pos..pos + n];
+            match (owner, state) {
+                (Some(o), DATA) => self.read_verified(o, b, run, in_block, out)?,
+                _ => out.fill(0),
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    fn read_verified(&self, o: usize, b: u64, run: u64, skip: usize, out: &mut [u8]) -> Result<()> {
+        let l = &self.layers[o];
+        let mut data = vec![0u8; (run * BLOCK) as usize];
+        l.data.read_exact_at(&mut data, b * BLOCK).map_err(io("reading layer data"))?;
+        let mut sums = vec![0u8; (run * ENTRY) as usize];
+        l.sum.read_exact_at(&mut sums, HEADER + b * ENTRY).map_err(io("reading layer checksums"))?;
+        for (k, (block, e)) in data.chunks_exact(BLOCK as usize).zip(sums.chunks_exact(ENTRY as usize)).enumerate() {
+            let want = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+            if crc32fast::hash(block) != want {
+                return Err(StoreError::Corrupt {
+                    dir: self.dir.display().to_string(),
+                    message: format!("block {} of layer {} does not match its checksum", b + k as u64, l.meta.id),
+                });
+            }
+        }
+        out.copy_from_slice(&data[skip..skip + out.len()]);
+        Ok(())
+    }
+
+    fn head(&mut self) -> &mut Layer {
+        let i = self.layers.len() - 1;
+        &mut self.layers[i]
+    }
+
+    /// Writes whole blocks starting at block `b` into the head.
+    fn write_blocks(&mut self, b: u64, data: &[u8]) -> Result<()> {
+        let n = data.len() as u64 / BLOCK;
+        let mut sums = Vec::with_capacity((n * ENTRY) as usize);
+        for block in data.chunks_exact(BLOCK as usize) {
+            sums.extend_from_slice(&entry(crc32fast::hash(block), DATA));
+        }
+        let head = self.head();
+        head.data.write_all_at(data, b * BLOCK).map_err(io("writing layer data"))?;
+        head.sum.write_all_at(&sums, HEADER + b * ENTRY).map_err(io("writing layer checksums"))?;
+        for k in 0..n {
+            head.mark(b + k, DATA);
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` (any alignment; partial blocks are
+    /// read, merged and written whole).
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let first = offset / BLOCK;
+        let last = (offset + data.len() as u64 - 1) / BLOCK;
+        if offset.is_multiple_of(BLOCK) && (data.len() as u64).is_multiple_of(BLOCK) {
+            return self.write_blocks(first, data);
+        }
+        // Merge the edges with what the chain holds.
+        let mut buf = vec![0u8; ((last - first + 1) * BLOCK) as usize];
+        let start = (offset - first * BLOCK) as usize;
+        let edge = BLOCK as usize;
+        if start != 0 {
+            self.read(first * BLOCK, &mut buf[..edge])?;
+        }
+        let end = start + data.len();
+        if !end.is_multiple_of(edge) {
+            let at = buf.len() - edge;
+            self.read(last * BLOCK, &mut buf[at..])?;
+        }
+        buf[start..end].copy_from_slice(data);
+        self.write_blocks(first, &buf)
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros, freeing the head's
+    /// space for whole blocks.
+    pub fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let first_full = offset.div_ceil(BLOCK);
+        let end = offset + len;
+        let last_full = end / BLOCK; // exclusive
+        if first_full >= last_full {
+            return self.write(offset, &vec![0u8; len as usize]);
+        }
+        if !offset.is_multiple_of(BLOCK) {
+            self.write(offset, &vec![0u8; (first_full * BLOCK - offset) as usize])?;
+        }
+        if !end.is_multiple_of(BLOCK) {
+            self.write(last_full * BLOCK, &vec![0u8; (end - last_full * BLOCK) as usize])?;
+        }
+        let head_i = self.layers.len() - 1;
+        let mut sums = Vec::with_capacity(((last_full - first_full) * ENTRY) as usize);
+        let mut states = Vec::with_capacity((last_full - first_full) as usize);
+        for b in first_full..last_full {
+            let below = self.layers[..head_i].iter().any(|l| l.present.get(b));
+            let state = if below { ZERO } else { ABSENT };
+            states.push(state);
+            sums.extend_from_slice(&entry(0, state));
+        }
+        let head = self.head();
+        punch(&head.data, first_full * BLOCK, (last_full - first_full) * BLOCK)?;
+        head.sum.write_all_at(&sums, HEADER + first_full * ENTRY).map_err(io("writing layer checksums"))?;
+        for (k, s) in states.into_iter().enumerate() {
+            head.mark(first_full + k as u64, s);
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&mut self) -> Result<()> {
+        let next = self.flush_gen + 1;
+        let epoch = self.meta.epoch;
+        let head = self.head();
+        head.data.sync_data().map_err(io("syncing layer data"))?;
+        let id = head.meta.id;
+        head.sum.write_all_at(&header(id, next, epoch), 0).map_err(io("writing layer header"))?;
+        head.sum.sync_data().map_err(io("syncing layer checksums"))?;
+        self.flush_gen = next;
+        Ok(())
+    }
+
+    /// Freezes the head as snapshot `name` and starts a new empty head.
+    pub fn snapshot(&mut self, name: &str) -> Result<()> {
+        if name.is_empty() || name.contains('/') {
+            return Err(StoreError::Invalid(format!("snapshot name {name:?} must be non-empty without '/'")));
+        }
+        if self.layers.iter().any(|l| l.meta.snapshot.as_deref() == Some(name)) {
+            return Err(StoreError::Invalid(format!("snapshot {name:?} already exists")));
+        }
+        self.flush()?;
+        let id = self.layers.iter().map(|l| l.meta.id).max().unwrap_or(0) + 1;
+        let lm = LayerMeta { id, snapshot: None, created: now() };
+        let layer = Self::new_layer_files(&self.dir, &lm, self.meta.size, self.flush_gen, self.meta.epoch)?;
+        let mut meta = self.meta.clone();
+        if let Some(h) = meta.layers.last_mut() {
+            h.snapshot = Some(name.to_string());
+            h.created = now();
+        }
+        meta.layers.push(lm);
+        write_meta(&self.dir, &meta)?;
+        self.meta = meta;
+        let n = self.layers.len();
+        self.layers[n - 1].meta = self.meta.layers[n - 1].clone();
+        self.layers.push(layer);
+        Ok(())
+    }
+
+    /// Snapshots, oldest first.
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        self.layers
+            .iter()
+            .filter_map(|l| {
+                Some(SnapshotInfo {
+                    name: l.meta.snapshot.clone()?,
+                    created: l.meta.created.clone(),
+                    stored_bytes: (l.present.count() - l.zero.count()) * BLOCK,
+                })
+            })
+            .collect()
+    }
+
+    fn snapshot_index(&self, name: &str) -> Result<usize> {
+        self.layers
+            .iter()
+            .position(|l| l.meta.snapshot.as_deref() == Some(name))
+            .ok_or_else(|| StoreError::NoSnapshot(name.to_string()))
+    }
+
+    /// Deletes snapshot `name`: its blocks move up into the layer above
+    /// (which wins where it has its own), then the layer goes.
+    pub fn delete_snapshot(&mut self, name: &str) -> Result<()> {
+        let i = self.snapshot_index(name)?;
+        let blocks = self.meta.size / BLOCK;
+        let mut buf = vec![0u8; BLOCK as usize];
+        for b in 0..blocks {
+            let state = self.layers[i].state(b);
+            if state == ABSENT || self.layers[i + 1].present.get(b) {
+                continue;
+            }
+            let (lower, upper) = self.layers.split_at_mut(i + 1);
+            let (src, dst) = (&lower[i], &mut upper[0]);
+            if state == DATA {
+                src.data.read_exact_at(&mut buf, b * BLOCK).map_err(io("reading snapshot data"))?;
+                let mut e = [0u8; 8];
+                src.sum.read_exact_at(&mut e, HEADER + b * ENTRY).map_err(io("reading snapshot checksums"))?;
+                dst.data.write_all_at(&buf, b * BLOCK).map_err(io("writing layer data"))?;
+                dst.sum.write_all_at(&e, HEADER + b * ENTRY).map_err(io("writing layer checksums"))?;
+            } else {
+                // A zero block only matters if something below it exists.
+                let below = lower[..i].iter().any(|l| l.present.get(b));
+                if !below {
+                    continue;
+                }
+                dst.sum.write_all_at(&entry(0, ZERO), HEADER + b * ENTRY).map_err(io("writing layer checksums"))?;
+            }
+            dst.mark(b, state);
+        }
+        let dst = &self.layers[i + 1];
+        dst.data.sync_data().map_err(io("syncing layer data"))?;
+        dst.sum.sync_data().map_err(io("syncing layer checksums"))?;
+        let mut meta = self.meta.clone();
+        let gone = meta.layers.remove(i);
+        write_meta(&self.dir, &meta)?;
+        self.meta = meta;
+        self.layers.remove(i);
+        remove_layer_files(&self.dir, gone.id);
+        Ok(())
+    }
+
+    /// Goes back to snapshot `name`: the head is dropped and a new empty
+    /// head is started on the snapshot. Newer snapshots would be lost, so
+    /// they are refused unless `discard_newer`. The volume must not be in
+    /// use (the engine is stopped).
+    pub fn revert(&mut self, name: &str, discard_newer: bool) -> Result<()> {
+        let i = self.snapshot_index(name)?;
+        let newer: Vec<&str> = self.layers[i + 1..].iter().filter_map(|l| l.meta.snapshot.as_deref()).collect();
+        if !newer.is_empty() && !discard_newer {
+            return Err(StoreError::Invalid(format!(
+                "snapshots newer than {name:?} exist ({}); delete them first, or revert discarding them",
+                newer.join(", ")
+            )));
+        }
+        let id = self.layers.iter().map(|l| l.meta.id).max().unwrap_or(0) + 1;
+        let lm = LayerMeta { id, snapshot: None, created: now() };
+        let layer = Self::new_layer_files(&self.dir, &lm, self.meta.size, self.flush_gen, self.meta.epoch)?;
+        let mut meta = self.meta.clone();
+        let dropped: Vec<u64> = meta.layers.drain(i + 1..).map(|l| l.id).collect();
+        meta.layers.push(lm);
+        write_meta(&self.dir, &meta)?;
+        self.meta = meta;
+        self.layers.truncate(i + 1);
+        self.layers.push(layer);
+        for id in dropped {
+            remove_layer_files(&self.dir, id);
+        }
+        Ok(())
+    }
+
+    /// Grows the volume to `size` bytes (new space reads as zeros).
+    pub fn expand(&mut self, size: u64) -> Result<()> {
+        if !size.is_multiple_of(BLOCK) || size < self.meta.size {
+            return Err(StoreError::Invalid(format!(
+                "a volume can only grow, in multiples of {BLOCK} bytes: {} → {size}",
+                self.meta.size
+            )));
+        }
+        let blocks = size / BLOCK;
+        for l in &mut self.layers {
+            l.data.set_len(size).map_err(io("growing layer data"))?;
+            l.sum.set_len(HEADER + blocks * ENTRY).map_err(io("growing layer checksums"))?;
+            l.present.grow(blocks);
+            l.zero.grow(blocks);
+        }
+        let mut meta = self.meta.clone();
+        meta.size = size;
+        write_meta(&self.dir, &meta)?;
+        self.meta = meta;
+        Ok(())
+    }
+
+    /// Flushes and marks the replica clean.
+    pub fn close(mut self) -> Result<()> {
+        if self.writable {
+            self.flush()?;
+            self.meta.dirty = false;
+            write_meta(&self.dir, &self.meta)?;
+            self.writable = false;
+        }
+        Ok(())
+    }
+
+    /// Bytes of data the layers store (thin provisioning: written blocks).
+    pub fn stored_bytes(&self) -> u64 {
+        self.layers.iter().map(|l| (l.present.count() - l.zero.count()) * BLOCK).sum()
+    }
+}
+
+fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
+    let tmp = dir.join("replica.json.tmp");
+    let body = serde_json::to_vec_pretty(meta).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let mut f = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+    f.write_all(&body).map_err(io("writing replica.json"))?;
+    f.sync_all().map_err(io("syncing replica.json"))?;
+    std::fs::rename(&tmp, dir.join("replica.json")).map_err(io("replacing replica.json"))?;
+    sync_dir(dir)
+}
+
+fn remove_layer_files(dir: &Path, id: u64) {
+    let _ = std::fs::remove_file(data_path(dir, id));
+    let _ = std::fs::remove_file(sum_path(dir, id));
+}
+
+/// Layer files no chain names (an interrupted snapshot, delete or revert).
+fn remove_stray_layers(dir: &Path, meta: &Meta) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let id = name
+            .strip_prefix("layer-")
+            .and_then(|r| r.strip_suffix(".data").or_else(|| r.strip_suffix(".sum")))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(id) = id {
+            if !meta.layers.iter().any(|l| l.id == id) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}

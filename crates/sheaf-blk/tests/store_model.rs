@@ -1,0 +1,179 @@
+//! Property test of the replica store: long random sequences of writes,
+//! zeroings, flushes, snapshots, reverts, snapshot deletions, expansions,
+//! reopens and crashes, checked after every step against a plain in-memory
+//! model of the volume and of every snapshot.
+
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sheaf_blk::store::{Replica, BLOCK};
+
+struct Model {
+    live: Vec<u8>,
+    /// Snapshots oldest first.
+    snaps: Vec<(String, Vec<u8>)>,
+}
+
+fn check(r: &Replica, m: &Model, step: usize, op: &str) {
+    let mut got = vec![0u8; m.live.len()];
+    r.read(0, &mut got).unwrap_or_else(|e| panic!("step {step} ({op}): read failed: {e}"));
+    if got != m.live {
+        let first = got.iter().zip(&m.live).position(|(a, b)| a != b).unwrap_or(0);
+        panic!("step {step} ({op}): volume differs from the model first at byte {first}");
+    }
+    let names: Vec<String> = r.snapshots().into_iter().map(|s| s.name).collect();
+    let want: Vec<String> = m.snaps.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(names, want, "step {step} ({op}): snapshot list");
+    for (name, data) in &m.snaps {
+        let mut got = vec![0u8; data.len()];
+        r.read_snapshot(name, 0, &mut got).unwrap_or_else(|e| panic!("step {step}: read {name}: {e}"));
+        // A snapshot taken before an expansion reads as its old size padded with zeros.
+        assert_eq!(&got[..], &data[..], "step {step} ({op}): snapshot {name} differs");
+    }
+}
+
+fn run(seed: u64, steps: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut size = 64 * BLOCK;
+    let mut r = Replica::create(&path, "vol", size).expect("create");
+    let mut m = Model { live: vec![0; size as usize], snaps: Vec::new() };
+    let mut next_snap = 0;
+    let mut ops = BTreeMap::<&str, usize>::new();
+    for step in 0..steps {
+        let op = match rng.random_range(0..100) {
+            0..=39 => "write",
+            40..=49 => "zero",
+            50..=56 => "flush",
+            57..=66 => "snapshot",
+            67..=74 => "delete",
+            75..=79 => "revert",
+            80..=82 => "expand",
+            83..=90 => "reopen",
+            91..=95 => "crash",
+            _ => "read",
+        };
+        *ops.entry(op).or_default() += 1;
+        match op {
+            "write" | "zero" => {
+                // Aligned runs, unaligned runs and single bytes.
+                let len = match rng.random_range(0..3) {
+                    0 => rng.random_range(1..=8) * BLOCK,
+                    1 => rng.random_range(1..3 * BLOCK),
+                    _ => 1,
+                }
+                .min(size);
+                let offset = match rng.random_range(0..2) {
+                    0 => rng.random_range(0..=(size - len) / BLOCK) * BLOCK,
+                    _ => rng.random_range(0..=size - len),
+                };
+                let range = offset as usize..(offset + len) as usize;
+                if op == "write" {
+                    let byte: u8 = rng.random_range(1..=255);
+                    let data: Vec<u8> = (0..len).map(|i| byte.wrapping_add(i as u8)).collect();
+                    r.write(offset, &data).expect("write");
+                    m.live[range].copy_from_slice(&data);
+                } else {
+                    r.write_zeroes(offset, len).expect("write zeroes");
+                    m.live[range].fill(0);
+                }
+            }
+            "flush" => r.flush().expect("flush"),
+            "snapshot" => {
+                let name = format!("s{next_snap}");
+                next_snap += 1;
+                r.snapshot(&name).expect("snapshot");
+                m.snaps.push((name, m.live.clone()));
+            }
+            "delete" if !m.snaps.is_empty() => {
+                let i = rng.random_range(0..m.snaps.len());
+                let (name, _) = m.snaps.remove(i);
+                r.delete_snapshot(&name).expect("delete snapshot");
+            }
+            "revert" if !m.snaps.is_empty() => {
+                let i = rng.random_range(0..m.snaps.len());
+                let name = m.snaps[i].0.clone();
+                let newer = i + 1 < m.snaps.len();
+                if newer {
+                    assert!(r.revert(&name, false).is_err(), "revert over newer snapshots must be refused");
+                }
+                r.revert(&name, true).expect("revert");
+                m.snaps.truncate(i + 1);
+                m.live = m.snaps[i].1.clone();
+                m.live.resize(size as usize, 0);
+            }
+            "expand" if size < 256 * BLOCK => {
+                size += rng.random_range(1..=16) * BLOCK;
+                r.expand(size).expect("expand");
+                m.live.resize(size as usize, 0);
+                for (_, d) in &mut m.snaps {
+                    d.resize(size as usize, 0);
+                }
+            }
+            "reopen" => {
+                r.close().expect("close");
+                r = Replica::open(&path).expect("reopen");
+            }
+            "crash" => {
+                // The process dies: nothing is flushed or marked clean.
+                drop(r);
+                r = Replica::open(&path).expect("open after crash");
+            }
+            _ => {}
+        }
+        check(&r, &m, step, op);
+    }
+    assert!(ops.values().all(|n| *n > 0), "every operation ran: {ops:?}");
+}
+
+#[test]
+fn random_operations_match_the_model() {
+    for seed in 0..8 {
+        run(seed, 400);
+    }
+}
+
+#[test]
+fn corrupted_data_is_detected_and_bad_requests_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r");
+    let mut r = Replica::create(&path, "vol", 16 * BLOCK).expect("create");
+    r.write(0, &vec![7u8; BLOCK as usize]).expect("write");
+    r.snapshot("base").expect("snapshot");
+    r.close().expect("close");
+    // Bit rot in an immutable snapshot layer.
+    let data = std::fs::OpenOptions::new().write(true).open(path.join("layer-1.data")).expect("open layer");
+    std::os::unix::fs::FileExt::write_all_at(&data, b"X", 100).expect("corrupt");
+    let r = Replica::open(&path).expect("open");
+    let mut buf = vec![0u8; BLOCK as usize];
+    let err = r.read(0, &mut buf).expect_err("corruption must be detected");
+    assert!(err.to_string().contains("does not match its checksum"), "{err}");
+    // Out of range, bad sizes, unknown snapshots.
+    assert!(r.read(16 * BLOCK - 1, &mut [0u8; 2]).is_err());
+    assert!(Replica::create(&dir.path().join("x"), "v", 1000).is_err());
+    assert!(r.read_snapshot("nope", 0, &mut buf).is_err());
+}
+
+#[test]
+fn trimmed_space_is_freed_and_epochs_only_grow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r");
+    let mut r = Replica::create(&path, "vol", 1024 * BLOCK).expect("create");
+    r.write(0, &vec![1u8; (512 * BLOCK) as usize]).expect("write");
+    r.flush().expect("flush");
+    let allocated = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(p).expect("stat").blocks() * 512
+    };
+    let before = allocated(&path.join("layer-1.data"));
+    assert!(before >= 512 * BLOCK, "{before}");
+    r.write_zeroes(0, 512 * BLOCK).expect("trim");
+    assert!(allocated(&path.join("layer-1.data")) < before / 4, "trim freed the space");
+    assert_eq!(r.stored_bytes(), 0);
+    r.set_epoch(5).expect("epoch");
+    assert!(r.set_epoch(4).is_err(), "an older epoch is refused");
+    r.close().expect("close");
+    assert_eq!(Replica::open(&path).expect("open").epoch(), 5);
+}
