@@ -2,5 +2,14 @@
 //!
 //! - [`store`]: a replica's blocks on a node disk: a chain of sparse layers
 //!   (snapshots and the live head) with per-block checksums.
+//! - [`proto`] and [`replica_server`]: the engine ↔ replica protocol and
+//!   the server that exposes one replica.
+//! - [`engine`]: one per attached volume; replicates writes to every
+//!   healthy replica, fences older engines by epoch.
+//! - [`nbd`]: the NBD frontend QEMU attaches to.
 
+pub mod engine;
+pub mod nbd;
+pub mod proto;
+pub mod replica_server;
 pub mod store;

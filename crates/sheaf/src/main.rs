@@ -1,6 +1,7 @@
 //! `sheaf`: the one binary. `sheaf server` runs the control plane; the
 //! other subcommands are a thin, kubectl-like client.
 
+mod blk;
 mod cli;
 mod server;
 
@@ -45,6 +46,8 @@ enum Command {
     Delete(cli::DeleteArgs),
     /// Start, stop or restart a VirtualMachine: `sheaf vm start my-vm`.
     Vm(cli::vm::VmArgs),
+    /// Storage processes: replica servers and volume engines.
+    Blk(blk::BlkArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,5 +69,17 @@ fn main() -> anyhow::Result<()> {
         Command::Apply(a) => rt.block_on(cli::apply(a)),
         Command::Delete(a) => rt.block_on(cli::delete(a)),
         Command::Vm(a) => rt.block_on(cli::vm(a)),
+        Command::Blk(a) => {
+            drop(rt);
+            init_blk_logging();
+            blk::run(a)
+        }
     }
+}
+
+/// Storage processes log to stderr, filtered by SHEAF_LOG (default info).
+fn init_blk_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHEAF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

@@ -1,0 +1,223 @@
+//! The engine ↔ replica wire protocol: length-prefixed binary frames over
+//! a unix socket or TCP. Requests are answered in order on a connection;
+//! the engine pipelines them.
+//!
+//! Request: `magic u32 | op u8 | 0 u8 | 0 u16 | id u64 | epoch u64 |
+//! offset u64 | len u32 | payload_len u32 | payload`.
+//! Reply: `magic u32 | code u32 | id u64 | payload_len u32 | payload`
+//! (code 0: success; otherwise the payload is the error message).
+//! Integers are little-endian.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const REQUEST_MAGIC: u32 = 0x5348_4251; // "SHBQ"
+pub const REPLY_MAGIC: u32 = 0x5348_4252; // "SHBR"
+/// Largest payload either side accepts.
+pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
+const REQUEST_HEADER: usize = 40;
+const REPLY_HEADER: usize = 20;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    /// Payload: the volume id. Sets the epoch; replies with [`Info`] JSON.
+    Hello = 1,
+    Info = 2,
+    Read = 3,
+    /// Payload: the data.
+    Write = 4,
+    WriteZeroes = 5,
+    Flush = 6,
+    /// Payload: the snapshot name.
+    Snapshot = 7,
+}
+
+impl Op {
+    fn from_u8(v: u8) -> Option<Op> {
+        Some(match v {
+            1 => Op::Hello,
+            2 => Op::Info,
+            3 => Op::Read,
+            4 => Op::Write,
+            5 => Op::WriteZeroes,
+            6 => Op::Flush,
+            7 => Op::Snapshot,
+            _ => return None,
+        })
+    }
+}
+
+/// Error codes in replies.
+pub mod code {
+    pub const OK: u32 = 0;
+    /// The request's epoch is older than the replica's: a newer engine
+    /// owns the volume.
+    pub const STALE_EPOCH: u32 = 1;
+    pub const INVALID: u32 = 2;
+    pub const IO: u32 = 3;
+    /// Data does not match its checksum.
+    pub const CORRUPT: u32 = 4;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub op: Op,
+    pub id: u64,
+    pub epoch: u64,
+    pub offset: u64,
+    pub len: u32,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u32,
+    pub id: u64,
+    pub payload: Vec<u8>,
+}
+
+/// What a replica says about itself.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Info {
+    pub volume: String,
+    pub size: u64,
+    pub epoch: u64,
+    pub flush_generation: u64,
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol violation: {0}")]
+    Violation(String),
+}
+
+pub fn encode_request(r: &Request) -> Vec<u8> {
+    let mut b = Vec::with_capacity(REQUEST_HEADER + r.payload.len());
+    b.extend_from_slice(&REQUEST_MAGIC.to_le_bytes());
+    b.push(r.op as u8);
+    b.extend_from_slice(&[0, 0, 0]);
+    b.extend_from_slice(&r.id.to_le_bytes());
+    b.extend_from_slice(&r.epoch.to_le_bytes());
+    b.extend_from_slice(&r.offset.to_le_bytes());
+    b.extend_from_slice(&r.len.to_le_bytes());
+    b.extend_from_slice(&(r.payload.len() as u32).to_le_bytes());
+    b.extend_from_slice(&r.payload);
+    b
+}
+
+pub fn encode_reply(r: &Reply) -> Vec<u8> {
+    let mut b = Vec::with_capacity(REPLY_HEADER + r.payload.len());
+    b.extend_from_slice(&REPLY_MAGIC.to_le_bytes());
+    b.extend_from_slice(&r.code.to_le_bytes());
+    b.extend_from_slice(&r.id.to_le_bytes());
+    b.extend_from_slice(&(r.payload.len() as u32).to_le_bytes());
+    b.extend_from_slice(&r.payload);
+    b
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+fn parse_request_header(h: &[u8; REQUEST_HEADER]) -> Result<(Request, u32), ProtoError> {
+    if u32_at(h, 0) != REQUEST_MAGIC {
+        return Err(ProtoError::Violation("bad request magic".into()));
+    }
+    let op = Op::from_u8(h[4]).ok_or_else(|| ProtoError::Violation(format!("unknown op {}", h[4])))?;
+    let plen = u32_at(h, 36);
+    if plen > MAX_PAYLOAD {
+        return Err(ProtoError::Violation(format!("payload of {plen} bytes is too large")));
+    }
+    let req = Request {
+        op,
+        id: u64_at(h, 8),
+        epoch: u64_at(h, 16),
+        offset: u64_at(h, 24),
+        len: u32_at(h, 32),
+        payload: Vec::new(),
+    };
+    Ok((req, plen))
+}
+
+/// Reads one request; `None` at a clean end of the connection (before a
+/// frame starts; a frame cut short is an error).
+pub async fn read_request<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Option<Request>, ProtoError> {
+    let mut h = [0u8; REQUEST_HEADER];
+    if r.read(&mut h[..1]).await? == 0 {
+        return Ok(None);
+    }
+    r.read_exact(&mut h[1..]).await?;
+    let (mut req, plen) = parse_request_header(&h)?;
+    req.payload = vec![0u8; plen as usize];
+    r.read_exact(&mut req.payload).await?;
+    Ok(Some(req))
+}
+
+/// [`read_request`] on a blocking stream (the replica server's threads).
+pub fn read_request_sync<R: std::io::Read>(r: &mut R) -> Result<Option<Request>, ProtoError> {
+    let mut h = [0u8; REQUEST_HEADER];
+    loop {
+        match r.read(&mut h[..1]) {
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    r.read_exact(&mut h[1..])?;
+    let (mut req, plen) = parse_request_header(&h)?;
+    req.payload = vec![0u8; plen as usize];
+    r.read_exact(&mut req.payload)?;
+    Ok(Some(req))
+}
+
+pub async fn read_reply<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Reply, ProtoError> {
+    let mut h = [0u8; REPLY_HEADER];
+    r.read_exact(&mut h).await?;
+    if u32_at(&h, 0) != REPLY_MAGIC {
+        return Err(ProtoError::Violation("bad reply magic".into()));
+    }
+    let plen = u32_at(&h, 16);
+    if plen > MAX_PAYLOAD {
+        return Err(ProtoError::Violation(format!("payload of {plen} bytes is too large")));
+    }
+    let mut payload = vec![0u8; plen as usize];
+    r.read_exact(&mut payload).await?;
+    Ok(Reply { code: u32_at(&h, 4), id: u64_at(&h, 8), payload })
+}
+
+pub async fn write_all<W: AsyncWriteExt + Unpin>(w: &mut W, bytes: &[u8]) -> Result<(), ProtoError> {
+    w.write_all(bytes).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_garbage_is_refused() {
+        let req = Request { op: Op::Write, id: 7, epoch: 3, offset: 4096, len: 5, payload: b"hello".to_vec() };
+        let bytes = encode_request(&req);
+        assert_eq!(read_request(&mut &bytes[..]).await.expect("ok"), Some(req.clone()));
+        assert_eq!(read_request_sync(&mut &bytes[..]).expect("ok"), Some(req));
+        let rep = Reply { code: code::IO, id: 9, payload: b"disk on fire".to_vec() };
+        assert_eq!(read_reply(&mut &encode_reply(&rep)[..]).await.expect("ok"), rep);
+        assert_eq!(read_request(&mut &[][..]).await.expect("eof"), None);
+        let mut bad = bytes.clone();
+        bad[4] = 99;
+        assert!(read_request(&mut &bad[..]).await.is_err());
+        let mut huge = bytes.clone();
+        huge[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(read_request(&mut &huge[..]).await.is_err());
+        assert!(read_request(&mut &bytes[..10]).await.is_err(), "a cut header is an error, not EOF");
+    }
+}

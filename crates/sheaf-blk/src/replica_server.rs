@@ -1,0 +1,185 @@
+//! The replica server (`sheaf blk replica`): serves one replica store to
+//! engines (and rebuilds) over a unix socket or TCP, a thread per
+//! connection with blocking disk I/O. Requests carry the volume epoch: a
+//! `Hello` with a newer epoch fences every older engine out.
+
+use std::io::{BufReader, BufWriter, Write as _};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use crate::proto::{self, code, Info, Op, Reply, Request};
+use crate::store::{Replica, StoreError};
+
+/// Where a replica server listens or an engine connects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl std::str::FromStr for Address {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            Ok(Address::Unix(PathBuf::from(p)))
+        } else if let Some(a) = s.strip_prefix("tcp:") {
+            Ok(Address::Tcp(a.to_string()))
+        } else {
+            Err(format!("address {s:?} must be unix:PATH or tcp:HOST:PORT"))
+        }
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+            Address::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+type Shared = Arc<RwLock<Replica>>;
+
+fn info(r: &Replica) -> Info {
+    Info {
+        volume: r.meta().volume.clone(),
+        size: r.size(),
+        epoch: r.epoch(),
+        flush_generation: r.flush_generation(),
+        snapshots: r.snapshots().into_iter().map(|s| s.name).collect(),
+    }
+}
+
+fn error_reply(id: u64, e: &StoreError) -> Reply {
+    let c = match e {
+        StoreError::Io { .. } => code::IO,
+        StoreError::Corrupt { .. } => code::CORRUPT,
+        StoreError::Invalid(_) | StoreError::NoSnapshot(_) => code::INVALID,
+    };
+    Reply { code: c, id, payload: e.to_string().into_bytes() }
+}
+
+fn reply(id: u64, r: Result<Vec<u8>, StoreError>) -> Reply {
+    match r {
+        Ok(payload) => Reply { code: code::OK, id, payload },
+        Err(e) => error_reply(id, &e),
+    }
+}
+
+fn lock_error(id: u64) -> Reply {
+    Reply { code: code::IO, id, payload: b"replica state is poisoned by an earlier panic".to_vec() }
+}
+
+/// Handles one request.
+pub fn handle(replica: &Shared, req: Request) -> Reply {
+    let id = req.id;
+    if req.op == Op::Hello {
+        let Ok(mut r) = replica.write() else { return lock_error(id) };
+        let volume = String::from_utf8_lossy(&req.payload).to_string();
+        if volume != r.meta().volume {
+            return Reply {
+                code: code::INVALID,
+                id,
+                payload: format!("this replica belongs to volume {:?}, not {volume:?}", r.meta().volume).into_bytes(),
+            };
+        }
+        if req.epoch < r.epoch() {
+            return Reply {
+                code: code::STALE_EPOCH,
+                id,
+                payload: format!("epoch {} is older than the replica's {}", req.epoch, r.epoch()).into_bytes(),
+            };
+        }
+        return reply(id, r.set_epoch(req.epoch).map(|_| serde_json::to_vec(&info(&r)).unwrap_or_default()));
+    }
+    let epoch_ok = |r: &Replica| req.epoch == r.epoch();
+    let stale = |r: &Replica| Reply {
+        code: code::STALE_EPOCH,
+        id,
+        payload: format!("request epoch {} is not the replica's {}: fenced", req.epoch, r.epoch()).into_bytes(),
+    };
+    match req.op {
+        Op::Info | Op::Read => {
+            let Ok(r) = replica.read() else { return lock_error(id) };
+            // Anyone may ask what the replica is (an engine learns the
+            // epoch to claim this way).
+            if req.op == Op::Info {
+                return reply(id, Ok(serde_json::to_vec(&info(&r)).unwrap_or_default()));
+            }
+            if !epoch_ok(&r) {
+                return stale(&r);
+            }
+            if req.len > proto::MAX_PAYLOAD {
+                return error_reply(id, &StoreError::Invalid(format!("read of {} bytes is too large", req.len)));
+            }
+            let mut buf = vec![0u8; req.len as usize];
+            reply(id, r.read(req.offset, &mut buf).map(|_| buf))
+        }
+        _ => {
+            let Ok(mut r) = replica.write() else { return lock_error(id) };
+            if !epoch_ok(&r) {
+                return stale(&r);
+            }
+            let res = match req.op {
+                Op::Write => r.write(req.offset, &req.payload),
+                Op::WriteZeroes => r.write_zeroes(req.offset, req.len as u64),
+                Op::Flush => r.flush(),
+                Op::Snapshot => r.snapshot(&String::from_utf8_lossy(&req.payload)),
+                Op::Hello | Op::Info | Op::Read => Ok(()),
+            };
+            reply(id, res.map(|_| Vec::new()))
+        }
+    }
+}
+
+fn serve_stream<S: std::io::Read + std::io::Write>(replica: Shared, read: S, write: S) {
+    let mut rd = BufReader::with_capacity(256 * 1024, read);
+    let mut wr = BufWriter::with_capacity(256 * 1024, write);
+    loop {
+        let req = match proto::read_request_sync(&mut rd) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "replica connection closed on a bad frame");
+                return;
+            }
+        };
+        let rep = handle(&replica, req);
+        if wr.write_all(&proto::encode_reply(&rep)).is_err() {
+            return;
+        }
+        // Answer at once unless more requests are already waiting.
+        if rd.buffer().is_empty() && wr.flush().is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves `replica` on `address` until the process ends.
+pub fn serve(replica: Replica, address: &Address) -> std::io::Result<()> {
+    let shared: Shared = Arc::new(RwLock::new(replica));
+    match address {
+        Address::Unix(path) => {
+            let _ = std::fs::remove_file(path);
+            let listener = std::os::unix::net::UnixListener::bind(path)?;
+            for conn in listener.incoming() {
+                let conn = conn?;
+                let r = shared.clone();
+                let w = conn.try_clone()?;
+                std::thread::spawn(move || serve_stream(r, conn, w));
+            }
+        }
+        Address::Tcp(addr) => {
+            let listener = std::net::TcpListener::bind(addr)?;
+            for conn in listener.incoming() {
+                let conn = conn?;
+                let _ = conn.set_nodelay(true);
+                let r = shared.clone();
+                let w = conn.try_clone()?;
+                std::thread::spawn(move || serve_stream(r, conn, w));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! `sheaf blk ...`: the storage processes the agent starts (a replica
+//! server per replica, an engine per attached volume). They run on their
+//! own, so an agent restart never interrupts I/O.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use sheaf_blk::replica_server::Address;
+use sheaf_blk::store::Replica;
+
+#[derive(Args, Debug)]
+pub struct BlkArgs {
+    #[command(subcommand)]
+    pub command: BlkCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BlkCommand {
+    /// Serve one replica (created on first use):
+    /// `sheaf blk replica --dir /var/lib/sheaf/replicas/vol1-a --volume vol1 --size 10Gi --listen unix:/run/sheaf/blk/vol1-a.sock`.
+    Replica(ReplicaArgs),
+    /// Run the engine of a volume and serve it over NBD:
+    /// `sheaf blk engine --volume vol1 --replica unix:/run/sheaf/blk/vol1-a.sock --replica tcp:10.0.0.2:7001 --nbd /run/sheaf/blk/vol1.nbd`.
+    Engine(EngineArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReplicaArgs {
+    /// The replica's directory on a node disk.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The volume it belongs to.
+    #[arg(long)]
+    pub volume: String,
+    /// Size when the replica is created (bytes, or with Ki/Mi/Gi/Ti).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// unix:PATH or tcp:HOST:PORT.
+    #[arg(long)]
+    pub listen: Address,
+}
+
+#[derive(Args, Debug)]
+pub struct EngineArgs {
+    #[arg(long)]
+    pub volume: String,
+    /// The replicas, local first (reads go to the first healthy one).
+    #[arg(long = "replica", required = true)]
+    pub replicas: Vec<Address>,
+    /// The unix socket QEMU's NBD client connects to.
+    #[arg(long)]
+    pub nbd: PathBuf,
+}
+
+/// `10Gi`, `512Mi`, `4096`.
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, mult) = [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)]
+        .iter()
+        .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+        .unwrap_or((s, 1));
+    let n: u64 = num.parse().with_context(|| format!("size {s:?} is not a number with an optional Ki/Mi/Gi/Ti"))?;
+    n.checked_mul(mult).with_context(|| format!("size {s:?} is too large"))
+}
+
+pub fn run(a: BlkArgs) -> anyhow::Result<()> {
+    match a.command {
+        BlkCommand::Replica(r) => {
+            let replica = if r.dir.join("replica.json").exists() {
+                let rep = Replica::open(&r.dir).with_context(|| format!("cannot open replica {}", r.dir.display()))?;
+                anyhow::ensure!(
+                    rep.meta().volume == r.volume,
+                    "{} holds a replica of volume {:?}, not {:?}",
+                    r.dir.display(),
+                    rep.meta().volume,
+                    r.volume
+                );
+                rep
+            } else {
+                let size = r.size.as_deref().context("--size is needed to create a new replica")?;
+                Replica::create(&r.dir, &r.volume, parse_size(size)?)
+                    .with_context(|| format!("cannot create replica {}", r.dir.display()))?
+            };
+            tracing::info!(dir = %r.dir.display(), volume = %r.volume, listen = %r.listen, "replica serving");
+            sheaf_blk::replica_server::serve(replica, &r.listen).with_context(|| format!("serving on {}", r.listen))
+        }
+        BlkCommand::Engine(e) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let engine = sheaf_blk::engine::Engine::start(&e.volume, &e.replicas).await?;
+                tracing::info!(volume = %e.volume, epoch = engine.epoch(), healthy = ?engine.healthy(), "engine started");
+                let device: Arc<dyn sheaf_blk::nbd::Device> = Arc::new(engine);
+                let _ = std::fs::remove_file(&e.nbd);
+                let listener = tokio::net::UnixListener::bind(&e.nbd)
+                    .with_context(|| format!("cannot listen on {}", e.nbd.display()))?;
+                loop {
+                    let (conn, _) = listener.accept().await?;
+                    let dev = device.clone();
+                    let name = e.volume.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = sheaf_blk::nbd::serve(conn, &name, dev).await {
+                            tracing::warn!(error = %err, "NBD connection ended");
+                        }
+                    });
+                }
+            })
+        }
+    }
+}
