@@ -54,15 +54,12 @@ pub struct EngineArgs {
     pub nbd: PathBuf,
 }
 
-/// `10Gi`, `512Mi`, `4096`.
+/// A size as a Kubernetes quantity: `10Gi`, `512Mi`, `4096`.
 pub fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let s = s.trim();
-    let (num, mult) = [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)]
-        .iter()
-        .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
-        .unwrap_or((s, 1));
-    let n: u64 = num.parse().with_context(|| format!("size {s:?} is not a number with an optional Ki/Mi/Gi/Ti"))?;
-    n.checked_mul(mult).with_context(|| format!("size {s:?} is too large"))
+    let q = sheaf_types::quantity::Quantity::parse(s.trim())
+        .map_err(|e| anyhow::anyhow!("size {s:?} is not a quantity such as 10Gi or 512Mi: {e}"))?;
+    let v = q.value().with_context(|| format!("size {s:?} is out of range"))?;
+    u64::try_from(v).map_err(|_| anyhow::anyhow!("size {s:?} must not be negative"))
 }
 
 pub fn run(a: BlkArgs) -> anyhow::Result<()> {

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Storage benchmark: one command, everything in the same run on the same
+# disk. Workloads as Longhorn's kbench (fio): 4K random read/write IOPS at
+# iodepth 64, 128K sequential bandwidth at iodepth 16, 4K random read/write
+# latency at iodepth 1. Targets:
+#   (a) baseline: a raw file with fio directly (O_DIRECT), and the same file
+#       through qemu-nbd (QEMU's NBD server; same transport and page-cache
+#       use as Sheaf) — ratios are against this one;
+#   (b) a Sheaf volume with 1 replica; (c) with 3 replicas (all local here).
+# Usage: bench/storage.sh [--runtime SECONDS] [--size 1G]   (fio sizes: K/M/G are binary)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUNTIME=10
+SIZE=1G
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --runtime) RUNTIME=$2; shift 2 ;;
+    --size) SIZE=$2; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+need=()
+command -v fio >/dev/null || need+=(fio)
+command -v qemu-nbd >/dev/null || need+=(qemu-utils)
+command -v jq >/dev/null || need+=(jq)
+if [[ ${#need[@]} -gt 0 ]]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+fio --enghelp 2>/dev/null | grep -qw nbd || { echo "this fio has no nbd engine" >&2; exit 1; }
+
+(cd "$ROOT" && cargo build --release --locked -q -p sheaf)
+SHEAF="$ROOT/target/release/sheaf"
+
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/sheaf-bench-storage.XXXXXX")
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_sock() { for _ in $(seq 200); do [[ -S "$1" ]] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
+
+# fio job: name rw bs iodepth → prints IOPS, bandwidth MB/s, mean latency µs.
+run_fio() {
+  local target=$1 rw=$2 bs=$3 depth=$4
+  local args=(--name=b --rw="$rw" --bs="$bs" --iodepth="$depth" --runtime="$RUNTIME" --time_based
+              --ramp_time=2 --size="$SIZE" --randrepeat=0 --norandommap --output-format=json)
+  if [[ $target == file ]]; then
+    args+=(--ioengine=libaio --direct=1 --filename="$WORK/raw.img")
+  else
+    args+=(--ioengine=nbd --uri="nbd+unix:///$5?socket=$target")
+  fi
+  # The nbd engine prints "fio: connected to NBD server" before the JSON.
+  fio "${args[@]}" | sed -n '/^{/,$p' | jq -r '.jobs[0] | [(.read.iops + .write.iops), ((.read.bw + .write.bw) / 1024), ((.read.lat_ns.mean + .write.lat_ns.mean) / 1000)] | @tsv'
+}
+
+prefill() {  # target export
+  if [[ $1 == file ]]; then
+    fio --name=fill --rw=write --bs=1M --iodepth=8 --ioengine=libaio --direct=1 --size="$SIZE" --filename="$WORK/raw.img" >/dev/null
+  else
+    fio --name=fill --rw=write --bs=1M --iodepth=8 --ioengine=nbd --uri="nbd+unix:///$2?socket=$1" --size="$SIZE" >/dev/null
+  fi
+}
+
+# Targets.
+truncate -s "$SIZE" "$WORK/raw.img"
+truncate -s "$SIZE" "$WORK/nbd.img"
+qemu-nbd -f raw -t -e 8 --socket="$WORK/qemu-nbd.sock" -x bench "$WORK/nbd.img" & PIDS+=($!)
+wait_sock "$WORK/qemu-nbd.sock"
+for r in a b c d; do
+  "$SHEAF" blk replica --dir "$WORK/r-$r" --volume v --size "${SIZE}i" --listen "unix:$WORK/r-$r.sock" 2>"$WORK/r-$r.log" & PIDS+=($!)
+  wait_sock "$WORK/r-$r.sock"
+done
+# d serves the 1-replica volume: it needs a volume of its own name.
+kill "${PIDS[-1]}"; unset 'PIDS[-1]'; rm -rf "$WORK/r-d" "$WORK/r-d.sock"
+"$SHEAF" blk replica --dir "$WORK/r-d" --volume one --size "${SIZE}i" --listen "unix:$WORK/r-d.sock" 2>"$WORK/r-d.log" & PIDS+=($!)
+wait_sock "$WORK/r-d.sock"
+"$SHEAF" blk engine --volume one --replica "unix:$WORK/r-d.sock" --nbd "$WORK/one.sock" 2>"$WORK/e1.log" & PIDS+=($!)
+wait_sock "$WORK/one.sock"
+"$SHEAF" blk engine --volume v --replica "unix:$WORK/r-a.sock" --replica "unix:$WORK/r-b.sock" --replica "unix:$WORK/r-c.sock" --nbd "$WORK/three.sock" 2>"$WORK/e3.log" & PIDS+=($!)
+wait_sock "$WORK/three.sock"
+
+echo "# prefilling $SIZE on every target"
+prefill file; prefill "$WORK/qemu-nbd.sock" bench; prefill "$WORK/one.sock" one; prefill "$WORK/three.sock" v
+
+rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+
+declare -A R
+workloads=("randread 4k 64 iops" "randwrite 4k 64 iops" "read 128k 16 bw" "write 128k 16 bw" "randread 4k 1 lat" "randwrite 4k 1 lat")
+printf '%-22s %12s %12s %12s %12s %9s %9s\n' workload file-direct qemu-nbd sheaf-1r sheaf-3r "1r/nbd" "3r/nbd"
+for w in "${workloads[@]}"; do
+  read -r rw bs depth metric <<<"$w"
+  line=()
+  for t in file "$WORK/qemu-nbd.sock:bench" "$WORK/one.sock:one" "$WORK/three.sock:v"; do
+    if [[ $t == file ]]; then out=$(run_fio file "$rw" "$bs" "$depth"); else out=$(run_fio "${t%%:*}" "$rw" "$bs" "$depth" "${t##*:}"); fi
+    read -r iops bw lat <<<"$out"
+    case $metric in iops) v=$iops ;; bw) v=$bw ;; lat) v=$lat ;; esac
+    line+=("$(printf '%.0f' "$v")")
+  done
+  unit=$([[ $metric == iops ]] && echo IOPS || ([[ $metric == bw ]] && echo MB/s || echo µs))
+  r1=$(awk -v a="${line[2]}" -v b="${line[1]}" 'BEGIN{printf "%.2f", a/b}')
+  r3=$(awk -v a="${line[3]}" -v b="${line[1]}" 'BEGIN{printf "%.2f", a/b}')
+  printf '%-22s %12s %12s %12s %12s %9s %9s\n' "$rw $bs qd$depth ($unit)" "${line[@]}" "$r1" "$r3"
+done
+rss=0
+for p in "${PIDS[@]:1}"; do rss=$((rss + $(rss_kb "$p"))); done
+echo "# Sheaf processes (4 replica servers, 2 engines) RSS after the run: $((rss / 1024)) MiB total"
+echo "# latency rows: lower is better; added latency = sheaf minus qemu-nbd"
