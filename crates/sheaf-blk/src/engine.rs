@@ -7,13 +7,14 @@
 //! all replicas apply writes in the same order; each connection pipelines.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::proto::{self, code, Info, Op, Reply, Request};
+use crate::proto::{self, code, Info, LayerRange, Op, Reply, Request};
 use crate::replica_server::Address;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +36,14 @@ struct Conn {
     pending: Pending,
     /// Set when the connection is gone (before the waiters are dropped).
     closed: Arc<AtomicBool>,
-    healthy: AtomicBool,
+    state: AtomicU8,
 }
+
+/// In service: gets writes and reads.
+const HEALTHY: u8 = 0;
+/// Being rebuilt: gets writes (into its new head), no reads.
+const REBUILDING: u8 = 1;
+const FAILED: u8 = 2;
 
 impl Conn {
     async fn connect(address: &Address) -> std::io::Result<Conn> {
@@ -55,7 +62,7 @@ impl Conn {
                 Self::spawn(r, w, rx, pending.clone(), closed.clone());
             }
         }
-        Ok(Conn { address: address.clone(), tx, pending, closed, healthy: AtomicBool::new(true) })
+        Ok(Conn { address: address.clone(), tx, pending, closed, state: AtomicU8::new(HEALTHY) })
     }
 
     fn spawn<R, W>(mut r: R, w: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>, pending: Pending, closed: Arc<AtomicBool>)
@@ -118,8 +125,14 @@ pub struct Engine {
     volume: String,
     size: u64,
     epoch: u64,
-    conns: Vec<Conn>,
+    /// Every replica the volume has, local first.
+    configured: Vec<Address>,
+    /// Connections in use (healthy or rebuilding); failed ones are dropped
+    /// by the rebuild loop.
+    conns: RwLock<Vec<Arc<Conn>>>,
     next_id: AtomicU64,
+    /// The last flush number handed out.
+    flush_gen: AtomicU64,
     dispatch: Mutex<()>,
 }
 
@@ -127,64 +140,43 @@ fn reply_error(address: &Address, rep: &Reply) -> EngineError {
     EngineError::Replica { replica: address.to_string(), message: String::from_utf8_lossy(&rep.payload).to_string() }
 }
 
+/// Blocks compared and copied per rebuild step (1 MiB).
+const REBUILD_CHUNK: u64 = 256;
+
 impl Engine {
     /// Connects to the replicas (local first), takes the volume over with a
     /// new epoch and keeps the replicas that are current. A replica that is
     /// unreachable, refuses, or is behind the freshest (older flush
-    /// generation) is left out as failed.
+    /// generation) is left out until the rebuild loop brings it back.
     pub async fn start(volume: &str, replicas: &[Address]) -> Result<Engine, EngineError> {
         if replicas.is_empty() {
             return Err(EngineError::Invalid("a volume needs at least one replica".into()));
         }
         let mut conns = Vec::new();
-        let mut infos = Vec::new();
+        let mut epochs = Vec::new();
         let mut problems = Vec::new();
         for a in replicas {
-            match Conn::connect(a).await {
-                Ok(c) => {
-                    // Learn the current epoch without claiming it yet.
-                    let req = Request { op: Op::Info, id: 0, epoch: 0, offset: 0, len: 0, payload: Vec::new() };
-                    match c.send(&req).await {
-                        Ok(r) if r.code == code::OK => match serde_json::from_slice::<Info>(&r.payload) {
-                            Ok(info) if info.volume == volume => {
-                                infos.push(info.epoch);
-                                conns.push(c);
-                            }
-                            Ok(info) => problems.push(format!("replica {a} belongs to volume {:?}", info.volume)),
-                            Err(e) => problems.push(format!("replica {a}: bad info reply: {e}")),
-                        },
-                        Ok(r) => problems.push(reply_error(a, &r).to_string()),
-                        Err(_) => problems.push(format!("replica {a}: connection lost")),
-                    }
+            match Self::probe(volume, a).await {
+                Ok((c, info)) => {
+                    epochs.push(info.epoch);
+                    conns.push(c);
                 }
-                Err(e) => problems.push(format!("replica {a}: {e}")),
+                Err(e) => problems.push(e.to_string()),
             }
         }
-        let epoch = infos.iter().copied().max().unwrap_or(0) + 1;
-        let mut engine = Engine {
-            volume: volume.to_string(),
-            size: 0,
-            epoch,
-            conns: Vec::new(),
-            next_id: AtomicU64::new(1),
-            dispatch: Mutex::new(()),
-        };
+        let epoch = epochs.iter().copied().max().unwrap_or(0) + 1;
         let mut claimed = Vec::new();
         for c in conns {
-            let hello = Request { op: Op::Hello, id: 0, epoch, offset: 0, len: 0, payload: volume.into() };
-            match c.send(&hello).await {
-                Ok(r) if r.code == code::OK => match serde_json::from_slice::<Info>(&r.payload) {
-                    Ok(info) => claimed.push((c, info)),
-                    Err(e) => problems.push(format!("replica {}: bad hello reply: {e}", c.address)),
-                },
-                Ok(r) => problems.push(reply_error(&c.address, &r).to_string()),
-                Err(_) => problems.push(format!("replica {}: connection lost", c.address)),
+            match Self::claim(volume, &c, epoch).await {
+                Ok(info) => claimed.push((c, info)),
+                Err(e) => problems.push(e.to_string()),
             }
         }
-        let freshest = claimed.iter().map(|(_, i)| i.flush_generation).max();
-        let Some(freshest) = freshest else {
+        let Some(freshest) = claimed.iter().map(|(_, i)| i.flush_generation).max() else {
             return Err(EngineError::NoReplica(problems.join("; ")));
         };
+        let mut size = 0;
+        let mut current = Vec::new();
         for (c, info) in claimed {
             if info.flush_generation < freshest {
                 problems.push(format!(
@@ -193,13 +185,60 @@ impl Engine {
                 ));
                 continue;
             }
-            engine.size = info.size;
-            engine.conns.push(c);
+            size = info.size;
+            if current.is_empty() {
+                current.push(Arc::new(c));
+            } else {
+                // Current too, but writes after the last flush may differ
+                // between replicas: it is resynchronised from the first
+                // (compare by checksums, copy what differs) before it
+                // serves reads, so replicas never disagree.
+                tracing::info!(volume, replica = %c.address, "replica will be resynchronised");
+            }
         }
         for p in &problems {
             tracing::warn!(volume, problem = %p, "replica left out");
         }
-        Ok(engine)
+        Ok(Engine {
+            volume: volume.to_string(),
+            size,
+            epoch,
+            configured: replicas.to_vec(),
+            conns: RwLock::new(current),
+            next_id: AtomicU64::new(1),
+            flush_gen: AtomicU64::new(freshest),
+            dispatch: Mutex::new(()),
+        })
+    }
+
+    /// Connects and reads the replica's info (no epoch needed).
+    async fn probe(volume: &str, a: &Address) -> Result<(Conn, Info), EngineError> {
+        let err = |m: String| EngineError::Replica { replica: a.to_string(), message: m };
+        let c = Conn::connect(a).await.map_err(|e| err(e.to_string()))?;
+        let req = Request { op: Op::Info, id: 0, epoch: 0, offset: 0, len: 0, payload: Vec::new() };
+        let r = c.send(&req).await.map_err(|_| err("connection lost".into()))?;
+        if r.code != code::OK {
+            return Err(reply_error(a, &r));
+        }
+        let info: Info = serde_json::from_slice(&r.payload).map_err(|e| err(format!("bad info reply: {e}")))?;
+        if info.volume != volume {
+            return Err(err(format!("belongs to volume {:?}", info.volume)));
+        }
+        Ok((c, info))
+    }
+
+    /// Claims the replica for `epoch` (fencing older engines).
+    async fn claim(volume: &str, c: &Conn, epoch: u64) -> Result<Info, EngineError> {
+        let hello = Request { op: Op::Hello, id: 0, epoch, offset: 0, len: 0, payload: volume.into() };
+        let r = c
+            .send(&hello)
+            .await
+            .map_err(|_| EngineError::Replica { replica: c.address.to_string(), message: "connection lost".into() })?;
+        if r.code != code::OK {
+            return Err(reply_error(&c.address, &r));
+        }
+        serde_json::from_slice(&r.payload)
+            .map_err(|e| EngineError::Replica { replica: c.address.to_string(), message: format!("bad hello: {e}") })
     }
 
     pub fn size(&self) -> u64 {
@@ -211,9 +250,17 @@ impl Engine {
     pub fn volume(&self) -> &str {
         &self.volume
     }
+
+    fn in_state(&self, states: &[u8]) -> Vec<Arc<Conn>> {
+        self.conns
+            .read()
+            .map(|cs| cs.iter().filter(|c| states.contains(&c.state.load(Ordering::SeqCst))).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Replicas in service, by address.
     pub fn healthy(&self) -> Vec<String> {
-        self.conns.iter().filter(|c| c.healthy.load(Ordering::SeqCst)).map(|c| c.address.to_string()).collect()
+        self.in_state(&[HEALTHY]).iter().map(|c| c.address.to_string()).collect()
     }
 
     fn request(&self, op: Op, offset: u64, len: u32, payload: Vec<u8>) -> Request {
@@ -221,32 +268,43 @@ impl Engine {
     }
 
     fn fail(&self, c: &Conn, why: &str) {
-        if c.healthy.swap(false, Ordering::SeqCst) {
+        if c.state.swap(FAILED, Ordering::SeqCst) != FAILED {
             tracing::error!(volume = %self.volume, replica = %c.address, why, "replica failed; volume degraded");
         }
     }
 
-    /// Sends a modifying request to every healthy replica; succeeds when
-    /// all that are still healthy have done it.
+    /// Sends a modifying request to every replica taking writes; succeeds
+    /// when all healthy ones that are still healthy have done it.
     async fn broadcast(&self, op: Op, offset: u64, len: u32, payload: Vec<u8>) -> Result<(), EngineError> {
         let waits: Vec<_> = {
             let _order = self.dispatch.lock().map_err(|_| EngineError::Invalid("engine state poisoned".into()))?;
             let req = self.request(op, offset, len, payload);
-            self.conns.iter().filter(|c| c.healthy.load(Ordering::SeqCst)).map(|c| (c, c.send(&req))).collect()
+            self.in_state(&[HEALTHY, REBUILDING])
+                .into_iter()
+                .map(|c| {
+                    let w = c.send(&req);
+                    (c, w)
+                })
+                .collect()
         };
+        self.collect(waits).await
+    }
+
+    async fn collect(&self, waits: Vec<(Arc<Conn>, oneshot::Receiver<Reply>)>) -> Result<(), EngineError> {
         let mut last_error = String::from("no replica was in service");
         let mut done = 0;
         for (c, w) in waits {
+            let rebuilding = c.state.load(Ordering::SeqCst) == REBUILDING;
             match w.await {
-                Ok(r) if r.code == code::OK => done += 1,
-                Ok(r) if r.code == code::INVALID => return Err(reply_error(&c.address, &r)),
+                Ok(r) if r.code == code::OK => done += usize::from(!rebuilding),
+                Ok(r) if r.code == code::INVALID && !rebuilding => return Err(reply_error(&c.address, &r)),
                 Ok(r) => {
                     last_error = reply_error(&c.address, &r).to_string();
-                    self.fail(c, &last_error);
+                    self.fail(&c, &last_error);
                 }
                 Err(_) => {
                     last_error = format!("replica {}: connection lost", c.address);
-                    self.fail(c, &last_error);
+                    self.fail(&c, &last_error);
                 }
             }
         }
@@ -264,8 +322,23 @@ impl Engine {
         self.broadcast(Op::WriteZeroes, offset, len, Vec::new()).await
     }
 
+    /// Flushes every replica. Healthy ones record the next flush number;
+    /// one being rebuilt only syncs, so that it never looks current before
+    /// its rebuild is complete.
     pub async fn flush(&self) -> Result<(), EngineError> {
-        self.broadcast(Op::Flush, 0, 0, Vec::new()).await
+        let waits: Vec<_> = {
+            let _order = self.dispatch.lock().map_err(|_| EngineError::Invalid("engine state poisoned".into()))?;
+            let generation = self.flush_gen.fetch_add(1, Ordering::SeqCst) + 1;
+            self.in_state(&[HEALTHY, REBUILDING])
+                .into_iter()
+                .map(|c| {
+                    let g = if c.state.load(Ordering::SeqCst) == HEALTHY { generation } else { 0 };
+                    let w = c.send(&self.request(Op::Flush, g, 0, Vec::new()));
+                    (c, w)
+                })
+                .collect()
+        };
+        self.collect(waits).await
     }
 
     /// Crash-consistent snapshot: ordered after every write dispatched
@@ -277,7 +350,7 @@ impl Engine {
     /// Reads from the first healthy replica, falling over to the next.
     pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, EngineError> {
         let mut last_error = String::from("no replica was in service");
-        for c in self.conns.iter().filter(|c| c.healthy.load(Ordering::SeqCst)) {
+        for c in self.in_state(&[HEALTHY]) {
             let rx = {
                 let _order = self.dispatch.lock().map_err(|_| EngineError::Invalid("engine state poisoned".into()))?;
                 c.send(&self.request(Op::Read, offset, len, Vec::new()))
@@ -287,15 +360,154 @@ impl Engine {
                 Ok(r) if r.code == code::INVALID => return Err(reply_error(&c.address, &r)),
                 Ok(r) => {
                     last_error = reply_error(&c.address, &r).to_string();
-                    self.fail(c, &last_error);
+                    self.fail(&c, &last_error);
                 }
                 Err(_) => {
                     last_error = format!("replica {}: connection lost", c.address);
-                    self.fail(c, &last_error);
+                    self.fail(&c, &last_error);
                 }
             }
         }
         Err(EngineError::NoReplica(last_error))
+    }
+
+    /// One request to one replica, outside the write order.
+    async fn ask(&self, c: &Conn, op: Op, payload: Vec<u8>) -> Result<Vec<u8>, EngineError> {
+        let r = c
+            .send(&self.request(op, 0, 0, payload))
+            .await
+            .map_err(|_| EngineError::Replica { replica: c.address.to_string(), message: "connection lost".into() })?;
+        if r.code != code::OK {
+            return Err(reply_error(&c.address, &r));
+        }
+        Ok(r.payload)
+    }
+
+    /// Brings the replicas that are not in service back, one at a time,
+    /// until the engine is dropped. Returns when every configured replica
+    /// is healthy if `until_complete`.
+    pub async fn rebuild_loop(self: Arc<Self>, every: Duration, until_complete: bool) {
+        loop {
+            // Forget failed connections.
+            if let Ok(mut cs) = self.conns.write() {
+                cs.retain(|c| c.state.load(Ordering::SeqCst) != FAILED);
+            }
+            let in_use: Vec<Address> =
+                self.conns.read().map(|cs| cs.iter().map(|c| c.address.clone()).collect()).unwrap_or_default();
+            let missing: Vec<Address> = self.configured.iter().filter(|a| !in_use.contains(a)).cloned().collect();
+            if missing.is_empty() && until_complete {
+                return;
+            }
+            for a in missing {
+                match self.rebuild(&a).await {
+                    Ok(stats) => tracing::info!(volume = %self.volume, replica = %a, copied_mib = stats.0 / (1 << 20),
+                        compared_mib = stats.1 / (1 << 20), "replica rebuilt; back in service"),
+                    Err(e) => {
+                        tracing::debug!(volume = %self.volume, replica = %a, error = %e, "rebuild not possible yet")
+                    }
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Rebuilds the replica at `a` from a healthy one while writes go on:
+    /// a snapshot on every replica (the target included) splits the data
+    /// into immutable layers, which are compared by checksum and copied
+    /// where they differ, and a live head that the target receives writes
+    /// into from that moment. Returns (bytes copied, bytes compared).
+    pub async fn rebuild(&self, a: &Address) -> Result<(u64, u64), EngineError> {
+        let source = self
+            .in_state(&[HEALTHY])
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::NoReplica("no healthy replica to rebuild from".into()))?;
+        let (conn, info) = Self::probe(&self.volume, a).await?;
+        if info.size != self.size {
+            return Err(EngineError::Replica {
+                replica: a.to_string(),
+                message: format!("has size {}, the volume {}", info.size, self.size),
+            });
+        }
+        Self::claim(&self.volume, &conn, self.epoch).await?;
+        let target = Arc::new(conn);
+        target.state.store(REBUILDING, Ordering::SeqCst);
+        let name = format!("rebuild-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"));
+        // The snapshot and joining the write fan-out happen at one point of
+        // the write order.
+        let waits: Vec<_> = {
+            let _order = self.dispatch.lock().map_err(|_| EngineError::Invalid("engine state poisoned".into()))?;
+            let req = self.request(Op::Snapshot, 0, 0, name.as_bytes().to_vec());
+            let mut waits: Vec<_> = self
+                .in_state(&[HEALTHY, REBUILDING])
+                .into_iter()
+                .map(|c| {
+                    let w = c.send(&req);
+                    (c, w)
+                })
+                .collect();
+            let w = target.send(&req);
+            if let Ok(mut cs) = self.conns.write() {
+                cs.push(target.clone());
+            }
+            waits.push((target.clone(), w));
+            waits
+        };
+        let result = async {
+            self.collect(waits).await?;
+            if target.state.load(Ordering::SeqCst) != REBUILDING {
+                return Err(EngineError::Replica {
+                    replica: a.to_string(),
+                    message: "failed during the snapshot".into(),
+                });
+            }
+            let chain: Vec<String> = serde_json::from_slice(&self.ask(&source, Op::Chain, Vec::new()).await?)
+                .map_err(|e| EngineError::Invalid(format!("bad chain: {e}")))?;
+            self.ask(&target, Op::SetChain, serde_json::to_vec(&chain).unwrap_or_default()).await?;
+            let blocks = self.size / crate::store::BLOCK;
+            let (mut copied, mut compared) = (0u64, 0u64);
+            for snap in &chain {
+                let mut block = 0;
+                while block < blocks {
+                    let count = REBUILD_CHUNK.min(blocks - block);
+                    let range =
+                        serde_json::to_vec(&LayerRange { snapshot: snap.clone(), block, count }).unwrap_or_default();
+                    let want = self.ask(&source, Op::LayerSums, range.clone()).await?;
+                    let have = self.ask(&target, Op::LayerSums, range.clone()).await?;
+                    compared += count * crate::store::BLOCK;
+                    if want != have {
+                        let data = self.ask(&source, Op::LayerData, range.clone()).await?;
+                        copied += data.len() as u64;
+                        let mut payload = (range.len() as u32).to_le_bytes().to_vec();
+                        payload.extend_from_slice(&range);
+                        payload.extend_from_slice(&want);
+                        payload.extend_from_slice(&data);
+                        self.ask(&target, Op::PutLayer, payload).await?;
+                    }
+                    block += count;
+                }
+            }
+            Ok((copied, compared))
+        }
+        .await;
+        match result {
+            Ok(stats) => {
+                let _ = target.state.compare_exchange(REBUILDING, HEALTHY, Ordering::SeqCst, Ordering::SeqCst);
+                // Every replica, the rebuilt one included, now records the
+                // same flush number.
+                self.flush().await?;
+                // The rebuild snapshot is merged back (data moves up into
+                // the heads); a failure here leaves it listed, harmlessly.
+                if let Err(e) = self.broadcast(Op::DeleteSnapshot, 0, 0, name.as_bytes().to_vec()).await {
+                    tracing::warn!(volume = %self.volume, snapshot = %name, error = %e, "rebuild snapshot not removed");
+                }
+                Ok(stats)
+            }
+            Err(e) => {
+                self.fail(&target, &e.to_string());
+                Err(e)
+            }
+        }
     }
 }
 

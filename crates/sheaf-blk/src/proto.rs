@@ -27,9 +27,31 @@ pub enum Op {
     /// Payload: the data.
     Write = 4,
     WriteZeroes = 5,
+    /// `offset`: the engine's flush number to record (0: just sync).
     Flush = 6,
     /// Payload: the snapshot name.
     Snapshot = 7,
+    /// Replies with the snapshot names of the immutable layers (JSON).
+    Chain = 8,
+    /// Payload: [`LayerRange`] JSON; replies with 8 bytes per block.
+    LayerSums = 9,
+    /// Payload: [`LayerRange`] JSON; replies with the DATA blocks' data.
+    LayerData = 10,
+    /// Payload: the chain (JSON list of snapshot names) to take on.
+    SetChain = 11,
+    /// Payload: `u32` length of a [`LayerRange`] JSON, the JSON, the
+    /// blocks' checksum entries, then the DATA blocks' data.
+    PutLayer = 12,
+    /// Payload: the snapshot name.
+    DeleteSnapshot = 13,
+}
+
+/// Blocks of one snapshot layer.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LayerRange {
+    pub snapshot: String,
+    pub block: u64,
+    pub count: u64,
 }
 
 impl Op {
@@ -42,6 +64,12 @@ impl Op {
             5 => Op::WriteZeroes,
             6 => Op::Flush,
             7 => Op::Snapshot,
+            8 => Op::Chain,
+            9 => Op::LayerSums,
+            10 => Op::LayerData,
+            11 => Op::SetChain,
+            12 => Op::PutLayer,
+            13 => Op::DeleteSnapshot,
             _ => return None,
         })
     }

@@ -7,7 +7,7 @@ use std::io::{BufReader, BufWriter, Write as _};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use crate::proto::{self, code, Info, Op, Reply, Request};
+use crate::proto::{self, code, Info, LayerRange, Op, Reply, Request};
 use crate::store::{Replica, StoreError};
 
 /// Where a replica server listens or an engine connects.
@@ -99,8 +99,16 @@ pub fn handle(replica: &Shared, req: Request) -> Reply {
         id,
         payload: format!("request epoch {} is not the replica's {}: fenced", req.epoch, r.epoch()).into_bytes(),
     };
+    let range = |payload: &[u8]| -> Result<LayerRange, StoreError> {
+        let r: LayerRange =
+            serde_json::from_slice(payload).map_err(|e| StoreError::Invalid(format!("bad layer range: {e}")))?;
+        if r.count > 4096 {
+            return Err(StoreError::Invalid(format!("layer range of {} blocks is too large", r.count)));
+        }
+        Ok(r)
+    };
     match req.op {
-        Op::Info | Op::Read => {
+        Op::Info | Op::Read | Op::Chain | Op::LayerSums | Op::LayerData => {
             let Ok(r) = replica.read() else { return lock_error(id) };
             // Anyone may ask what the replica is (an engine learns the
             // epoch to claim this way).
@@ -110,11 +118,25 @@ pub fn handle(replica: &Shared, req: Request) -> Reply {
             if !epoch_ok(&r) {
                 return stale(&r);
             }
-            if req.len > proto::MAX_PAYLOAD {
-                return error_reply(id, &StoreError::Invalid(format!("read of {} bytes is too large", req.len)));
+            match req.op {
+                Op::Chain => reply(id, Ok(serde_json::to_vec(&r.chain()).unwrap_or_default())),
+                Op::LayerSums => {
+                    reply(id, range(&req.payload).and_then(|x| r.layer_sums(&x.snapshot, x.block, x.count)))
+                }
+                Op::LayerData => {
+                    reply(id, range(&req.payload).and_then(|x| r.layer_data(&x.snapshot, x.block, x.count)))
+                }
+                _ => {
+                    if req.len > proto::MAX_PAYLOAD {
+                        return error_reply(
+                            id,
+                            &StoreError::Invalid(format!("read of {} bytes is too large", req.len)),
+                        );
+                    }
+                    let mut buf = vec![0u8; req.len as usize];
+                    reply(id, r.read(req.offset, &mut buf).map(|_| buf))
+                }
             }
-            let mut buf = vec![0u8; req.len as usize];
-            reply(id, r.read(req.offset, &mut buf).map(|_| buf))
         }
         _ => {
             let Ok(mut r) = replica.write() else { return lock_error(id) };
@@ -124,13 +146,32 @@ pub fn handle(replica: &Shared, req: Request) -> Reply {
             let res = match req.op {
                 Op::Write => r.write(req.offset, &req.payload),
                 Op::WriteZeroes => r.write_zeroes(req.offset, req.len as u64),
+                // The engine's flush number rides in `offset`; 0 (a
+                // replica being rebuilt) syncs without claiming it.
+                Op::Flush if req.offset > 0 => r.flush_as(req.offset),
                 Op::Flush => r.flush(),
                 Op::Snapshot => r.snapshot(&String::from_utf8_lossy(&req.payload)),
-                Op::Hello | Op::Info | Op::Read => Ok(()),
+                Op::DeleteSnapshot => r.delete_snapshot(&String::from_utf8_lossy(&req.payload)),
+                Op::SetChain => serde_json::from_slice::<Vec<String>>(&req.payload)
+                    .map_err(|e| StoreError::Invalid(format!("bad chain: {e}")))
+                    .and_then(|names| r.set_chain(&names)),
+                Op::PutLayer => put_layer(&mut r, &req.payload),
+                _ => Ok(()),
             };
             reply(id, res.map(|_| Vec::new()))
         }
     }
+}
+
+fn put_layer(r: &mut Replica, payload: &[u8]) -> Result<(), StoreError> {
+    let bad = || StoreError::Invalid("malformed layer blocks".into());
+    let n = u32::from_le_bytes(payload.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
+    let range: LayerRange = serde_json::from_slice(payload.get(4..4 + n).ok_or_else(bad)?)
+        .map_err(|e| StoreError::Invalid(format!("bad layer range: {e}")))?;
+    let rest = &payload[4 + n..];
+    let sums_len = (range.count * 8) as usize;
+    let sums = rest.get(..sums_len).ok_or_else(bad)?;
+    r.put_layer_blocks(&range.snapshot, range.block, sums, &rest[sums_len..])
 }
 
 fn serve_stream<S: std::io::Read + std::io::Write>(replica: Shared, read: S, write: S) {

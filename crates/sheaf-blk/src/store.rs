@@ -502,16 +502,23 @@ impl Replica {
         Ok(())
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable (the flush generation is
+    /// kept).
     pub fn flush(&mut self) -> Result<()> {
-        let next = self.flush_gen + 1;
+        self.flush_as(self.flush_gen)
+    }
+
+    /// Makes everything written so far durable and records `generation`:
+    /// the engine numbers its flushes, so replicas that took every flush
+    /// carry the same number and one that missed some carries less.
+    pub fn flush_as(&mut self, generation: u64) -> Result<()> {
         let epoch = self.meta.epoch;
         let head = self.head();
         head.data.sync_data().map_err(io("syncing layer data"))?;
         let id = head.meta.id;
-        head.sum.write_all_at(&header(id, next, epoch), 0).map_err(io("writing layer header"))?;
+        head.sum.write_all_at(&header(id, generation, epoch), 0).map_err(io("writing layer header"))?;
         head.sum.sync_data().map_err(io("syncing layer checksums"))?;
-        self.flush_gen = next;
+        self.flush_gen = generation;
         Ok(())
     }
 
@@ -566,6 +573,10 @@ impl Replica {
     /// (which wins where it has its own), then the layer goes.
     pub fn delete_snapshot(&mut self, name: &str) -> Result<()> {
         let i = self.snapshot_index(name)?;
+        let head = self.layers.len() - 1;
+        if i + 1 == head && self.layers[head].present.count() < self.layers[i].present.count() {
+            return self.merge_head_down(i);
+        }
         let blocks = self.meta.size / BLOCK;
         let mut buf = vec![0u8; BLOCK as usize];
         for b in 0..blocks {
@@ -599,6 +610,61 @@ impl Replica {
         write_meta(&self.dir, &meta)?;
         self.meta = meta;
         self.layers.remove(i);
+        remove_layer_files(&self.dir, gone.id);
+        Ok(())
+    }
+
+    /// Deletes snapshot `i` just below the head when the head is the
+    /// smaller: the head's blocks are copied down into the snapshot's
+    /// layer, which then becomes the head (the result is the same as
+    /// copying up, for a fraction of the I/O after a rebuild).
+    fn merge_head_down(&mut self, i: usize) -> Result<()> {
+        let head = self.layers.len() - 1;
+        let blocks = self.meta.size / BLOCK;
+        let mut buf = vec![0u8; BLOCK as usize];
+        let mut e = [0u8; 8];
+        for b in 0..blocks {
+            let state = self.layers[head].state(b);
+            if state == ABSENT {
+                continue;
+            }
+            let (lower, upper) = self.layers.split_at_mut(head);
+            let (dst, src) = (&mut lower[i], &upper[0]);
+            match state {
+                DATA => {
+                    src.data.read_exact_at(&mut buf, b * BLOCK).map_err(io("reading head data"))?;
+                    src.sum.read_exact_at(&mut e, HEADER + b * ENTRY).map_err(io("reading head checksums"))?;
+                    dst.data.write_all_at(&buf, b * BLOCK).map_err(io("writing layer data"))?;
+                    dst.sum.write_all_at(&e, HEADER + b * ENTRY).map_err(io("writing layer checksums"))?;
+                    dst.mark(b, DATA);
+                }
+                _ => {
+                    // Zero in the head: the merged layer masks what is below
+                    // it only if something below has the block.
+                    let below = self.layers[..i].iter().any(|l| l.present.get(b));
+                    let dst = &mut self.layers[i];
+                    if dst.state(b) == DATA {
+                        punch(&dst.data, b * BLOCK, BLOCK)?;
+                    }
+                    let st = if below { ZERO } else { ABSENT };
+                    dst.sum.write_all_at(&entry(0, st), HEADER + b * ENTRY).map_err(io("writing layer checksums"))?;
+                    dst.mark(b, st);
+                }
+            }
+        }
+        let generation = self.flush_gen;
+        let epoch = self.meta.epoch;
+        let dst = &self.layers[i];
+        dst.data.sync_data().map_err(io("syncing layer data"))?;
+        dst.sum.write_all_at(&header(dst.meta.id, generation, epoch), 0).map_err(io("writing layer header"))?;
+        dst.sum.sync_data().map_err(io("syncing layer checksums"))?;
+        let mut meta = self.meta.clone();
+        let gone = meta.layers.remove(head);
+        meta.layers[i].snapshot = None;
+        write_meta(&self.dir, &meta)?;
+        self.meta = meta;
+        self.layers.pop();
+        self.layers[i].meta = self.meta.layers[i].clone();
         remove_layer_files(&self.dir, gone.id);
         Ok(())
     }
@@ -663,6 +729,125 @@ impl Replica {
             self.writable = false;
         }
         Ok(())
+    }
+
+    /// The snapshot names of the immutable layers, oldest first (the head
+    /// is not included).
+    pub fn chain(&self) -> Vec<String> {
+        self.layers.iter().filter_map(|l| l.meta.snapshot.clone()).collect()
+    }
+
+    fn layer_by_name(&self, snapshot: &str) -> Result<usize> {
+        self.snapshot_index(snapshot)
+    }
+
+    /// Checksum entries (CRC32 and state, 8 bytes each) of `count` blocks
+    /// from `block` in snapshot layer `snapshot`: what a rebuild compares.
+    pub fn layer_sums(&self, snapshot: &str, block: u64, count: u64) -> Result<Vec<u8>> {
+        let i = self.layer_by_name(snapshot)?;
+        self.check_range(block * BLOCK, count * BLOCK)?;
+        let mut sums = vec![0u8; (count * ENTRY) as usize];
+        self.layers[i].sum.read_exact_at(&mut sums, HEADER + block * ENTRY).map_err(io("reading layer checksums"))?;
+        // Entries of absent blocks may hold leftovers: normalise from the bitmap.
+        for (k, e) in sums.chunks_exact_mut(ENTRY as usize).enumerate() {
+            let state = self.layers[i].state(block + k as u64);
+            if state != DATA {
+                e.copy_from_slice(&entry(0, state));
+            }
+        }
+        Ok(sums)
+    }
+
+    /// The data of the DATA blocks among `count` blocks from `block` of a
+    /// snapshot layer, verified, concatenated in block order.
+    pub fn layer_data(&self, snapshot: &str, block: u64, count: u64) -> Result<Vec<u8>> {
+        let i = self.layer_by_name(snapshot)?;
+        self.check_range(block * BLOCK, count * BLOCK)?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; BLOCK as usize];
+        for b in block..block + count {
+            if self.layers[i].state(b) == DATA {
+                self.read_verified(i, b, 1, 0, &mut buf)?;
+                out.extend_from_slice(&buf);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes the immutable layers match `names` (a healthy replica's
+    /// chain): the common prefix is kept (its blocks are compared and
+    /// fixed afterwards), other snapshot layers are dropped, missing ones
+    /// are created empty; the head stays on top.
+    pub fn set_chain(&mut self, names: &[String]) -> Result<()> {
+        let head = self.layers.len() - 1;
+        let keep = self.layers[..head]
+            .iter()
+            .zip(names)
+            .take_while(|(l, n)| l.meta.snapshot.as_deref() == Some(n.as_str()))
+            .count();
+        if keep == head && keep == names.len() {
+            return Ok(());
+        }
+        let mut meta = self.meta.clone();
+        let dropped: Vec<u64> = meta.layers.drain(keep..head).map(|l| l.id).collect();
+        let first_id = self.layers.iter().map(|l| l.meta.id).max().unwrap_or(0) + 1;
+        let mut created = Vec::new();
+        for (id, name) in (first_id..).zip(&names[keep..]) {
+            let lm = LayerMeta { id, snapshot: Some(name.clone()), created: now() };
+            created.push(Self::new_layer_files(&self.dir, &lm, self.meta.size, self.flush_gen, self.meta.epoch)?);
+            let at = meta.layers.len() - 1;
+            meta.layers.insert(at, lm);
+        }
+        write_meta(&self.dir, &meta)?;
+        self.meta = meta;
+        let head_layer = self.layers.pop();
+        self.layers.truncate(keep);
+        self.layers.extend(created);
+        self.layers.extend(head_layer);
+        for id in dropped {
+            remove_layer_files(&self.dir, id);
+        }
+        Ok(())
+    }
+
+    /// Overwrites blocks of a snapshot layer with a healthy replica's:
+    /// `sums` holds one entry per block from `block`, `data` the DATA
+    /// blocks' contents in order (each checked against its checksum).
+    pub fn put_layer_blocks(&mut self, snapshot: &str, block: u64, sums: &[u8], data: &[u8]) -> Result<()> {
+        let i = self.layer_by_name(snapshot)?;
+        let count = sums.len() as u64 / ENTRY;
+        self.check_range(block * BLOCK, count * BLOCK)?;
+        let mut at = 0usize;
+        let layer = &mut self.layers[i];
+        for (k, e) in sums.chunks_exact(ENTRY as usize).enumerate() {
+            let b = block + k as u64;
+            let state = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+            match state {
+                DATA => {
+                    let d = data
+                        .get(at..at + BLOCK as usize)
+                        .ok_or_else(|| StoreError::Invalid("rebuild data is shorter than its checksums say".into()))?;
+                    at += BLOCK as usize;
+                    if crc32fast::hash(d) != u32::from_le_bytes([e[0], e[1], e[2], e[3]]) {
+                        return Err(StoreError::Invalid(format!("rebuild data for block {b} fails its checksum")));
+                    }
+                    layer.data.write_all_at(d, b * BLOCK).map_err(io("writing layer data"))?;
+                }
+                ABSENT | ZERO => {
+                    if layer.state(b) == DATA {
+                        punch(&layer.data, b * BLOCK, BLOCK)?;
+                    }
+                }
+                other => return Err(StoreError::Invalid(format!("rebuild block {b} has state {other}"))),
+            }
+            layer.sum.write_all_at(e, HEADER + b * ENTRY).map_err(io("writing layer checksums"))?;
+            layer.mark(b, state);
+        }
+        if at != data.len() {
+            return Err(StoreError::Invalid("rebuild data is longer than its checksums say".into()));
+        }
+        layer.data.sync_data().map_err(io("syncing layer data"))?;
+        layer.sum.sync_data().map_err(io("syncing layer checksums"))
     }
 
     /// Bytes of data the layers store (thin provisioning: written blocks).

@@ -130,7 +130,7 @@ fn run(seed: u64, steps: usize) {
 
 #[test]
 fn random_operations_match_the_model() {
-    for seed in 0..8 {
+    for seed in 0..32 {
         run(seed, 400);
     }
 }

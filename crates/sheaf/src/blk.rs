@@ -16,6 +16,9 @@ pub struct BlkArgs {
     pub command: BlkCommand,
 }
 
+/// How often an engine looks for replicas to bring back.
+const REBUILD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Subcommand, Debug)]
 pub enum BlkCommand {
     /// Serve one replica (created on first use):
@@ -24,6 +27,20 @@ pub enum BlkCommand {
     /// Run the engine of a volume and serve it over NBD:
     /// `sheaf blk engine --volume vol1 --replica unix:/run/sheaf/blk/vol1-a.sock --replica tcp:10.0.0.2:7001 --nbd /run/sheaf/blk/vol1.nbd`.
     Engine(EngineArgs),
+    /// Rebuild the replicas of a detached volume, then exit:
+    /// `sheaf blk rebuild --volume vol1 --replica unix:... --replica tcp:...`.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RebuildArgs {
+    #[arg(long)]
+    pub volume: String,
+    #[arg(long = "replica", required = true)]
+    pub replicas: Vec<Address>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value = "3600")]
+    pub timeout: u64,
 }
 
 #[derive(Args, Debug)]
@@ -83,12 +100,33 @@ pub fn run(a: BlkArgs) -> anyhow::Result<()> {
             tracing::info!(dir = %r.dir.display(), volume = %r.volume, listen = %r.listen, "replica serving");
             sheaf_blk::replica_server::serve(replica, &r.listen).with_context(|| format!("serving on {}", r.listen))
         }
+        BlkCommand::Rebuild(r) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let engine = Arc::new(sheaf_blk::engine::Engine::start(&r.volume, &r.replicas).await?);
+                let all = r.replicas.len();
+                let done = tokio::time::timeout(
+                    std::time::Duration::from_secs(r.timeout),
+                    engine.clone().rebuild_loop(REBUILD_EVERY, true),
+                )
+                .await;
+                anyhow::ensure!(
+                    done.is_ok(),
+                    "not every replica could be rebuilt within {} s: healthy {:?} of {all}",
+                    r.timeout,
+                    engine.healthy()
+                );
+                println!("volume {}: {} of {all} replicas healthy", r.volume, engine.healthy().len());
+                Ok(())
+            })
+        }
         BlkCommand::Engine(e) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
-                let engine = sheaf_blk::engine::Engine::start(&e.volume, &e.replicas).await?;
+                let engine = Arc::new(sheaf_blk::engine::Engine::start(&e.volume, &e.replicas).await?);
                 tracing::info!(volume = %e.volume, epoch = engine.epoch(), healthy = ?engine.healthy(), "engine started");
-                let device: Arc<dyn sheaf_blk::nbd::Device> = Arc::new(engine);
+                tokio::spawn(engine.clone().rebuild_loop(REBUILD_EVERY, false));
+                let device: Arc<dyn sheaf_blk::nbd::Device> = engine;
                 let _ = std::fs::remove_file(&e.nbd);
                 let listener = tokio::net::UnixListener::bind(&e.nbd)
                     .with_context(|| format!("cannot listen on {}", e.nbd.display()))?;

@@ -101,40 +101,99 @@ fn dir() -> (tempfile::TempDir, PathBuf) {
     (t, p)
 }
 
+/// Waits until `times` lines of the log contain all of `needles`.
+fn log_has_n(path: &Path, needles: &[&str], times: usize, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.lines().filter(|l| needles.iter().all(|n| l.contains(n))).count() >= times {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn log_has(path: &Path, needles: &[&str], timeout: Duration) -> bool {
+    log_has_n(path, needles, 1, timeout)
+}
+
+fn kill(c: &mut Child) {
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
 #[test]
-fn writes_survive_replica_and_engine_kills() {
+fn replicas_fail_rebuild_and_every_acknowledged_write_survives() {
     let (_t, d) = dir();
     let mut procs = Procs(vec![replica(&d, "a"), replica(&d, "b"), replica(&d, "c")]);
     procs.0.push(engine(&d, "e1.nbd", &["a", "b", "c"]));
     let nbd = d.join("e1.nbd");
+    let e1_log = d.join("e1.nbd.log");
+    let all = |n: u8| -> Vec<String> { (0..n as u64).map(|i| verify(i, i as u8 + 1)).collect() };
+    // At start the first replica serves and the others are resynchronised
+    // from it.
+    for r in ["b.sock", "c.sock"] {
+        assert!(log_has(&e1_log, &["replica rebuilt", r], Duration::from_secs(30)), "{r} not resynchronised");
+    }
 
     let (ok, out) = qemu_io(&nbd, &[write(0, 1), write(1, 2), verify(0, 1), verify(1, 2)]);
     assert!(ok, "{out}");
     // SIGKILL replica b: the volume stays online on a and c.
-    let _ = procs.0[1].kill();
-    let _ = procs.0[1].wait();
-    let (ok, out) = qemu_io(&nbd, &[write(2, 3), verify(0, 1), verify(2, 3), "write -z 1M 4k".into()]);
+    kill(&mut procs.0[1]);
+    let (ok, out) = qemu_io(&nbd, &[write(2, 3), "write -z 8M 4k".into(), verify(0, 1), verify(2, 3)]);
     assert!(ok, "degraded writes and reads work: {out}");
-    // And replica c: one left.
-    let _ = procs.0[2].kill();
-    let _ = procs.0[2].wait();
-    let (ok, out) = qemu_io(&nbd, &[write(3, 4), verify(3, 4), verify(2, 3)]);
-    assert!(ok, "one replica is enough: {out}");
-    let log = std::fs::read_to_string(d.join("e1.nbd.log")).unwrap_or_default();
-    assert!(log.contains("volume degraded") && log.contains("b.sock") && log.contains("c.sock"), "{log}");
+    assert!(log_has(&e1_log, &["volume degraded", "b.sock"], Duration::from_secs(5)));
 
-    // SIGKILL the engine; a new one (new epoch) serves every acknowledged write.
-    let _ = procs.0[3].kill();
-    let _ = procs.0[3].wait();
-    procs.0.push(replica(&d, "b"));
+    // b comes back: the engine rebuilds it by itself while writes go on.
+    procs.0[1] = replica(&d, "b");
+    let (ok, out) = qemu_io(&nbd, &[write(3, 4)]);
+    assert!(ok, "{out}");
+    assert!(
+        log_has_n(&e1_log, &["replica rebuilt", "b.sock"], 2, Duration::from_secs(30)),
+        "b was not rebuilt: {}",
+        std::fs::read_to_string(&e1_log).unwrap_or_default()
+    );
+    let (ok, out) = qemu_io(&nbd, &[write(4, 5)]);
+    assert!(ok, "{out}");
+    // Only the rebuilt b left: it has everything.
+    kill(&mut procs.0[0]);
+    kill(&mut procs.0[2]);
+    let mut cmds = all(5);
+    cmds.push("read -P 0 8M 4k".into());
+    let (ok, out) = qemu_io(&nbd, &cmds);
+    assert!(ok, "the rebuilt replica serves every write: {out}");
+    let (ok, out) = qemu_io(&nbd, &[write(5, 6)]);
+    assert!(ok, "{out}");
+
+    // SIGKILL the engine. a and c are back but behind: a detached rebuild
+    // (no engine running) brings all three to full redundancy.
+    kill(&mut procs.0[3]);
+    procs.0.push(replica(&d, "a"));
     procs.0.push(replica(&d, "c"));
+    let sock = |r: &str| format!("unix:{}", d.join(format!("{r}.sock")).display());
+    let out = Command::new(env!("CARGO_BIN_EXE_sheaf"))
+        .args(["blk", "rebuild", "--volume", "vol", "--timeout", "60"])
+        .args(["--replica", &sock("b"), "--replica", &sock("a"), "--replica", &sock("c")])
+        .output()
+        .expect("sheaf blk rebuild");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("3 of 3 replicas healthy"), "{text}");
+
+    // A new engine on all three; then only a: acknowledged writes survive.
     procs.0.push(engine(&d, "e2.nbd", &["a", "b", "c"]));
     let nbd2 = d.join("e2.nbd");
-    let (ok, out) = qemu_io(&nbd2, &[verify(0, 1), verify(2, 3), verify(3, 4), "read -P 0 1M 4k".into()]);
-    assert!(ok, "acknowledged writes survive the engine: {out}");
-    // b and c missed writes: the new engine leaves them out until rebuilt.
-    let log = std::fs::read_to_string(d.join("e2.nbd.log")).unwrap_or_default();
-    assert!(log.contains("needs a rebuild"), "{log}");
+    let mut cmds = all(6);
+    cmds.push("read -P 0 8M 4k".into());
+    let (ok, out) = qemu_io(&nbd2, &cmds);
+    assert!(ok, "{out}");
+    let n = procs.0.len();
+    kill(&mut procs.0[1]); // b
+    kill(&mut procs.0[n - 2]); // c
+    let (ok, out) = qemu_io(&nbd2, &cmds);
+    assert!(ok, "a alone, rebuilt while detached, has everything: {out}");
 }
 
 #[test]
