@@ -105,7 +105,25 @@ for w in "${workloads[@]}"; do
   r3=$(awk -v a="${line[3]}" -v b="${line[1]}" 'BEGIN{printf "%.2f", a/b}')
   printf '%-22s %12s %12s %12s %12s %9s %9s\n' "$rw $bs qd$depth ($unit)" "${line[@]}" "$r1" "$r3"
 done
-rss=0
-for p in "${PIDS[@]:1}"; do rss=$((rss + $(rss_kb "$p"))); done
-echo "# Sheaf processes (4 replica servers, 2 engines) RSS after the run: $((rss / 1024)) MiB total"
 echo "# latency rows: lower is better; added latency = sheaf minus qemu-nbd"
+echo "# memory (RSS after the run):"
+names=(qemu-nbd replica-a replica-b replica-c replica-one engine-one engine-three)
+for i in "${!PIDS[@]}"; do
+  [[ $i -eq 0 ]] && continue
+  printf '#   %-13s %6d KiB\n' "${names[$i]}" "$(rss_kb "${PIDS[$i]}")"
+done
+
+# Rebuild: replica c of the 3-replica volume is lost with its disk; a new,
+# empty one takes its place and the engine copies the volume into it.
+kill "${PIDS[3]}"; wait "${PIDS[3]}" 2>/dev/null || true
+rm -rf "$WORK/r-c" "$WORK/r-c.sock"
+start=$(date +%s.%N)
+"$SHEAF" blk replica --dir "$WORK/r-c" --volume v --size "${SIZE}i" --listen "unix:$WORK/r-c.sock" 2>"$WORK/r-c.log" & PIDS[3]=$!
+for _ in $(seq 600); do grep -q "replica rebuilt.*r-c.sock" "$WORK/e3.log" && break; sleep 0.1; done
+end=$(date +%s.%N)
+copied=$(grep "replica rebuilt.*r-c.sock" "$WORK/e3.log" | tail -1 | sed -n 's/.*copied_mib=\([0-9]*\).*/\1/p')
+if [[ -n "$copied" ]]; then
+  awk -v c="$copied" -v s="$start" -v e="$end" 'BEGIN{printf "# rebuild of a new replica: %d MiB in %.1f s = %.0f MiB/s (includes the 2 s retry period at most)\n", c, e-s, c/(e-s)}'
+else
+  echo "# rebuild did not finish within 60 s"
+fi
