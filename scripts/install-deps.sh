@@ -9,9 +9,15 @@ want_test=0
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 
-packages=(build-essential pkg-config protobuf-compiler ca-certificates curl)
+# Build, and what a node runs: QEMU, and the management network's bridge,
+# DHCP (dnsmasq) and NAT (nftables).
+packages=(build-essential pkg-config protobuf-compiler ca-certificates curl
+  qemu-system-x86 qemu-utils iproute2 dnsmasq-base nftables)
 if [[ $want_test -eq 1 ]]; then
-  packages+=(etcd-server qemu-system-x86 qemu-utils genisoimage busybox-static cpio kmod)
+  # Test guests (built from Debian packages), etcd, and the tools tests
+  # drive guests and volumes with.
+  packages+=(etcd-server genisoimage busybox-static cpio kmod debootstrap e2fsprogs
+    iputils-ping openssh-client python3)
 fi
 
 missing=()

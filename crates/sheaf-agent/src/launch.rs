@@ -129,6 +129,8 @@ pub struct LaunchContext<'a> {
     pub run_dir: &'a Path,
     /// Builds a cloud-init seed image for a volume; returns its path.
     pub seed: &'a dyn Fn(&VirtualMachineInstance, &str) -> Result<PathBuf, LaunchError>,
+    /// The node's management network (None: QEMU's user-mode NAT).
+    pub network: Option<&'a crate::network::Management>,
 }
 
 /// The machine for `vmi`, creating per-VM files (overlays, empty disks,
@@ -285,7 +287,34 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
             )));
         }
         let mac = iface.mac_address.clone().unwrap_or_else(|| generated_mac(&uid, i));
-        let forwards = Vec::new();
+        let backend = match ctx.network {
+            None => NicBackend::User { forwards: Vec::new() },
+            Some(net) => {
+                let hostname = spec.hostname.clone().unwrap_or_else(|| vmi.metadata.name.clone().unwrap_or_default());
+                let ports = iface
+                    .ports
+                    .iter()
+                    .filter_map(|p| {
+                        Some(crate::network::Port {
+                            protocol: p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+                            port: u16::try_from(p.port).ok()?,
+                        })
+                    })
+                    .collect();
+                let want = crate::network::Nic {
+                    name: iface.name.clone(),
+                    mac: mac.clone(),
+                    ip: std::net::Ipv4Addr::UNSPECIFIED,
+                    tap: String::new(),
+                    hostname,
+                    ports,
+                };
+                let nic = net.attach(ctx.run_dir, &uid, i, want).map_err(|e| {
+                    LaunchError::Unsupported(format!("interface {:?}: management network: {e}", iface.name))
+                })?;
+                NicBackend::Tap { ifname: nic.tap }
+            }
+        };
         nics.push(NicConfig {
             id: iface.name.clone(),
             mac,
@@ -293,7 +322,7 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
                 None | Some("virtio") => "virtio-net-pci".into(),
                 Some(m) => m.to_string(),
             },
-            backend: NicBackend::User { forwards },
+            backend,
             boot_order: iface.boot_order,
         });
     }

@@ -7,6 +7,7 @@
 
 pub mod accel;
 pub mod launch;
+pub mod network;
 pub mod node;
 pub mod runner;
 pub mod seed;
@@ -33,6 +34,9 @@ pub struct AgentConfig {
     /// The node's image store (container disks, kernels).
     pub image_root: PathBuf,
     pub qemu: PathBuf,
+    /// The management network (bridge and subnet); None: QEMU's user-mode
+    /// NAT for every pod network.
+    pub management: Option<(String, network::Subnet)>,
 }
 
 struct Runner {
@@ -51,6 +55,29 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
     if let Err(e) = std::fs::create_dir_all(&cfg.run_root) {
         tracing::error!(dir = %cfg.run_root.display(), error = %e, "cannot create the runtime directory");
     }
+    let network = match &cfg.management {
+        None => None,
+        Some((bridge, subnet)) => match network::Management::new(bridge, *subnet, &cfg.run_root) {
+            Ok(m) => {
+                // Retried until the host lets us: VMs need it to start.
+                loop {
+                    match m.ensure() {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::error!(bridge, %subnet, error = %e, "cannot set up the management network; retrying");
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                    }
+                }
+                tracing::info!(bridge, %subnet, "management network ready");
+                Some(Arc::new(m))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "bad management network settings; VMs get user-mode NAT");
+                None
+            }
+        },
+    };
     let env = Arc::new(RunnerEnv {
         api: api.clone(),
         node: cfg.node_name.clone(),
@@ -58,6 +85,7 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
         images: launch::ImageStore { root: cfg.image_root.clone() },
         accel,
         qemu: cfg.qemu.clone(),
+        network,
     });
     let heartbeat_api = api.clone();
     let node = cfg.node_name.clone();

@@ -44,6 +44,8 @@ pub struct RunnerEnv {
     pub images: ImageStore,
     pub accel: AccelChoice,
     pub qemu: PathBuf,
+    /// The management network; None: QEMU's user-mode NAT.
+    pub network: Option<Arc<crate::network::Management>>,
 }
 
 pub fn run_dir(root: &Path, uid: &str) -> PathBuf {
@@ -264,7 +266,13 @@ async fn launch(env: &RunnerEnv, vmi: &VirtualMachineInstance, dir: &Path) -> Re
                 message: "no seed image was prepared".into(),
             })
         };
-        let ctx = LaunchContext { images: &env.images, accel: env.accel.accel, run_dir: dir, seed: &seed };
+        let ctx = LaunchContext {
+            images: &env.images,
+            accel: env.accel.accel,
+            run_dir: dir,
+            seed: &seed,
+            network: env.network.as_deref(),
+        };
         launch::machine(vmi, &ctx)?
     };
     let out = tokio::process::Command::new(&env.qemu)
@@ -291,9 +299,12 @@ async fn connect_qmp(dir: &Path) -> Option<Qmp> {
     None
 }
 
-fn cleanup(dir: &Path) {
+fn cleanup(env: &RunnerEnv, dir: &Path) {
     if let Some(pid) = live_qemu(dir) {
         let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    if let Some(net) = &env.network {
+        net.detach(dir);
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -305,19 +316,19 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
     let dir = run_dir(&env.run_root, &uid);
     let finished = matches!(vmi.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
     if finished && live_qemu(&dir).is_none() {
-        cleanup(&dir);
+        cleanup(&env, &dir);
         remove_finalizer(&env, &vmi).await;
         return;
     }
     if vmi.metadata.deletion_timestamp.is_some() && live_qemu(&dir).is_none() {
-        cleanup(&dir);
+        cleanup(&env, &dir);
         remove_finalizer(&env, &vmi).await;
         return;
     }
     let was_running = matches!(vmi.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
     if was_running && live_qemu(&dir).is_none() {
         // QEMU ended while no agent was watching it.
-        cleanup(&dir);
+        cleanup(&env, &dir);
         let mut conds = accel_conditions(&env);
         conds.push(condition("Ready", false, "QemuExited", "QEMU exited while the agent was not running"));
         patch_status(&env, &vmi, json!({"phase": "Failed", "reason": "QemuExited", "conditions": conds})).await;
@@ -329,7 +340,7 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
     if !adopted {
         if let Err(e) = launch(&env, &vmi, &dir).await {
             tracing::warn!(%ns, %name, error = %e, "launch failed");
-            cleanup(&dir);
+            cleanup(&env, &dir);
             let mut conds = accel_conditions(&env);
             conds.push(condition("Ready", false, e.reason(), &e.to_string()));
             conds.push(condition("Synchronized", false, e.reason(), &e.to_string()));
@@ -340,13 +351,14 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
     }
     let Some(qmp) = connect_qmp(&dir).await else {
         tracing::warn!(%ns, %name, "QEMU's monitor did not come up");
-        cleanup(&dir);
+        cleanup(&env, &dir);
         patch_status(&env, &vmi, json!({"phase": "Failed", "reason": "LaunchFailed"})).await;
         remove_finalizer(&env, &vmi).await;
         return;
     };
     tracing::info!(%ns, %name, adopted, "VMI running");
     let mut events = qmp.events();
+    let nics = env.network.as_ref().map(|_| crate::network::Management::nics_of(&dir)).unwrap_or_default();
     let interfaces: Vec<Value> = vmi
         .spec
         .domain
@@ -356,8 +368,10 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
         .enumerate()
         .map(|(i, iface)| {
             let mac = iface.mac_address.clone().unwrap_or_else(|| launch::generated_mac(&uid, i));
-            // QEMU's user-mode NAT gives every guest this address.
-            json!({"name": iface.name, "mac": mac, "ipAddress": "10.0.2.15", "ipAddresses": ["10.0.2.15"],
+            // The management network's allocation; QEMU's user-mode NAT
+            // gives every guest 10.0.2.15.
+            let ip = nics.get(i).map(|n| n.ip.to_string()).unwrap_or_else(|| "10.0.2.15".into());
+            json!({"name": iface.name, "mac": mac, "ipAddress": ip, "ipAddresses": [ip],
                    "interfaceName": format!("eth{i}"), "infoSource": "domain"})
         })
         .collect();
@@ -458,7 +472,7 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
                 tracing::info!(%ns, %name, "grace period over; stopping QEMU");
                 let _ = qmp.quit().await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                if live_qemu(&dir).is_some() { cleanup(&dir); }
+                if live_qemu(&dir).is_some() { cleanup(&env, &dir); }
                 break;
             }
         }
@@ -479,6 +493,6 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
     let mut conds = accel_conditions(&env);
     conds.push(condition("Ready", false, reason, ""));
     patch_status(&env, &vmi, json!({"phase": phase, "reason": reason, "conditions": conds, "interfaces": []})).await;
-    cleanup(&dir);
+    cleanup(&env, &dir);
     remove_finalizer(&env, &vmi).await;
 }

@@ -63,6 +63,23 @@ pub struct ServerArgs {
     /// The QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
+    /// How VMs' pod networks reach the world: `bridge` (a node bridge with
+    /// DHCP and NAT) or `user` (QEMU's user-mode NAT, no inbound traffic;
+    /// for hosts where Sheaf may not create devices).
+    #[arg(long, value_enum, default_value = "bridge")]
+    pub mgmt_network: MgmtNetwork,
+    /// The management network's bridge.
+    #[arg(long, default_value = "sheaf-br0")]
+    pub mgmt_bridge: String,
+    /// The management network's subnet; the bridge takes the first address.
+    #[arg(long, default_value = "10.53.0.0/20")]
+    pub mgmt_cidr: sheaf_agent::network::Subnet,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MgmtNetwork {
+    Bridge,
+    User,
 }
 
 fn init_logging(json: bool) {
@@ -183,6 +200,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             run_root: args.run_dir.clone(),
             image_root: args.image_dir.clone().unwrap_or_else(|| args.data_dir.join("images")),
             qemu: args.qemu.clone(),
+            management: (args.mgmt_network == MgmtNetwork::Bridge).then(|| (args.mgmt_bridge.clone(), args.mgmt_cidr)),
         };
         api.set_node_dialer(Arc::new(LocalDialer { node: cfg.node_name.clone(), run_root: cfg.run_root.clone() }));
         tokio::spawn(sheaf_agent::run(local.clone(), cfg));

@@ -206,8 +206,14 @@ fn console_vnc_pause_and_soft_reboot() {
         "not stopped: {}",
         jsonpath(&s, "vm", "{.status}")
     );
-    let (ok, out) = sheaf(&s, &["vm", "pause", "con"]);
-    assert!(!ok && out.contains("not found"), "{out}");
+    // (The instance may still be going away for a moment.)
+    let mut out = String::new();
+    let gone = eventually(Duration::from_secs(20), || {
+        let (ok, o) = sheaf(&s, &["vm", "pause", "con"]);
+        out = o;
+        !ok && out.contains("not found")
+    });
+    assert!(gone, "{out}");
     s.kubectl_ok(&["delete", "vm", "con"]);
     let leftovers: Vec<_> =
         std::fs::read_dir(root.path().join("run")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();

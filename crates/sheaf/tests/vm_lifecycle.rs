@@ -5,88 +5,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use support::guest::{tiny_server, tiny_vm, QemuReaper};
 use support::{eventually, Server};
-
-fn guest_dir() -> PathBuf {
-    std::env::var_os("SHEAF_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-guests"))
-}
-
-/// A server whose image store holds the tiny guest as image `sheaf/tiny`.
-fn server(root: &Path) -> Server {
-    let tiny = guest_dir().join("tiny");
-    assert!(
-        tiny.join("vmlinuz").is_file(),
-        "the tiny test guest is missing at {}: run scripts/build-test-guests.sh",
-        tiny.display()
-    );
-    let images = root.join("images/sheaf_tiny");
-    std::fs::create_dir_all(&images).expect("image dir");
-    for f in ["vmlinuz", "initramfs.cpio.gz"] {
-        let _ = std::os::unix::fs::symlink(tiny.join(f), images.join(f));
-    }
-    let run = root.join("run");
-    Server::start_with(&[
-        "--image-dir",
-        &root.join("images").display().to_string(),
-        "--run-dir",
-        &run.display().to_string(),
-    ])
-}
-
-const VM: &str = r#"apiVersion: kubevirt.io/v1
-kind: VirtualMachine
-metadata:
-  name: tiny
-spec:
-  runStrategy: Always
-  template:
-    spec:
-      terminationGracePeriodSeconds: 5
-      domain:
-        cpu:
-          cores: 1
-        memory:
-          guest: 128Mi
-        firmware:
-          kernelBoot:
-            kernelArgs: console=ttyS0 quiet
-            container:
-              image: sheaf/tiny
-              kernelPath: /vmlinuz
-              initrdPath: /initramfs.cpio.gz
-        devices:
-          disks:
-          - name: cloudinit
-            disk:
-              bus: virtio
-          interfaces:
-          - name: default
-            masquerade: {}
-      networks:
-      - name: default
-        pod: {}
-      volumes:
-      - name: cloudinit
-        cloudInitNoCloud:
-          userData: |
-            #cloud-config
-            # marker: hello-from-sheaf
-"#;
-
-/// Kills every QEMU started under `dir` when dropped, so that a failing
-/// test leaves no daemonized guest behind.
-struct QemuReaper(PathBuf);
-
-impl Drop for QemuReaper {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("pkill").args(["-9", "-f", &self.0.display().to_string()]).status();
-    }
-}
 
 fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -107,9 +30,9 @@ fn jsonpath(s: &Server, kind: &str, path: &str) -> String {
 fn vm_runs_stops_restarts_and_survives_agent_restart() {
     let root = tempfile::tempdir().expect("tempdir");
     let _reaper = QemuReaper(root.path().to_path_buf());
-    let mut s = server(root.path());
+    let mut s = tiny_server(root.path(), &[]);
     let run = root.path().join("run");
-    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(VM));
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(&tiny_vm("tiny", "hello-from-sheaf")));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Running, with the marker from the user data on the serial console.
@@ -209,4 +132,8 @@ fn vm_runs_stops_restarts_and_survives_agent_restart() {
     let leftovers: Vec<_> =
         std::fs::read_dir(&run).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    for uid in [&uid, &uid2] {
+        let tap = sheaf_agent::network::tap_name(uid, 0);
+        assert!(!Path::new("/sys/class/net").join(&tap).exists(), "tap {tap} left behind");
+    }
 }

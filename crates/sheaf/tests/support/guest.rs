@@ -32,11 +32,54 @@ pub fn install_image(root: &Path, guest: &str, image_dir: &str, files: &[&str]) 
 /// `ROOT/images` and VM runtime directories in `ROOT/run`.
 pub fn tiny_server(root: &Path, extra: &[&str]) -> Server {
     install_image(root, "tiny", "sheaf_tiny", &["vmlinuz", "initramfs.cpio.gz"]);
+    server_with_images(root, extra)
+}
+
+/// The management network of this test process's servers: a bridge and a
+/// /24 of its own (tests run in parallel, each in its own process).
+pub struct TestNet {
+    pub bridge: String,
+    pub cidr: String,
+    pub gateway: String,
+}
+
+pub fn test_net() -> TestNet {
+    let pid = std::process::id();
+    let (a, b) = ((pid >> 8) % 256, pid % 256);
+    TestNet {
+        bridge: format!("shb{pid}"),
+        cidr: format!("10.{}.{b}.0/24", 100 + a % 100),
+        gateway: format!("10.{}.{b}.1", 100 + a % 100),
+    }
+}
+
+/// Removes what the agent set up for `net` on the host: the bridge, its
+/// taps, the nftables table, dnsmasq.
+pub fn remove_test_net(net: &TestNet, run_root: &Path) {
+    let state = run_root.parent().unwrap_or(run_root).join(format!("net-{}", net.bridge));
+    let pidfile = state.join("dnsmasq.pid");
+    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    }
+    let _ = std::process::Command::new("ip").args(["link", "del", &net.bridge]).status();
+    let _ =
+        std::process::Command::new("nft").args(["delete", "table", "ip", &format!("sheaf-{}", net.bridge)]).status();
+}
+
+/// A server whose image store is `ROOT/images` and VM runtime directories
+/// `ROOT/run`, with a management network of its own that is removed when
+/// the server is dropped.
+pub fn server_with_images(root: &Path, extra: &[&str]) -> Server {
     let images = root.join("images").display().to_string();
-    let run = root.join("run").display().to_string();
-    let mut args = vec!["--image-dir", &images, "--run-dir", &run];
+    let run = root.join("run");
+    let run_s = run.display().to_string();
+    let net = test_net();
+    let mut args =
+        vec!["--image-dir", &images, "--run-dir", &run_s, "--mgmt-bridge", &net.bridge, "--mgmt-cidr", &net.cidr];
     args.extend_from_slice(extra);
-    Server::start_with(&args)
+    let mut s = Server::start_with(&args);
+    s.cleanups.push(Box::new(move || remove_test_net(&net, &run)));
+    s
 }
 
 /// Kills every QEMU started under its directory when dropped, so that a

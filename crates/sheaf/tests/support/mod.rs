@@ -15,6 +15,8 @@ pub struct Server {
     pub port: u16,
     pub kubeconfig: PathBuf,
     extra: Vec<String>,
+    /// Run after the server is killed (host devices a test set up).
+    pub cleanups: Vec<Box<dyn FnOnce()>>,
 }
 
 pub fn free_port() -> u16 {
@@ -32,7 +34,7 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut s = Server { child: None, dir, port: free_port(), kubeconfig, extra };
+        let mut s = Server { child: None, dir, port: free_port(), kubeconfig, extra, cleanups: Vec::new() };
         // A port free when picked may be taken before the server binds it:
         // try a few.
         for _ in 0..3 {
@@ -178,6 +180,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        for c in self.cleanups.drain(..) {
+            c();
+        }
     }
 }
 
