@@ -9,22 +9,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::guest::{tiny_server, tiny_vm, QemuReaper};
+use support::guest::{apply_running, tiny_server, tiny_vm, wait_serial, QemuReaper};
 use support::{eventually, Server};
 
-fn sheaf(s: &Server, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sheaf"))
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(&s.kubeconfig)
-        .output()
-        .expect("sheaf");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+fn jsonpath(s: &Server, kind: &str, path: &str) -> String {
+    support::guest::jsonpath(s, kind, "con", path)
 }
 
-fn jsonpath(s: &Server, kind: &str, path: &str) -> String {
-    let out = s.kubectl(&["get", kind, "con", "-o", &format!("jsonpath={path}")]);
-    String::from_utf8_lossy(&out.stdout).to_string()
+fn sheaf(s: &Server, args: &[&str]) -> (bool, String) {
+    s.sheaf_cli(args)
 }
 
 /// `sheaf vm console con`, its output collected as it comes.
@@ -109,22 +102,9 @@ fn console_vnc_pause_and_soft_reboot() {
     let (ok, out) = sheaf(&s, &["vm", "console", "con"]);
     assert!(!ok && out.contains("not found"), "{out}");
 
-    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(&tiny_vm("con", "console-test")));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        eventually(Duration::from_secs(60), || jsonpath(&s, "vmi", "{.status.phase}") == "Running"),
-        "VMI not Running: {}\n{}",
-        jsonpath(&s, "vmi", "{.status}"),
-        s.log()
-    );
-    let uid = jsonpath(&s, "vmi", "{.metadata.uid}");
+    let uid = apply_running(&s, &tiny_vm("con", "console-test"), "con");
     let serial = root.path().join("run").join(&uid).join("serial.log");
-    assert!(
-        eventually(Duration::from_secs(90), || std::fs::read_to_string(&serial)
-            .is_ok_and(|l| l.contains("SHEAF-GUEST ready"))),
-        "guest not ready: {}",
-        std::fs::read_to_string(&serial).unwrap_or_default()
-    );
+    wait_serial(root.path(), &uid, "SHEAF-GUEST ready", Duration::from_secs(90));
 
     // The serial console: a shell answers.
     let mut first = Console::open(&s);

@@ -10,12 +10,11 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::guest::{install_image, QemuReaper};
+use support::guest::{apply_running, install_image, wait_serial, QemuReaper};
 use support::{eventually, Server};
 
 fn jsonpath(s: &Server, kind: &str, path: &str) -> String {
-    let out = s.kubectl(&["get", kind, "full", "-o", &format!("jsonpath={path}")]);
-    String::from_utf8_lossy(&out.stdout).to_string()
+    support::guest::jsonpath(s, kind, "full", path)
 }
 
 #[test]
@@ -88,22 +87,9 @@ spec:
             runcmd:
               - echo SHEAF-GUEST full-marker > /dev/ttyS0
 "#;
-    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(vm));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        eventually(Duration::from_secs(60), || jsonpath(&s, "vmi", "{.status.phase}") == "Running"),
-        "VMI not Running: {}\n{}",
-        jsonpath(&s, "vmi", "{.status}"),
-        s.log()
-    );
-    let uid = jsonpath(&s, "vmi", "{.metadata.uid}");
+    let uid = apply_running(&s, vm, "full");
     let serial = root.path().join("run").join(&uid).join("serial.log");
-    assert!(
-        eventually(Duration::from_secs(300), || std::fs::read_to_string(&serial)
-            .is_ok_and(|l| l.contains("SHEAF-GUEST ready"))),
-        "the full guest did not finish cloud-init: {}",
-        std::fs::read_to_string(&serial).unwrap_or_default()
-    );
+    wait_serial(root.path(), &uid, "SHEAF-GUEST ready", Duration::from_secs(300));
     let log = std::fs::read_to_string(&serial).unwrap_or_default();
     assert!(log.contains("SHEAF-GUEST full-marker"), "user data ran: {log}");
 

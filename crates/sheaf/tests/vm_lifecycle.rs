@@ -91,15 +91,7 @@ fn vm_runs_stops_restarts_and_survives_agent_restart() {
     assert!(eventually(Duration::from_secs(10), || !dir2.exists()), "runtime directory removed");
 
     // The start/restart/stop subresources, through the CLI.
-    let sheaf = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sheaf"))
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(&s.kubeconfig)
-            .output()
-            .expect("sheaf");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
-    };
+    let sheaf = |args: &[&str]| s.sheaf_cli(args);
     let (ok, out) = sheaf(&["vm", "start", "tiny"]);
     assert!(ok, "{out}");
     assert_eq!(jsonpath(&s, "vm", "{.spec.runStrategy}"), "Always");

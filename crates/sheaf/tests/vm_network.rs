@@ -8,12 +8,11 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::guest::{test_net, tiny_server, tiny_vm, QemuReaper};
+use support::guest::{apply_running, test_net, tiny_server, tiny_vm, QemuReaper};
 use support::{eventually, Server};
 
 fn jsonpath(s: &Server, kind: &str, path: &str) -> String {
-    let out = s.kubectl(&["get", kind, "net", "-o", &format!("jsonpath={path}")]);
-    String::from_utf8_lossy(&out.stdout).to_string()
+    support::guest::jsonpath(s, kind, "net", path)
 }
 
 /// A network namespace with a veth to the host: host 198.51.100.1/24, the
@@ -84,15 +83,7 @@ fn guests_get_dhcp_nat_and_are_cleaned_up() {
         "          userData: |\n            #!/bin/sh\n            ( for i in $(seq 60); do\n                if wget -q -O /tmp/page http://198.51.100.2:8080/; then echo SHEAF-GUEST nat-ok > /dev/ttyS0; break; fi\n                sleep 1\n              done ) &\n",
     );
     assert!(vm.contains("wget"), "{vm}");
-    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(&vm));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        eventually(Duration::from_secs(60), || jsonpath(&s, "vmi", "{.status.phase}") == "Running"),
-        "VMI not Running: {}\n{}",
-        jsonpath(&s, "vmi", "{.status}"),
-        s.log()
-    );
-    let uid = jsonpath(&s, "vmi", "{.metadata.uid}");
+    let uid = apply_running(&s, &vm, "net");
     let ip = jsonpath(&s, "vmi", "{.status.interfaces[0].ipAddress}");
     let prefix = net.gateway.rsplit_once('.').map(|(p, _)| p.to_string()).unwrap_or_default();
     assert!(ip.starts_with(&format!("{prefix}.")), "address {ip:?} is not in {}", net.cidr);

@@ -137,3 +137,35 @@ spec:
 "#
     )
 }
+
+/// `kubectl get KIND NAME -o jsonpath=PATH` (empty when it fails).
+pub fn jsonpath(s: &Server, kind: &str, name: &str, path: &str) -> String {
+    let out = s.kubectl(&["get", kind, name, "-o", &format!("jsonpath={path}")]);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Applies a VirtualMachine manifest and waits until its instance runs;
+/// returns the instance's uid.
+pub fn apply_running(s: &Server, manifest: &str, name: &str) -> String {
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(manifest));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        super::eventually(std::time::Duration::from_secs(60), || jsonpath(s, "vmi", name, "{.status.phase}")
+            == "Running"),
+        "VMI {name} not Running: {}\n{}",
+        jsonpath(s, "vmi", name, "{.status}"),
+        s.log()
+    );
+    jsonpath(s, "vmi", name, "{.metadata.uid}")
+}
+
+/// Waits until the serial console log of VMI `uid` (under `ROOT/run`)
+/// holds `needle`; fails with the log otherwise.
+pub fn wait_serial(root: &Path, uid: &str, needle: &str, timeout: std::time::Duration) {
+    let serial = root.join("run").join(uid).join("serial.log");
+    assert!(
+        super::eventually(timeout, || std::fs::read_to_string(&serial).is_ok_and(|l| l.contains(needle))),
+        "{needle:?} not on the serial console: {}",
+        std::fs::read_to_string(&serial).unwrap_or_default()
+    );
+}

@@ -166,6 +166,17 @@ impl Server {
     }
 
     /// Runs kubectl expecting failure; returns stderr.
+    /// Runs the `sheaf` CLI against this server: (success, stdout + stderr).
+    pub fn sheaf_cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_sheaf"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .output()
+            .expect("sheaf");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    }
+
     pub fn kubectl_err(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.kubectl_stdin(args, stdin);
         assert!(
