@@ -36,12 +36,16 @@ guest=${SHEAF_GUEST_DIR:-$target_dir/test-guests}/tiny
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sheaf-bench-vm.XXXXXX")
 BENCH_PID=
 cleanup() {
+  set +e
   local pid args
-  [[ -n "$BENCH_PID" ]] && kill "$BENCH_PID" 2>/dev/null && wait "$BENCH_PID" 2>/dev/null
+  if [[ -n "$BENCH_PID" ]]; then
+    kill "$BENCH_PID" 2>/dev/null
+    wait "$BENCH_PID" 2>/dev/null
+  fi
   for pid in $(ls /proc | grep -E '^[0-9]+$'); do
     [[ $pid == "$$" ]] && continue
     args=$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline") || continue
-    [[ $args == *"$WORK/"* || $args == *"$WORK "* ]] && kill -9 "$pid" 2>/dev/null
+    if [[ $args == *"$WORK/"* || $args == *"$WORK "* ]]; then kill -9 "$pid" 2>/dev/null; fi
   done
   rm -rf "$WORK"
 }
