@@ -136,6 +136,10 @@ pub struct Engine {
     dispatch: Mutex<()>,
 }
 
+fn lost(c: &Conn) -> EngineError {
+    EngineError::Replica { replica: c.address.to_string(), message: "connection lost".into() }
+}
+
 fn reply_error(address: &Address, rep: &Reply) -> EngineError {
     EngineError::Replica { replica: address.to_string(), message: String::from_utf8_lossy(&rep.payload).to_string() }
 }
@@ -216,7 +220,7 @@ impl Engine {
         let err = |m: String| EngineError::Replica { replica: a.to_string(), message: m };
         let c = Conn::connect(a).await.map_err(|e| err(e.to_string()))?;
         let req = Request { op: Op::Info, id: 0, epoch: 0, offset: 0, len: 0, payload: Vec::new() };
-        let r = c.send(&req).await.map_err(|_| err("connection lost".into()))?;
+        let r = c.send(&req).await.map_err(|_| lost(&c))?;
         if r.code != code::OK {
             return Err(reply_error(a, &r));
         }
@@ -230,10 +234,7 @@ impl Engine {
     /// Claims the replica for `epoch` (fencing older engines).
     async fn claim(volume: &str, c: &Conn, epoch: u64) -> Result<Info, EngineError> {
         let hello = Request { op: Op::Hello, id: 0, epoch, offset: 0, len: 0, payload: volume.into() };
-        let r = c
-            .send(&hello)
-            .await
-            .map_err(|_| EngineError::Replica { replica: c.address.to_string(), message: "connection lost".into() })?;
+        let r = c.send(&hello).await.map_err(|_| lost(c))?;
         if r.code != code::OK {
             return Err(reply_error(&c.address, &r));
         }
@@ -273,19 +274,39 @@ impl Engine {
         }
     }
 
+    /// Holds the write order: requests sent under it reach every replica
+    /// in the same order.
+    fn order(&self) -> Result<std::sync::MutexGuard<'_, ()>, EngineError> {
+        self.dispatch.lock().map_err(|_| EngineError::Invalid("engine state poisoned".into()))
+    }
+
+    /// Sends `req` to every healthy replica and `to_rebuilding` to every
+    /// replica being rebuilt; call with the write order held.
+    fn send_to_writers(&self, req: &Request, to_rebuilding: &Request) -> Vec<(Arc<Conn>, oneshot::Receiver<Reply>)> {
+        self.in_state(&[HEALTHY, REBUILDING])
+            .into_iter()
+            .map(|c| {
+                let r = if c.state.load(Ordering::SeqCst) == HEALTHY { req } else { to_rebuilding };
+                let w = c.send(r);
+                (c, w)
+            })
+            .collect()
+    }
+
+    /// Marks `c` failed for `e`; returns the message.
+    fn failed(&self, c: &Conn, e: EngineError) -> String {
+        let message = e.to_string();
+        self.fail(c, &message);
+        message
+    }
+
     /// Sends a modifying request to every replica taking writes; succeeds
     /// when all healthy ones that are still healthy have done it.
     async fn broadcast(&self, op: Op, offset: u64, len: u32, payload: Vec<u8>) -> Result<(), EngineError> {
-        let waits: Vec<_> = {
-            let _order = self.dispatch.lock().map_err(|_| EngineError::Invalid("engine state poisoned".into()))?;
+        let waits = {
+            let _order = self.order()?;
             let req = self.request(op, offset, len, payload);
-            self.in_state(&[HEALTHY, REBUILDING])
-                .into_iter()
-                .map(|c| {
-                    let w = c.send(&req);
-                    (c, w)
-                })
-                .collect()
+            self.send_to_writers(&req, &req)
         };
         self.collect(waits).await
     }
@@ -298,14 +319,8 @@ impl Engine {
             match w.await {
                 Ok(r) if r.code == code::OK => done += usize::from(!rebuilding),
                 Ok(r) if r.code == code::INVALID && !rebuilding => return Err(reply_error(&c.address, &r)),
-                Ok(r) => {
-                    last_error = reply_error(&c.address, &r).to_string();
-                    self.fail(&c, &last_error);
-                }
-                Err(_) => {
-                    last_error = format!("replica {}: connection lost", c.address);
-                    self.fail(&c, &last_error);
-                }
+                Ok(r) => last_error = self.failed(&c, reply_error(&c.address, &r)),
+                Err(_) => last_error = self.failed(&c, lost(&c)),
             }
         }
         if done == 0 {
@@ -326,17 +341,11 @@ impl Engine {
     /// one being rebuilt only syncs, so that it never looks current before
     /// its rebuild is complete.
     pub async fn flush(&self) -> Result<(), EngineError> {
-        let waits: Vec<_> = {
-            let _order = self.dispatch.lock().map_err(|_| EngineError::Invalid("engine state poisoned".into()))?;
+        let waits = {
+            let _order = self.order()?;
             let generation = self.flush_gen.fetch_add(1, Ordering::SeqCst) + 1;
-            self.in_state(&[HEALTHY, REBUILDING])
-                .into_iter()
-                .map(|c| {
-                    let g = if c.state.load(Ordering::SeqCst) == HEALTHY { generation } else { 0 };
-                    let w = c.send(&self.request(Op::Flush, g, 0, Vec::new()));
-                    (c, w)
-                })
-                .collect()
+            let flush = |g| self.request(Op::Flush, g, 0, Vec::new());
+            self.send_to_writers(&flush(generation), &flush(0))
         };
         self.collect(waits).await
     }
@@ -352,20 +361,14 @@ impl Engine {
         let mut last_error = String::from("no replica was in service");
         for c in self.in_state(&[HEALTHY]) {
             let rx = {
-                let _order = self.dispatch.lock().map_err(|_| EngineError::Invalid("engine state poisoned".into()))?;
+                let _order = self.order()?;
                 c.send(&self.request(Op::Read, offset, len, Vec::new()))
             };
             match rx.await {
                 Ok(r) if r.code == code::OK && r.payload.len() == len as usize => return Ok(r.payload),
                 Ok(r) if r.code == code::INVALID => return Err(reply_error(&c.address, &r)),
-                Ok(r) => {
-                    last_error = reply_error(&c.address, &r).to_string();
-                    self.fail(&c, &last_error);
-                }
-                Err(_) => {
-                    last_error = format!("replica {}: connection lost", c.address);
-                    self.fail(&c, &last_error);
-                }
+                Ok(r) => last_error = self.failed(&c, reply_error(&c.address, &r)),
+                Err(_) => last_error = self.failed(&c, lost(&c)),
             }
         }
         Err(EngineError::NoReplica(last_error))
@@ -373,10 +376,7 @@ impl Engine {
 
     /// One request to one replica, outside the write order.
     async fn ask(&self, c: &Conn, op: Op, payload: Vec<u8>) -> Result<Vec<u8>, EngineError> {
-        let r = c
-            .send(&self.request(op, 0, 0, payload))
-            .await
-            .map_err(|_| EngineError::Replica { replica: c.address.to_string(), message: "connection lost".into() })?;
+        let r = c.send(&self.request(op, 0, 0, payload)).await.map_err(|_| lost(c))?;
         if r.code != code::OK {
             return Err(reply_error(&c.address, &r));
         }
@@ -435,23 +435,13 @@ impl Engine {
         let name = format!("rebuild-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"));
         // The snapshot and joining the write fan-out happen at one point of
         // the write order.
-        let waits: Vec<_> = {
-            let _order = self.dispatch.lock().map_err(|_| EngineError::Invalid("engine state poisoned".into()))?;
-            let req = self.request(Op::Snapshot, 0, 0, name.as_bytes().to_vec());
-            let mut waits: Vec<_> = self
-                .in_state(&[HEALTHY, REBUILDING])
-                .into_iter()
-                .map(|c| {
-                    let w = c.send(&req);
-                    (c, w)
-                })
-                .collect();
-            let w = target.send(&req);
+        let waits = {
+            let _order = self.order()?;
             if let Ok(mut cs) = self.conns.write() {
                 cs.push(target.clone());
             }
-            waits.push((target.clone(), w));
-            waits
+            let req = self.request(Op::Snapshot, 0, 0, name.as_bytes().to_vec());
+            self.send_to_writers(&req, &req)
         };
         let result = async {
             self.collect(waits).await?;
