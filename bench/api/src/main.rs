@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
+use sheaf_bench_common::{parse_env, percentile};
 
 use load::{Pace, UpdatePlan};
 use procs::{Etcd, Sheaf};
@@ -95,29 +96,12 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("expected KEY=VALUE, not {s:?}"))
-}
-
 type Results = BTreeMap<&'static str, f64>;
 
 const MB: f64 = 1024.0 * 1024.0;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// Nearest-rank percentile (`p` in 0..=100) of unsorted values.
-fn percentile<T: Copy + PartialOrd>(values: &[T], p: f64) -> Option<T> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
-    Some(v[rank.min(v.len()) - 1])
 }
 
 fn median(values: &[Duration]) -> Duration {
@@ -563,32 +547,13 @@ fn print_table(args: &Args, all: &[(Store, Results)]) {
         line.push(row.target.to_string());
         lines.push(line);
     }
-    let widths: Vec<usize> =
-        (0..lines[0].len()).map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0)).collect();
     println!();
     println!(
         "Sheaf API benchmark: {} VirtualMachines, {} in flight over {} HTTP/2 connection(s); \
          {} saturated + {} paced ({}/s) watched updates",
         args.objects, args.concurrency, args.connections, args.updates, args.paced_updates, args.paced_rate
     );
-    for (i, l) in lines.iter().enumerate() {
-        let cells: Vec<String> = l
-            .iter()
-            .enumerate()
-            .map(
-                |(c, s)| if c == 0 { format!(" {s:<w$} ", w = widths[c]) } else { format!(" {s:>w$} ", w = widths[c]) },
-            )
-            .collect();
-        println!("|{}|", cells.join("|"));
-        if i == 0 {
-            let seps: Vec<String> = widths
-                .iter()
-                .enumerate()
-                .map(|(c, w)| if c == 0 { "-".repeat(w + 2) } else { format!("{}:", "-".repeat(w + 1)) })
-                .collect();
-            println!("|{}|", seps.join("|"));
-        }
-    }
+    sheaf_bench_common::print_table(&lines);
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {

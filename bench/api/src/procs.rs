@@ -4,21 +4,17 @@
 //! readings of their memory and CPU time from `/proc`.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+pub use sheaf_bench_common::free_port;
+use sheaf_bench_common::{strip_ansi, tail};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const ATTEMPTS: usize = 3;
-
-/// A free port on 127.0.0.1 (free when this returns; the bind is dropped).
-pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("bind 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
 
 /// A child process, killed (SIGKILL) and reaped when dropped.
 pub struct Guard {
@@ -41,30 +37,6 @@ impl Drop for Guard {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Text without ANSI colour sequences (`ESC [ … m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn tail(path: &Path) -> String {
-    let text = strip_ansi(&std::fs::read_to_string(path).unwrap_or_default());
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 /// A single-member etcd cluster of its own.
@@ -120,10 +92,10 @@ impl Etcd {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Some(status) = etcd.proc.exited()? {
-                bail!("etcd exited with {status} during startup:\n{}", tail(&log));
+                bail!("etcd exited with {status} during startup:\n{}", tail(&log, 30));
             }
             if Instant::now() > deadline {
-                bail!("etcd not ready within {STARTUP_TIMEOUT:?}:\n{}", tail(&log));
+                bail!("etcd not ready within {STARTUP_TIMEOUT:?}:\n{}", tail(&log, 30));
             }
             if TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, client_port).into(), Duration::from_millis(200))
                 .is_ok()
@@ -189,10 +161,10 @@ impl Sheaf {
         // The server writes its CA and token before it listens.
         loop {
             if let Some(status) = proc.exited()? {
-                bail!("sheaf server exited with {status} during startup:\n{}", tail(&log));
+                bail!("sheaf server exited with {status} during startup:\n{}", tail(&log, 30));
             }
             if Instant::now() > deadline {
-                bail!("sheaf server not ready within {STARTUP_TIMEOUT:?}:\n{}", tail(&log));
+                bail!("sheaf server not ready within {STARTUP_TIMEOUT:?}:\n{}", tail(&log, 30));
             }
             if data.join("admin.kubeconfig").exists()
                 && TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_millis(200)).is_ok()
@@ -210,10 +182,10 @@ impl Sheaf {
             .build()?;
         loop {
             if let Some(status) = proc.exited()? {
-                bail!("sheaf server exited with {status} during startup:\n{}", tail(&log));
+                bail!("sheaf server exited with {status} during startup:\n{}", tail(&log, 30));
             }
             if Instant::now() > deadline {
-                bail!("sheaf server /readyz not ok within {STARTUP_TIMEOUT:?}:\n{}", tail(&log));
+                bail!("sheaf server /readyz not ok within {STARTUP_TIMEOUT:?}:\n{}", tail(&log, 30));
             }
             if let Ok(r) = http.get(format!("{url}/readyz")).bearer_auth(&token).send().await {
                 if r.status().is_success() {
@@ -239,14 +211,14 @@ impl Sheaf {
     /// Fails if the server has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.proc.exited()? {
-            bail!("sheaf server exited with {status}:\n{}", tail(&self.dir.path().join("server.log")));
+            bail!("sheaf server exited with {status}:\n{}", tail(&self.dir.path().join("server.log"), 30));
         }
         Ok(())
     }
 
     /// The end of the server's log.
     pub fn log_tail(&self) -> String {
-        tail(&self.dir.path().join("server.log"))
+        tail(&self.dir.path().join("server.log"), 30)
     }
 
     /// The server's WARN and ERROR lines (at most 10), if any.

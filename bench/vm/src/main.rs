@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use serde_json::{json, Value};
+use sheaf_bench_common::{parse_env, percentile};
 
 use probe::{Poller, Target, Track};
 use qemu::Guest;
@@ -108,12 +109,6 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("expected KEY=VALUE, not {s:?}"))
-}
-
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     Sheaf,
@@ -135,17 +130,6 @@ const MIB: f64 = 1024.0;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// Nearest-rank percentile (`p` in 0..=100).
-fn percentile(values: &[f64], p: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
-    Some(v[rank.min(v.len()) - 1])
 }
 
 fn median_u64(values: &mut [u64]) -> u64 {
@@ -720,7 +704,7 @@ fn print_table(kinds: &[Kind], samples: &BTreeMap<Kind, Vec<Sample>>, r: &BTreeM
          polled every {} ms",
         args.runs, args.warmup, 1, args.memory_mib, args.poll_ms
     );
-    print_lines(&lines);
+    sheaf_bench_common::print_table(&lines);
     // Boots of the same round ran one after the other: their ratios are
     // less exposed to the machine's slow drifts than the ratio of medians.
     for other in [Kind::Bare, Kind::SheafArgv] {
@@ -767,35 +751,9 @@ fn print_table(kinds: &[Kind], samples: &BTreeMap<Kind, Vec<Sample>>, r: &BTreeM
         ],
     ];
     println!();
-    print_lines(&mem);
+    sheaf_bench_common::print_table(&mem);
 }
 
-fn print_lines(lines: &[Vec<String>]) {
-    let widths: Vec<usize> =
-        (0..lines[0].len()).map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0)).collect();
-    for (i, l) in lines.iter().enumerate() {
-        let cells: Vec<String> = l
-            .iter()
-            .enumerate()
-            .map(
-                |(c, s)| if c == 0 { format!(" {s:<w$} ", w = widths[c]) } else { format!(" {s:>w$} ", w = widths[c]) },
-            )
-            .collect();
-        println!("|{}|", cells.join("|"));
-        if i == 0 {
-            let seps: Vec<String> = widths
-                .iter()
-                .enumerate()
-                .map(|(c, w)| if c == 0 { "-".repeat(w + 2) } else { format!("{}:", "-".repeat(w + 1)) })
-                .collect();
-            println!("|{}|", seps.join("|"));
-        }
-    }
-}
-
-/// Copies the guest's files into the image store layout Sheaf reads:
-/// `IMAGES/sheaf_tiny/{vmlinuz,initramfs.cpio.gz}` for image `sheaf/tiny`
-/// (copies, so that a rebuild of the guest during the run changes nothing).
 fn install_guest(guest: &Path, work: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let images = work.join("images/sheaf_tiny");
     std::fs::create_dir_all(&images)?;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,15 +15,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use futures::StreamExt;
 use serde_json::Value;
+use sheaf_bench_common::free_port;
+pub use sheaf_bench_common::tail;
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
 const VMIS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances";
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("bind 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
 
 /// A child process, killed (SIGKILL) and reaped when dropped.
 pub struct Guard(pub Child);
@@ -39,30 +36,6 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Text without ANSI colour sequences.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = strip_ansi(&std::fs::read_to_string(path).unwrap_or_default());
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// When the watch saw a VMI pass each point (receipt time on this process's
