@@ -81,6 +81,43 @@ pub trait Device: Send + Sync + 'static {
     async fn flush(&self) -> Result<(), (u32, String)>;
 }
 
+/// A [`Device`] in memory, for tests and fuzzing of the protocol.
+pub struct MemoryDevice(std::sync::Mutex<Vec<u8>>);
+
+impl MemoryDevice {
+    pub fn new(size: usize) -> MemoryDevice {
+        MemoryDevice(std::sync::Mutex::new(vec![0u8; size]))
+    }
+
+    /// The contents now.
+    pub fn contents(&self) -> Vec<u8> {
+        self.0.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Vec<u8>) -> T) -> Result<T, (u32, String)> {
+        self.0.lock().map(|mut d| f(&mut d)).map_err(|_| (EIO, "device poisoned".to_string()))
+    }
+}
+
+#[async_trait::async_trait]
+impl Device for MemoryDevice {
+    fn size(&self) -> u64 {
+        self.with(|d| d.len() as u64).unwrap_or(0)
+    }
+    async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, (u32, String)> {
+        self.with(|d| d[offset as usize..offset as usize + len as usize].to_vec())
+    }
+    async fn write(&self, offset: u64, data: Vec<u8>) -> Result<(), (u32, String)> {
+        self.with(|d| d[offset as usize..offset as usize + data.len()].copy_from_slice(&data))
+    }
+    async fn write_zeroes(&self, offset: u64, len: u32) -> Result<(), (u32, String)> {
+        self.with(|d| d[offset as usize..offset as usize + len as usize].fill(0))
+    }
+    async fn flush(&self) -> Result<(), (u32, String)> {
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {
     #[error("connection: {0}")]

@@ -4,41 +4,15 @@
 //! export; a well-behaved session through the same harness works.
 //! (`crates/sheaf-blk/fuzz` has the libFuzzer target for longer runs.)
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sheaf_blk::nbd::{self, Device};
+use sheaf_blk::nbd::{self, Device, MemoryDevice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SIZE: u64 = 1 << 20;
-
-struct Mem(Mutex<Vec<u8>>);
-
-#[async_trait::async_trait]
-impl Device for Mem {
-    fn size(&self) -> u64 {
-        SIZE
-    }
-    async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, (u32, String)> {
-        let d = self.0.lock().expect("lock");
-        Ok(d[offset as usize..offset as usize + len as usize].to_vec())
-    }
-    async fn write(&self, offset: u64, data: Vec<u8>) -> Result<(), (u32, String)> {
-        let mut d = self.0.lock().expect("lock");
-        d[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
-        Ok(())
-    }
-    async fn write_zeroes(&self, offset: u64, len: u32) -> Result<(), (u32, String)> {
-        let mut d = self.0.lock().expect("lock");
-        d[offset as usize..offset as usize + len as usize].fill(0);
-        Ok(())
-    }
-    async fn flush(&self) -> Result<(), (u32, String)> {
-        Ok(())
-    }
-}
 
 fn opt(code: u32, data: &[u8]) -> Vec<u8> {
     let mut b = 0x4948_4156_454f_5054u64.to_be_bytes().to_vec();
@@ -97,7 +71,7 @@ fn mutate(rng: &mut StdRng, mut s: Vec<u8>) -> Vec<u8> {
 async fn hostile_clients_never_crash_the_server() {
     let mut rng = StdRng::seed_from_u64(0x5eaf);
     for _ in 0..3000 {
-        let dev = Arc::new(Mem(Mutex::new(vec![0u8; SIZE as usize])));
+        let dev = Arc::new(MemoryDevice::new(SIZE as usize));
         let input = {
             let s = session(&mut rng);
             mutate(&mut rng, s)
@@ -120,7 +94,7 @@ async fn hostile_clients_never_crash_the_server() {
         assert!(done.is_ok(), "the server hung on input {input:02x?}");
         assert!(done.expect("finished").is_ok(), "the server panicked on input {input:02x?}");
         drain.abort();
-        assert_eq!(dev.0.lock().expect("lock").len(), SIZE as usize);
+        assert_eq!(dev.contents().len(), SIZE as usize);
     }
 }
 
@@ -130,7 +104,7 @@ async fn a_well_behaved_session_works() {
 }
 
 async fn session_works() {
-    let dev = Arc::new(Mem(Mutex::new(vec![0u8; SIZE as usize])));
+    let dev = Arc::new(MemoryDevice::new(SIZE as usize));
     let (client, server) = tokio::io::duplex(1 << 20);
     tokio::spawn(nbd::serve(server, "vol", dev.clone() as Arc<dyn Device>));
     let (mut rd, mut wr) = tokio::io::split(client);
