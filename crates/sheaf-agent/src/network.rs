@@ -334,11 +334,9 @@ impl Management {
     /// Removes a VMI's taps and NIC files and updates DHCP and the rules.
     pub fn detach(&self, vmi_dir: &Path) {
         let Ok(_g) = self.lock.lock() else { return };
-        for nic in Self::nics_of(vmi_dir) {
-            if link_exists(&nic.tap) {
-                let _ = run("deleting the tap", Command::new("ip").args(["link", "del", &nic.tap]));
-            }
-        }
+        let nics = Self::nics_of(vmi_dir);
+        // The DHCP entries and filter rules go first, the taps last: once a
+        // VM's tap is gone nothing of it is left on the network.
         if let Ok(d) = std::fs::read_dir(vmi_dir) {
             for f in d.flatten() {
                 if f.file_name().to_string_lossy().starts_with("nic-") {
@@ -348,6 +346,11 @@ impl Management {
         }
         if let Err(e) = self.sync_locked() {
             tracing::warn!(error = %e, "cannot update the management network after a VM left");
+        }
+        for nic in nics {
+            if link_exists(&nic.tap) {
+                let _ = run("deleting the tap", Command::new("ip").args(["link", "del", &nic.tap]));
+            }
         }
     }
 }
