@@ -123,7 +123,8 @@ impl Conn {
 /// One attached volume.
 pub struct Engine {
     volume: String,
-    size: u64,
+    /// Grows with [`Engine::expand`].
+    size: AtomicU64,
     epoch: u64,
     /// Every replica the volume has, local first.
     configured: Vec<Address>,
@@ -205,7 +206,7 @@ impl Engine {
         }
         Ok(Engine {
             volume: volume.to_string(),
-            size,
+            size: AtomicU64::new(size),
             epoch,
             configured: replicas.to_vec(),
             conns: RwLock::new(current),
@@ -243,7 +244,7 @@ impl Engine {
     }
 
     pub fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::SeqCst)
     }
     pub fn epoch(&self) -> u64 {
         self.epoch
@@ -262,6 +263,24 @@ impl Engine {
     /// Replicas in service, by address.
     pub fn healthy(&self) -> Vec<String> {
         self.in_state(&[HEALTHY]).iter().map(|c| c.address.to_string()).collect()
+    }
+
+    /// What the control socket reports.
+    pub fn status(&self) -> crate::control::EngineStatus {
+        let conns = self.conns.read().map(|cs| cs.clone()).unwrap_or_default();
+        let replicas = self
+            .configured
+            .iter()
+            .map(|a| {
+                let state = match conns.iter().find(|c| &c.address == a).map(|c| c.state.load(Ordering::SeqCst)) {
+                    Some(HEALTHY) => "healthy",
+                    Some(REBUILDING) => "rebuilding",
+                    _ => "failed",
+                };
+                crate::control::ReplicaState { address: a.to_string(), state: state.into() }
+            })
+            .collect();
+        crate::control::EngineStatus { volume: self.volume.clone(), size: self.size(), epoch: self.epoch, replicas }
     }
 
     fn request(&self, op: Op, offset: u64, len: u32, payload: Vec<u8>) -> Request {
@@ -356,6 +375,92 @@ impl Engine {
         self.broadcast(Op::Snapshot, 0, 0, name.as_bytes().to_vec()).await
     }
 
+    /// Deletes a snapshot on every replica (its data merges into the
+    /// neighbouring layer; what the volume reads does not change).
+    pub async fn delete_snapshot(&self, name: &str) -> Result<(), EngineError> {
+        self.broadcast(Op::DeleteSnapshot, 0, 0, name.as_bytes().to_vec()).await
+    }
+
+    /// Goes back to snapshot `name` on every replica. Only for a volume no
+    /// one is using (no NBD client): what a running guest has cached would
+    /// no longer match the disk.
+    pub async fn revert(&self, name: &str, discard_newer: bool) -> Result<(), EngineError> {
+        self.broadcast(Op::Revert, u64::from(discard_newer), 0, name.as_bytes().to_vec()).await?;
+        self.flush().await
+    }
+
+    /// Grows the volume on every replica. NBD clients learn the new size
+    /// when they reconnect.
+    pub async fn expand(&self, size: u64) -> Result<(), EngineError> {
+        let old = self.size();
+        if size < old || !size.is_multiple_of(crate::store::BLOCK) {
+            return Err(EngineError::Invalid(format!(
+                "a volume can only grow, in multiples of 4096 bytes: {old} → {size}"
+            )));
+        }
+        if size == old {
+            return Ok(());
+        }
+        self.broadcast(Op::Expand, size, 0, Vec::new()).await?;
+        self.size.store(size, Ordering::SeqCst);
+        self.flush().await
+    }
+
+    /// Snapshot names, oldest first (from the first healthy replica).
+    pub async fn snapshots(&self) -> Result<Vec<String>, EngineError> {
+        let c = self
+            .in_state(&[HEALTHY])
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::NoReplica("no healthy replica".into()))?;
+        let chain: Vec<String> = serde_json::from_slice(&self.ask(&c, Op::Chain, Vec::new()).await?)
+            .map_err(|e| EngineError::Invalid(format!("bad chain: {e}")))?;
+        Ok(chain.into_iter().filter(|n| !n.starts_with("rebuild-")).collect())
+    }
+
+    /// Fills this (new, empty) volume with snapshot `snapshot` of another
+    /// volume, read from its replica at `source` (which keeps serving its
+    /// own engine meanwhile). Zero ranges are skipped: the copy stays
+    /// thin. Returns the bytes written.
+    pub async fn copy_from_snapshot(&self, source: &Address, snapshot: &str) -> Result<u64, EngineError> {
+        let conn = Conn::connect(source)
+            .await
+            .map_err(|e| EngineError::Replica { replica: source.to_string(), message: e.to_string() })?;
+        let info = Request { op: Op::Info, id: 0, epoch: 0, offset: 0, len: 0, payload: Vec::new() };
+        let r = conn.send(&info).await.map_err(|_| lost(&conn))?;
+        let info: Info = serde_json::from_slice(&r.payload)
+            .map_err(|e| EngineError::Replica { replica: source.to_string(), message: format!("bad info: {e}") })?;
+        if !info.snapshots.iter().any(|s| s == snapshot) {
+            return Err(EngineError::Invalid(format!("the source has no snapshot {snapshot:?}")));
+        }
+        let chunk = REBUILD_CHUNK * crate::store::BLOCK;
+        let size = self.size().min(info.size);
+        let mut written = 0;
+        let mut offset = 0;
+        while offset < size {
+            let len = chunk.min(size - offset) as u32;
+            let req = Request {
+                op: Op::ReadSnapshot,
+                id: 0,
+                epoch: 0,
+                offset,
+                len,
+                payload: snapshot.as_bytes().to_vec(),
+            };
+            let r = conn.send(&req).await.map_err(|_| lost(&conn))?;
+            if r.code != code::OK {
+                return Err(reply_error(source, &r));
+            }
+            if r.payload.iter().any(|b| *b != 0) {
+                written += r.payload.len() as u64;
+                self.write(offset, r.payload).await?;
+            }
+            offset += u64::from(len);
+        }
+        self.flush().await?;
+        Ok(written)
+    }
+
     /// Reads from the first healthy replica, falling over to the next.
     pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, EngineError> {
         let mut last_error = String::from("no replica was in service");
@@ -423,13 +528,21 @@ impl Engine {
             .next()
             .ok_or_else(|| EngineError::NoReplica("no healthy replica to rebuild from".into()))?;
         let (conn, info) = Self::probe(&self.volume, a).await?;
-        if info.size != self.size {
+        let size = self.size();
+        if info.size > size {
             return Err(EngineError::Replica {
                 replica: a.to_string(),
-                message: format!("has size {}, the volume {}", info.size, self.size),
+                message: format!("has size {}, larger than the volume's {size}", info.size),
             });
         }
         Self::claim(&self.volume, &conn, self.epoch).await?;
+        if info.size < size {
+            // It missed an expansion while it was away.
+            let r = conn.send(&self.request(Op::Expand, size, 0, Vec::new())).await.map_err(|_| lost(&conn))?;
+            if r.code != code::OK {
+                return Err(reply_error(a, &r));
+            }
+        }
         let target = Arc::new(conn);
         target.state.store(REBUILDING, Ordering::SeqCst);
         let name = format!("rebuild-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"));
@@ -454,7 +567,7 @@ impl Engine {
             let chain: Vec<String> = serde_json::from_slice(&self.ask(&source, Op::Chain, Vec::new()).await?)
                 .map_err(|e| EngineError::Invalid(format!("bad chain: {e}")))?;
             self.ask(&target, Op::SetChain, serde_json::to_vec(&chain).unwrap_or_default()).await?;
-            let blocks = self.size / crate::store::BLOCK;
+            let blocks = self.size() / crate::store::BLOCK;
             let (mut copied, mut compared) = (0u64, 0u64);
             for snap in &chain {
                 let mut block = 0;
@@ -512,7 +625,7 @@ fn errno(e: EngineError) -> (u32, String) {
 #[async_trait::async_trait]
 impl crate::nbd::Device for Engine {
     fn size(&self) -> u64 {
-        self.size
+        Engine::size(self)
     }
     async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, (u32, String)> {
         Engine::read(self, offset, len).await.map_err(errno)

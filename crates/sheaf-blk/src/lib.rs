@@ -7,7 +7,9 @@
 //! - [`engine`]: one per attached volume; replicates writes to every
 //!   healthy replica, fences older engines by epoch.
 //! - [`nbd`]: the NBD frontend QEMU attaches to.
+//! - [`control`]: the engine's control socket for the node agent.
 
+pub mod control;
 pub mod engine;
 pub mod nbd;
 pub mod proto;

@@ -44,6 +44,14 @@ pub enum Op {
     PutLayer = 12,
     /// Payload: the snapshot name.
     DeleteSnapshot = 13,
+    /// Payload: the snapshot name; `offset` 1 discards newer snapshots.
+    Revert = 14,
+    /// `offset`: the new size in bytes.
+    Expand = 15,
+    /// Payload: the snapshot name; reads `len` bytes at `offset` as the
+    /// volume was when the snapshot was taken. Needs no epoch (snapshots
+    /// are immutable), so a clone can read while the volume is in use.
+    ReadSnapshot = 16,
 }
 
 /// Blocks of one snapshot layer.
@@ -70,6 +78,9 @@ impl Op {
             11 => Op::SetChain,
             12 => Op::PutLayer,
             13 => Op::DeleteSnapshot,
+            14 => Op::Revert,
+            15 => Op::Expand,
+            16 => Op::ReadSnapshot,
             _ => return None,
         })
     }

@@ -108,12 +108,20 @@ pub fn handle(replica: &Shared, req: Request) -> Reply {
         Ok(r)
     };
     match req.op {
-        Op::Info | Op::Read | Op::Chain | Op::LayerSums | Op::LayerData => {
+        Op::Info | Op::Read | Op::Chain | Op::LayerSums | Op::LayerData | Op::ReadSnapshot => {
             let Ok(r) = replica.read() else { return lock_error(id) };
             // Anyone may ask what the replica is (an engine learns the
-            // epoch to claim this way).
+            // epoch to claim this way) and read its immutable snapshots.
             if req.op == Op::Info {
                 return reply(id, Ok(serde_json::to_vec(&info(&r)).unwrap_or_default()));
+            }
+            if req.op == Op::ReadSnapshot {
+                if req.len > proto::MAX_PAYLOAD {
+                    return error_reply(id, &StoreError::Invalid(format!("read of {} bytes is too large", req.len)));
+                }
+                let mut buf = vec![0u8; req.len as usize];
+                let name = String::from_utf8_lossy(&req.payload);
+                return reply(id, r.read_snapshot(&name, req.offset, &mut buf).map(|_| buf));
             }
             if !epoch_ok(&r) {
                 return stale(&r);
@@ -152,6 +160,8 @@ pub fn handle(replica: &Shared, req: Request) -> Reply {
                 Op::Flush => r.flush(),
                 Op::Snapshot => r.snapshot(&String::from_utf8_lossy(&req.payload)),
                 Op::DeleteSnapshot => r.delete_snapshot(&String::from_utf8_lossy(&req.payload)),
+                Op::Revert => r.revert(&String::from_utf8_lossy(&req.payload), req.offset == 1),
+                Op::Expand => r.expand(req.offset),
                 Op::SetChain => serde_json::from_slice::<Vec<String>>(&req.payload)
                     .map_err(|e| StoreError::Invalid(format!("bad chain: {e}")))
                     .and_then(|names| r.set_chain(&names)),

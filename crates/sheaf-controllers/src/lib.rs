@@ -11,6 +11,7 @@
 //! - [`vm`]: the VirtualMachine controller (run strategies, start/stop
 //!   requests, crash-loop backoff, status).
 //! - [`scheduler`]: binds VMIs to Ready nodes with room.
+//! - [`volume`]: keeps each Volume's Replica objects placed on nodes.
 //! - [`events`]: core `v1` Events about what they did.
 //!
 //! The server starts them all with [`run_all`]; they keep no state of their
@@ -20,6 +21,7 @@ pub mod events;
 pub mod runtime;
 pub mod scheduler;
 pub mod vm;
+pub mod volume;
 
 use std::sync::Arc;
 
@@ -32,5 +34,5 @@ use sheaf_client::Api;
 /// tokio::spawn(sheaf_controllers::run_all(api));
 /// ```
 pub async fn run_all(api: Arc<dyn Api>) {
-    tokio::join!(vm::run(api.clone(), vm::Config::default()), scheduler::run(api));
+    tokio::join!(vm::run(api.clone(), vm::Config::default()), scheduler::run(api.clone()), volume::run(api));
 }

@@ -169,7 +169,7 @@ impl fmt::Display for Rejection {
     }
 }
 
-fn node_ready(node: &Node) -> bool {
+pub fn node_ready(node: &Node) -> bool {
     node.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 

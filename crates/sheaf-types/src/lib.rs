@@ -11,6 +11,7 @@ pub mod meta;
 pub mod quantity;
 pub mod registry;
 pub mod resource;
+pub mod storage;
 pub mod validation;
 
 pub use meta::{ObjectMeta, Status, Time};

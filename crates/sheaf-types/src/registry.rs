@@ -1,7 +1,7 @@
 //! The kinds Sheaf serves.
 
 use crate::resource::ResourceType;
-use crate::{core, harvester, kubevirt};
+use crate::{core, harvester, kubevirt, storage};
 
 /// Every kind the API server serves, in discovery order.
 pub fn all() -> Vec<ResourceType> {
@@ -15,5 +15,8 @@ pub fn all() -> Vec<ResourceType> {
         ResourceType::of::<kubevirt::VirtualMachineInstance>(),
         ResourceType::of::<kubevirt::VirtualMachineInstanceMigration>(),
         ResourceType::of::<harvester::KeyPair>(),
+        ResourceType::of::<storage::Volume>(),
+        ResourceType::of::<storage::Replica>(),
+        ResourceType::of::<storage::VolumeSnapshot>(),
     ]
 }

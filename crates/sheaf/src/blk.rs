@@ -69,6 +69,9 @@ pub struct EngineArgs {
     /// The unix socket QEMU's NBD client connects to.
     #[arg(long)]
     pub nbd: PathBuf,
+    /// The control socket for the node agent (status, snapshots, expand).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
 }
 
 /// A size as a Kubernetes quantity: `10Gi`, `512Mi`, `4096`.
@@ -126,6 +129,14 @@ pub fn run(a: BlkArgs) -> anyhow::Result<()> {
                 let engine = Arc::new(sheaf_blk::engine::Engine::start(&e.volume, &e.replicas).await?);
                 tracing::info!(volume = %e.volume, epoch = engine.epoch(), healthy = ?engine.healthy(), "engine started");
                 tokio::spawn(engine.clone().rebuild_loop(REBUILD_EVERY, false));
+                if let Some(path) = e.control.clone() {
+                    let engine = engine.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = sheaf_blk::control::serve(engine, &path).await {
+                            tracing::error!(error = %err, path = %path.display(), "control socket failed");
+                        }
+                    });
+                }
                 let device: Arc<dyn sheaf_blk::nbd::Device> = engine;
                 let _ = std::fs::remove_file(&e.nbd);
                 let listener = tokio::net::UnixListener::bind(&e.nbd)

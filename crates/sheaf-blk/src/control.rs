@@ -1,0 +1,121 @@
+//! An engine's control socket: the node agent asks a running engine for
+//! its state and has it take, delete or list snapshots and grow the
+//! volume, so that these happen in order with the guest's writes.
+//!
+//! One JSON request per line, one JSON reply per line:
+//! `{"op":"status"}`, `{"op":"snapshot","name":"s1"}`,
+//! `{"op":"deleteSnapshot","name":"s1"}`, `{"op":"expand","size":1073741824}`,
+//! `{"op":"snapshots"}` → `{"ok":true,...}` or `{"error":"..."}`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::engine::Engine;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum ControlRequest {
+    Status,
+    Snapshot { name: String },
+    DeleteSnapshot { name: String },
+    Expand { size: u64 },
+    Snapshots,
+}
+
+/// A replica as its engine sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaState {
+    pub address: String,
+    /// `healthy`, `rebuilding` or `failed` (not connected).
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineStatus {
+    pub volume: String,
+    pub size: u64,
+    pub epoch: u64,
+    pub replicas: Vec<ReplicaState>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlReply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<EngineStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<Vec<String>>,
+}
+
+async fn answer(engine: &Engine, req: ControlRequest) -> ControlReply {
+    let done = |r: Result<(), crate::engine::EngineError>| match r {
+        Ok(()) => ControlReply::default(),
+        Err(e) => ControlReply { error: Some(e.to_string()), ..Default::default() },
+    };
+    match req {
+        ControlRequest::Status => ControlReply { status: Some(engine.status()), ..Default::default() },
+        ControlRequest::Snapshot { name } => done(engine.snapshot(&name).await),
+        ControlRequest::DeleteSnapshot { name } => done(engine.delete_snapshot(&name).await),
+        ControlRequest::Expand { size } => done(engine.expand(size).await),
+        ControlRequest::Snapshots => match engine.snapshots().await {
+            Ok(s) => ControlReply { snapshots: Some(s), ..Default::default() },
+            Err(e) => ControlReply { error: Some(e.to_string()), ..Default::default() },
+        },
+    }
+}
+
+/// Serves the control socket at `path` until the process ends.
+pub async fn serve(engine: Arc<Engine>, path: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)?;
+    loop {
+        let (conn, _) = listener.accept().await?;
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = conn.into_split();
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let reply = match serde_json::from_str::<ControlRequest>(&line) {
+                    Ok(req) => answer(&engine, req).await,
+                    Err(e) => ControlReply { error: Some(format!("bad request: {e}")), ..Default::default() },
+                };
+                let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+                out.push(b'\n');
+                if w.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Sends one request to the engine whose control socket is `path`.
+pub async fn call(path: &Path, req: &ControlRequest, timeout: Duration) -> Result<ControlReply, String> {
+    let work = async {
+        let conn = tokio::net::UnixStream::connect(path).await.map_err(|e| format!("engine not reachable: {e}"))?;
+        let (r, mut w) = conn.into_split();
+        let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        w.write_all(&line).await.map_err(|e| format!("engine connection: {e}"))?;
+        let reply = BufReader::new(r)
+            .lines()
+            .next_line()
+            .await
+            .map_err(|e| format!("engine connection: {e}"))?
+            .ok_or("the engine closed the connection")?;
+        let reply: ControlReply = serde_json::from_str(&reply).map_err(|e| format!("bad engine reply: {e}"))?;
+        match reply.error {
+            Some(e) => Err(e),
+            None => Ok(reply),
+        }
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| "the engine did not answer in time".to_string())?
+}

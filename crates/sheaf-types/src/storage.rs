@@ -1,0 +1,436 @@
+//! Sheaf's storage kinds (`sheaf.io/v1alpha1`): replicated block volumes,
+//! their replicas and their snapshots. See docs/design/storage-engine.md.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::meta::{Condition, ObjectMeta, Time};
+use crate::quantity::Quantity;
+use crate::resource::{Column, Kind};
+use crate::validation::{self, FieldError};
+
+pub const GROUP: &str = "sheaf.io";
+pub const VERSION: &str = "v1alpha1";
+
+/// The Volume annotation that asks for a revert to the named
+/// VolumeSnapshot; the node agent carries it out while the volume is
+/// detached and reports the result in `status.lastRevert`.
+pub const REVERT_ANNOTATION: &str = "sheaf.io/revert-to";
+/// The label that ties Replicas and VolumeSnapshots to their Volume.
+pub const VOLUME_LABEL: &str = "sheaf.io/volume";
+/// Held by a Replica until its node's agent has removed its data.
+pub const REPLICA_FINALIZER: &str = "sheaf.io/replica-data";
+/// Held by a VolumeSnapshot until its layer is merged away.
+pub const SNAPSHOT_FINALIZER: &str = "sheaf.io/snapshot-data";
+/// Most replicas a volume may ask for.
+pub const MAX_REPLICAS: u32 = 16;
+/// Volume sizes are whole 4 KiB blocks.
+pub const BLOCK: i64 = 4096;
+pub const DEFAULT_REPLICAS: u32 = 3;
+
+/// A replicated, thin-provisioned block volume.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: VolumeSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<VolumeStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSpec {
+    /// Size, a multiple of 4Ki (for example `10Gi`). It can grow, never
+    /// shrink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+    /// How many copies of the data to keep, 1 to 16 (default 3). Replicas
+    /// go to different nodes where there are enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_of_replicas: Option<u32>,
+    /// Replicas only go to nodes with these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Fill the new volume from this VolumeSnapshot (same namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
+    /// How QEMU reaches the volume: `nbd` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeStatus {
+    /// `Creating`, `Detached`, `Attached` or `Faulted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// `Healthy` (every replica in service), `Degraded` (some), `Faulted`
+    /// (none) or `Unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robustness: Option<String>,
+    /// The size the replicas have now, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    /// Bytes the largest replica takes on its disk (thin provisioning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_size: Option<i64>,
+    /// The node whose engine serves the volume while attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_to: Option<String>,
+    /// The VMI using the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_vmi: Option<String>,
+    /// The engine epoch the replicas were last claimed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<VolumeReplicaStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_revert: Option<RevertStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeReplicaStatus {
+    pub name: String,
+    #[serde(default)]
+    pub node: String,
+    /// `Healthy`, `Rebuilding`, `Failed` or `Stopped`.
+    #[serde(default)]
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevertStatus {
+    pub snapshot: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    /// Empty when it worked; why not otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Volume {
+    /// The size in bytes (0 when unset or invalid).
+    pub fn size_bytes(&self) -> i64 {
+        self.spec.size.as_ref().and_then(|q| q.value()).unwrap_or(0)
+    }
+    pub fn replicas_wanted(&self) -> u32 {
+        self.spec.number_of_replicas.unwrap_or(DEFAULT_REPLICAS)
+    }
+}
+
+impl Kind for Volume {
+    const GROUP: &'static str = GROUP;
+    const VERSION: &'static str = VERSION;
+    const KIND: &'static str = "Volume";
+    const PLURAL: &'static str = "volumes";
+    const SHORT_NAMES: &'static [&'static str] = &["vol"];
+    const CATEGORIES: &'static [&'static str] = &["all", "sheaf"];
+    const NAMESPACED: bool = true;
+    const HAS_STATUS: bool = true;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn validate(&self, old: Option<&Self>) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        match &self.spec.size {
+            None => errs.push(FieldError::required("spec.size")),
+            Some(q) => match q.value() {
+                Some(v) if v >= BLOCK && v % BLOCK == 0 => {}
+                Some(v) if v > 0 => errs.push(FieldError::invalid(
+                    "spec.size",
+                    format!("{q} is {v} bytes, not a multiple of 4Ki (4096 bytes); try {}", (v / BLOCK + 1) * BLOCK),
+                )),
+                _ => errs.push(FieldError::invalid("spec.size", format!("{q} is not a positive size such as 10Gi"))),
+            },
+        }
+        if let Some(n) = self.spec.number_of_replicas {
+            if !(1..=MAX_REPLICAS).contains(&n) {
+                errs.push(FieldError::invalid(
+                    "spec.numberOfReplicas",
+                    format!("{n} is not between 1 and {MAX_REPLICAS}"),
+                ));
+            }
+        }
+        for (k, v) in &self.spec.node_selector {
+            if let Err(e) = validation::qualified_name(k) {
+                errs.push(FieldError::invalid(format!("spec.nodeSelector[{k}]"), e));
+            }
+            if let Err(e) = validation::label_value(v) {
+                errs.push(FieldError::invalid(format!("spec.nodeSelector[{k}]"), e));
+            }
+        }
+        if let Some(s) = &self.spec.from_snapshot {
+            if let Err(e) = validation::dns1123_subdomain(s) {
+                errs.push(FieldError::invalid("spec.fromSnapshot", e));
+            }
+        }
+        if let Some(f) = &self.spec.frontend {
+            if f != "nbd" {
+                errs.push(FieldError::unsupported("spec.frontend", f, &["nbd"]));
+            }
+        }
+        if let Some(old) = old {
+            let (new_size, old_size) = (self.size_bytes(), old.size_bytes());
+            if new_size < old_size {
+                errs.push(FieldError::forbidden(
+                    "spec.size",
+                    format!("a volume cannot shrink (it is {old_size} bytes; asked for {new_size})"),
+                ));
+            }
+            if self.spec.from_snapshot != old.spec.from_snapshot {
+                errs.push(FieldError::forbidden("spec.fromSnapshot", "cannot change after the volume is created"));
+            }
+        }
+        errs
+    }
+    fn normalize(&mut self) {
+        if self.spec.number_of_replicas.is_none() {
+            self.spec.number_of_replicas = Some(DEFAULT_REPLICAS);
+        }
+    }
+    fn columns() -> Vec<Column> {
+        vec![
+            Column::new("Size", "string", ".spec.size"),
+            Column::new("Replicas", "integer", ".spec.numberOfReplicas"),
+            Column::new("State", "string", ".status.state"),
+            Column::new("Robustness", "string", ".status.robustness"),
+            Column::new("Node", "string", ".status.attachedTo"),
+            Column::new("Actual", "integer", ".status.actualSize").wide(),
+        ]
+    }
+    fn description() -> &'static str {
+        "A replicated, thin-provisioned block volume. Virtual machines use it through a persistentVolumeClaim \
+         volume of the same name."
+    }
+}
+
+/// One copy of a volume's data on a node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Replica {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ReplicaSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ReplicaStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSpec {
+    /// The Volume (same namespace).
+    #[serde(default)]
+    pub volume_name: String,
+    /// The node that keeps this copy.
+    #[serde(default)]
+    pub node_name: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// `Running` (its server answers) or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Where engines reach it: `unix:PATH` or `tcp:HOST:PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The directory on the node's disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Kind for Replica {
+    const GROUP: &'static str = GROUP;
+    const VERSION: &'static str = VERSION;
+    const KIND: &'static str = "Replica";
+    const PLURAL: &'static str = "replicas";
+    const CATEGORIES: &'static [&'static str] = &["sheaf"];
+    const NAMESPACED: bool = true;
+    const HAS_STATUS: bool = true;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn validate(&self, old: Option<&Self>) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        for (field, v) in [("spec.volumeName", &self.spec.volume_name), ("spec.nodeName", &self.spec.node_name)] {
+            if v.is_empty() {
+                errs.push(FieldError::required(field));
+            } else if let Err(e) = validation::dns1123_subdomain(v) {
+                errs.push(FieldError::invalid(field, e));
+            }
+        }
+        if let Some(old) = old {
+            if old.spec != self.spec {
+                errs.push(FieldError::forbidden("spec", "a replica's volume and node cannot change"));
+            }
+        }
+        errs
+    }
+    fn columns() -> Vec<Column> {
+        vec![
+            Column::new("Volume", "string", ".spec.volumeName"),
+            Column::new("Node", "string", ".spec.nodeName"),
+            Column::new("State", "string", ".status.state"),
+            Column::new("Address", "string", ".status.address").wide(),
+        ]
+    }
+    fn description() -> &'static str {
+        "One copy of a Volume's data on a node, served by a replica process that node's agent runs."
+    }
+}
+
+/// A crash-consistent point-in-time copy of a volume.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSnapshot {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: VolumeSnapshotSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<VolumeSnapshotStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSnapshotSpec {
+    /// The Volume (same namespace).
+    #[serde(default)]
+    pub volume_name: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSnapshotStatus {
+    #[serde(default)]
+    pub ready_to_use: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_time: Option<Time>,
+    /// The volume's size when the snapshot was taken, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl VolumeSnapshot {
+    /// The layer name in the replicas: unique even if the object is
+    /// deleted and made again under the same name.
+    pub fn layer_name(&self) -> String {
+        format!("snap-{}", self.metadata.uid.as_deref().unwrap_or_default())
+    }
+}
+
+impl Kind for VolumeSnapshot {
+    const GROUP: &'static str = GROUP;
+    const VERSION: &'static str = VERSION;
+    const KIND: &'static str = "VolumeSnapshot";
+    const PLURAL: &'static str = "volumesnapshots";
+    const SHORT_NAMES: &'static [&'static str] = &["vs"];
+    const CATEGORIES: &'static [&'static str] = &["sheaf"];
+    const NAMESPACED: bool = true;
+    const HAS_STATUS: bool = true;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn validate(&self, old: Option<&Self>) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if self.spec.volume_name.is_empty() {
+            errs.push(FieldError::required("spec.volumeName"));
+        } else if let Err(e) = validation::dns1123_subdomain(&self.spec.volume_name) {
+            errs.push(FieldError::invalid("spec.volumeName", e));
+        }
+        if let Some(old) = old {
+            if old.spec != self.spec {
+                errs.push(FieldError::forbidden("spec.volumeName", "a snapshot's volume cannot change"));
+            }
+        }
+        errs
+    }
+    fn columns() -> Vec<Column> {
+        vec![
+            Column::new("Volume", "string", ".spec.volumeName"),
+            Column::new("Ready", "boolean", ".status.readyToUse"),
+            Column::new("Size", "integer", ".status.size"),
+            Column::new("Error", "string", ".status.error").wide(),
+        ]
+    }
+    fn description() -> &'static str {
+        "A crash-consistent snapshot of a Volume, taken in order with the guest's writes. Deleting it merges its \
+         data into the neighbouring layer; a volume can be reverted to it or cloned from it."
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vol(size: &str) -> Volume {
+        Volume {
+            metadata: ObjectMeta { name: Some("v".into()), ..Default::default() },
+            spec: VolumeSpec { size: Some(Quantity::parse(size).expect("quantity")), ..Default::default() },
+            status: None,
+        }
+    }
+
+    #[test]
+    fn volume_sizes() {
+        assert!(vol("1Gi").validate(None).is_empty());
+        let e = vol("1000").validate(None);
+        assert!(e[0].message.contains("multiple of 4Ki") && e[0].message.contains("4096"), "{e:?}");
+        assert!(!vol("0").validate(None).is_empty());
+        let mut v = vol("1Gi");
+        v.spec.size = None;
+        assert_eq!(v.validate(None)[0].field, "spec.size");
+        // Grow yes, shrink no.
+        assert!(vol("2Gi").validate(Some(&vol("1Gi"))).is_empty());
+        let e = vol("1Gi").validate(Some(&vol("2Gi")));
+        assert!(e[0].message.contains("cannot shrink"), "{e:?}");
+    }
+
+    #[test]
+    fn volume_fields() {
+        let mut v = vol("1Gi");
+        v.spec.number_of_replicas = Some(0);
+        v.spec.frontend = Some("iscsi".into());
+        v.spec.node_selector.insert("bad key!".into(), "x".into());
+        let fields: Vec<String> = v.validate(None).iter().map(|e| e.field.clone()).collect();
+        assert_eq!(fields, ["spec.numberOfReplicas", "spec.nodeSelector[bad key!]", "spec.frontend"]);
+        let mut v = vol("1Gi");
+        v.normalize();
+        assert_eq!(v.spec.number_of_replicas, Some(3));
+        let mut clone = vol("1Gi");
+        clone.spec.from_snapshot = Some("s1".into());
+        assert!(clone.validate(Some(&vol("1Gi")))[0].message.contains("cannot change"));
+    }
+
+    #[test]
+    fn replicas_and_snapshots_are_tied_to_their_volume() {
+        let r = Replica::default();
+        assert_eq!(r.validate(None).len(), 2);
+        let s = VolumeSnapshot::default();
+        assert_eq!(s.validate(None)[0].field, "spec.volumeName");
+        let mut a = VolumeSnapshot::default();
+        a.spec.volume_name = "a".into();
+        let mut b = a.clone();
+        b.spec.volume_name = "b".into();
+        assert!(!b.validate(Some(&a)).is_empty());
+    }
+}
