@@ -22,6 +22,8 @@ After=network-online.target
 ExecStart=/usr/local/bin/sheaf server --data-dir $DATA_DIR
 Restart=always
 RestartSec=2
+# Only the server: VMs (QEMU) and storage processes outlive a restart.
+KillMode=process
 LimitNOFILE=1048576
 
 [Install]

@@ -131,6 +131,8 @@ pub struct LaunchContext<'a> {
     pub seed: &'a dyn Fn(&VirtualMachineInstance, &str) -> Result<PathBuf, LaunchError>,
     /// The node's management network (None: QEMU's user-mode NAT).
     pub network: Option<&'a crate::network::Management>,
+    /// NBD sockets of the attached Sheaf volumes, by VMI volume name.
+    pub volumes: &'a std::collections::HashMap<String, PathBuf>,
 }
 
 /// The machine for `vmi`, creating per-VM files (overlays, empty disks,
@@ -255,10 +257,14 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
             readonly = true;
             ((ctx.seed)(vmi, &vol.name)?, "raw")
         } else if vol.persistent_volume_claim.is_some() || vol.data_volume.is_some() {
-            return Err(LaunchError::Volume {
+            let socket = ctx.volumes.get(&vol.name).ok_or_else(|| LaunchError::Volume {
                 volume: vol.name.clone(),
-                message: "persistent volumes are not available yet on this node (storage is a later milestone)".into(),
-            });
+                message: "the volume is not attached to this node".into(),
+            })?;
+            if vol.persistent_volume_claim.as_ref().and_then(|p| p.read_only) == Some(true) {
+                readonly = true;
+            }
+            (socket.clone(), "nbd")
         } else {
             return Err(LaunchError::Unsupported(format!(
                 "volume {:?}: this volume type is not supported yet",

@@ -1,5 +1,6 @@
-//! Sheaf's node agent: registers the node, and runs the virtual machines
-//! bound to it, one [`runner`] task per VMI.
+//! Sheaf's node agent: registers the node, runs the virtual machines
+//! bound to it, one [`runner`] task per VMI, and the node's part of the
+//! storage ([`storage`]: replica servers, engines, snapshots).
 //!
 //! The agent is stateless: on start it lists the VMIs bound to its node and
 //! adopts the QEMU processes it finds in their runtime directories, so it
@@ -11,6 +12,7 @@ pub mod network;
 pub mod node;
 pub mod runner;
 pub mod seed;
+pub mod storage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,6 +39,8 @@ pub struct AgentConfig {
     /// The management network (bridge and subnet); None: QEMU's user-mode
     /// NAT for every pod network.
     pub management: Option<(String, network::Subnet)>,
+    /// Where this node keeps replica data (one directory per replica).
+    pub replica_root: PathBuf,
 }
 
 struct Runner {
@@ -78,6 +82,8 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
             }
         },
     };
+    let storage = Arc::new(storage::Storage::new(api.clone(), &cfg.node_name, &cfg.replica_root, &cfg.run_root));
+    tokio::spawn(storage::run(storage.clone()));
     let env = Arc::new(RunnerEnv {
         api: api.clone(),
         node: cfg.node_name.clone(),
@@ -86,6 +92,7 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
         accel,
         qemu: cfg.qemu.clone(),
         network,
+        storage,
     });
     let heartbeat_api = api.clone();
     let node = cfg.node_name.clone();

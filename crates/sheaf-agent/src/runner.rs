@@ -46,6 +46,8 @@ pub struct RunnerEnv {
     pub qemu: PathBuf,
     /// The management network; None: QEMU's user-mode NAT.
     pub network: Option<Arc<crate::network::Management>>,
+    /// The node's storage: engines for the volumes VMIs use.
+    pub storage: Arc<crate::storage::Storage>,
 }
 
 pub fn run_dir(root: &Path, uid: &str) -> PathBuf {
@@ -259,6 +261,7 @@ async fn launch(env: &RunnerEnv, vmi: &VirtualMachineInstance, dir: &Path) -> Re
     std::fs::write(dir.join("vmi.json"), vmi_json)
         .map_err(|e| LaunchError::Io { what: "writing vmi.json".into(), source: e })?;
     let seeds = crate::seed::prepare(env.api.as_ref(), vmi, dir).await?;
+    let volumes = env.storage.attach(vmi).await?;
     let config = {
         let seed = |_: &VirtualMachineInstance, volume: &str| {
             seeds.get(volume).cloned().ok_or_else(|| LaunchError::Volume {
@@ -272,6 +275,7 @@ async fn launch(env: &RunnerEnv, vmi: &VirtualMachineInstance, dir: &Path) -> Re
             run_dir: dir,
             seed: &seed,
             network: env.network.as_deref(),
+            volumes: &volumes,
         };
         launch::machine(vmi, &ctx)?
     };
@@ -305,6 +309,9 @@ fn cleanup(env: &RunnerEnv, dir: &Path) {
     }
     if let Some(net) = &env.network {
         net.detach(dir);
+    }
+    if let Some(uid) = dir.file_name().and_then(|n| n.to_str()) {
+        env.storage.detach_vmi(uid);
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -439,14 +439,8 @@ impl Engine {
         let mut offset = 0;
         while offset < size {
             let len = chunk.min(size - offset) as u32;
-            let req = Request {
-                op: Op::ReadSnapshot,
-                id: 0,
-                epoch: 0,
-                offset,
-                len,
-                payload: snapshot.as_bytes().to_vec(),
-            };
+            let req =
+                Request { op: Op::ReadSnapshot, id: 0, epoch: 0, offset, len, payload: snapshot.as_bytes().to_vec() };
             let r = conn.send(&req).await.map_err(|_| lost(&conn))?;
             if r.code != code::OK {
                 return Err(reply_error(source, &r));
@@ -493,7 +487,13 @@ impl Engine {
     /// is healthy if `until_complete`.
     pub async fn rebuild_loop(self: Arc<Self>, every: Duration, until_complete: bool) {
         loop {
-            // Forget failed connections.
+            // A connection that dropped while idle fails its replica now,
+            // not at the next write. Then failed connections are forgotten.
+            for c in self.in_state(&[HEALTHY, REBUILDING]) {
+                if c.closed.load(Ordering::SeqCst) {
+                    self.fail(&c, "connection lost");
+                }
+            }
             if let Ok(mut cs) = self.conns.write() {
                 cs.retain(|c| c.state.load(Ordering::SeqCst) != FAILED);
             }

@@ -147,7 +147,7 @@ impl Reconciler for VolumeController {
             let mut extra = mine.clone();
             extra.sort_by_key(|r| {
                 let running = r.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Running");
-                (running, std::cmp::Reverse(r.metadata.creation_timestamp.clone().map(|t| t.0)))
+                (running, std::cmp::Reverse(r.metadata.creation_timestamp.map(|t| t.0)))
             });
             for r in extra.iter().take(mine.len() - wanted) {
                 let name = r.metadata.name.clone().unwrap_or_default();

@@ -37,7 +37,8 @@ pub struct DiskConfig {
     /// Device id, unique in the machine (the KubeVirt disk name).
     pub id: String,
     pub path: PathBuf,
-    /// `raw` or `qcow2`.
+    /// `raw` or `qcow2` for a file; `nbd` when `path` is the unix socket
+    /// of a Sheaf volume's NBD server.
     pub format: String,
     pub bus: DiskBus,
     pub cdrom: bool,
@@ -201,14 +202,25 @@ impl MachineConfig {
         for disk in &self.disks {
             let ro = if disk.readonly || disk.cdrom { ",read-only=on" } else { "" };
             let node = format!("drive-{}", disk.id);
-            push(&[
-                "-blockdev",
-                &format!(
-                    "driver=file,filename={},node-name={node}-file,cache.direct=off,discard=unmap{ro}",
-                    path(&disk.path)
-                ),
-            ]);
-            push(&["-blockdev", &format!("driver={},file={node}-file,node-name={node}{ro}", disk.format)]);
+            if disk.format == "nbd" {
+                push(&[
+                    "-blockdev",
+                    &format!(
+                        "driver=nbd,server.type=unix,server.path={},node-name={node}-file,discard=unmap{ro}",
+                        path(&disk.path)
+                    ),
+                ]);
+                push(&["-blockdev", &format!("driver=raw,file={node}-file,node-name={node},discard=unmap{ro}")]);
+            } else {
+                push(&[
+                    "-blockdev",
+                    &format!(
+                        "driver=file,filename={},node-name={node}-file,cache.direct=off,discard=unmap{ro}",
+                        path(&disk.path)
+                    ),
+                ]);
+                push(&["-blockdev", &format!("driver={},file={node}-file,node-name={node}{ro}", disk.format)]);
+            }
             let mut dev = match (disk.bus, disk.cdrom) {
                 (DiskBus::Virtio, _) => format!("virtio-blk-pci,drive={node},id={}", disk.id),
                 (DiskBus::Scsi, true) => format!("scsi-cd,bus=scsi0.0,drive={node},id={}", disk.id),

@@ -93,6 +93,10 @@ pub struct VolumeStatus {
     pub replicas: Vec<VolumeReplicaStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_revert: Option<RevertStatus>,
+    /// Set once a volume made from `spec.fromSnapshot` holds its data; it
+    /// cannot be attached before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -7,6 +7,7 @@ mod client;
 mod manifest;
 mod printer;
 pub mod vm;
+pub mod volume;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -257,6 +258,10 @@ fn describe(e: &anyhow::Error) -> String {
 /// `sheaf vm ...`.
 pub async fn vm(a: vm::VmArgs) -> anyhow::Result<()> {
     finish(vm::run(a).await)
+}
+
+pub async fn volume(a: volume::VolumeArgs) -> anyhow::Result<()> {
+    finish(volume::run(a).await)
 }
 
 fn finish(r: anyhow::Result<()>) -> anyhow::Result<()> {

@@ -46,6 +46,8 @@ enum Command {
     Delete(cli::DeleteArgs),
     /// Start, stop or restart a VirtualMachine: `sheaf vm start my-vm`.
     Vm(cli::vm::VmArgs),
+    /// Replicated volumes and snapshots: `sheaf volume create data --size 10Gi`.
+    Volume(cli::volume::VolumeArgs),
     /// Storage processes: replica servers and volume engines.
     Blk(blk::BlkArgs),
 }
@@ -69,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Command::Apply(a) => rt.block_on(cli::apply(a)),
         Command::Delete(a) => rt.block_on(cli::delete(a)),
         Command::Vm(a) => rt.block_on(cli::vm(a)),
+        Command::Volume(a) => rt.block_on(cli::volume(a)),
         Command::Blk(a) => {
             drop(rt);
             init_blk_logging();

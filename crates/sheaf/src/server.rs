@@ -201,6 +201,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             image_root: args.image_dir.clone().unwrap_or_else(|| args.data_dir.join("images")),
             qemu: args.qemu.clone(),
             management: (args.mgmt_network == MgmtNetwork::Bridge).then(|| (args.mgmt_bridge.clone(), args.mgmt_cidr)),
+            replica_root: args.data_dir.join("replicas"),
         };
         api.set_node_dialer(Arc::new(LocalDialer { node: cfg.node_name.clone(), run_root: cfg.run_root.clone() }));
         tokio::spawn(sheaf_agent::run(local.clone(), cfg));

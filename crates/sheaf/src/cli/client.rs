@@ -21,13 +21,13 @@ const DEFAULT_DATA_DIR: &str = "/var/lib/sheaf";
 pub struct ConnArgs {
     /// Kubeconfig file to use. Without it: $KUBECONFIG, then ~/.kube/config,
     /// then $SHEAF_DATA_DIR/admin.kubeconfig (/var/lib/sheaf/admin.kubeconfig).
-    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
+    #[arg(long, env = "KUBECONFIG", value_name = "PATH", global = true)]
     pub kubeconfig: Option<String>,
     /// Kubeconfig context to use instead of its current-context.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", global = true)]
     pub context: Option<String>,
     /// Give up on a request after this many seconds (0: wait forever).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, global = true)]
     pub request_timeout: u64,
 }
 

@@ -1,0 +1,1017 @@
+//! The node's part of Sheaf storage: it runs a `sheaf blk replica` process
+//! for every Replica placed on this node, a `sheaf blk engine` for every
+//! volume a VMI here uses, and carries out what Volumes and
+//! VolumeSnapshots ask (snapshots, deletes, reverts, clones, growth,
+//! rebuilds of detached volumes), reporting the outcome in their status.
+//!
+//! The storage processes run on their own (their own process group, a
+//! pidfile each): an agent restart never interrupts I/O, and a restarted
+//! agent adopts them by pidfile and command line, as it does QEMU.
+//!
+//! Files, under `<run root>/blk/`: `r-<replica uid>.{sock,pid,log}` for a
+//! replica (its data in `<replica root>/<replica uid>/`), and
+//! `e-<volume uid>.{nbd,ctl,pid,log,vmi,args}` for an engine (`vmi` names
+//! the VMI it serves, `args` its command line for a restart).
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sheaf_blk::control::{self, ControlRequest};
+use sheaf_blk::engine::Engine;
+use sheaf_blk::replica_server::Address;
+use sheaf_client::{Api, Selectors, Typed};
+use sheaf_types::kubevirt::VirtualMachineInstance;
+use sheaf_types::storage::{
+    Replica, RevertStatus, Volume, VolumeReplicaStatus, VolumeSnapshot, VolumeStatus, REPLICA_FINALIZER,
+    REVERT_ANNOTATION, SNAPSHOT_FINALIZER, VOLUME_LABEL,
+};
+use sheaf_types::Time;
+
+use crate::launch::LaunchError;
+
+/// How often the node's storage is reconciled.
+pub const PERIOD: Duration = Duration::from_secs(2);
+/// A detached volume is checked (and rebuilt if it needs it) this often
+/// even when nothing changed.
+const RECHECK: Duration = Duration::from_secs(600);
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a rebuild of a detached volume may take.
+const DETACHED_REBUILD: Duration = Duration::from_secs(3600);
+
+pub struct Storage {
+    api: Arc<dyn Api>,
+    node: String,
+    replica_root: PathBuf,
+    blk_dir: PathBuf,
+    run_root: PathBuf,
+    exe: PathBuf,
+    /// One operation at a time per volume (by uid).
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Wakes a detached volume's background rebuild when a VM wants the
+    /// volume: the engine the VM gets carries the rebuild on.
+    attach_wanted: Mutex<HashMap<String, Arc<AttachWanted>>>,
+    /// Processes started by this agent, reaped when they end.
+    children: Mutex<Vec<Child>>,
+    /// When each detached volume was last checked.
+    checked: Mutex<HashMap<String, Instant>>,
+}
+
+fn msg(volume: &str, message: impl Into<String>) -> LaunchError {
+    LaunchError::Volume { volume: volume.to_string(), message: message.into() }
+}
+
+fn now() -> Time {
+    Time(chrono::Utc::now())
+}
+
+/// The pid in `pidfile` if that process is alive and its command line
+/// contains `needle` (so a reused pid is not mistaken for ours).
+fn alive(pidfile: &Path, needle: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // A zombie is not alive.
+    if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')) {
+        return None;
+    }
+    String::from_utf8_lossy(&cmdline).contains(needle).then_some(pid)
+}
+
+fn stop(pidfile: &Path, needle: &str) {
+    if let Some(pid) = alive(pidfile, needle) {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        for _ in 0..40 {
+            if alive(pidfile, needle).is_none() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if alive(pidfile, needle).is_some() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+    let _ = std::fs::remove_file(pidfile);
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// Bytes a directory's files take on disk.
+fn disk_usage(dir: &Path) -> i64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().filter_map(|f| f.metadata().ok()).map(|m| m.blocks() as i64 * 512).sum())
+        .unwrap_or(0)
+}
+
+fn name(meta: &sheaf_types::meta::ObjectMeta) -> (Option<String>, String) {
+    (meta.namespace.clone(), meta.name.clone().unwrap_or_default())
+}
+
+/// The Volume a VMI volume refers to (a persistentVolumeClaim or
+/// dataVolume of that name), if any.
+pub fn claim_of(v: &sheaf_types::kubevirt::Volume) -> Option<String> {
+    if let Some(p) = &v.persistent_volume_claim {
+        return Some(p.claim_name.clone());
+    }
+    v.data_volume.as_ref().map(|d| d.name.clone())
+}
+
+/// The JSON merge patch that turns `old` into `new` (None: no change).
+/// Keys that are gone become null, also inside nested objects, which a
+/// merge patch would otherwise keep.
+pub fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut patch = serde_json::Map::new();
+            for (k, v) in n {
+                match o.get(k) {
+                    Some(ov) => {
+                        if let Some(d) = merge_diff(ov, v) {
+                            patch.insert(k.clone(), d);
+                        }
+                    }
+                    None => {
+                        patch.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            for k in o.keys().filter(|k| !n.contains_key(*k)) {
+                patch.insert(k.clone(), Value::Null);
+            }
+            (!patch.is_empty()).then_some(Value::Object(patch))
+        }
+        _ => (old != new).then(|| new.clone()),
+    }
+}
+
+/// How snapshot work reaches the replicas: through the running engine's
+/// control socket, or through an engine the agent starts in-process for a
+/// detached volume.
+enum Ops<'a> {
+    Control(&'a Path),
+    Local(&'a Engine),
+}
+
+impl Ops<'_> {
+    async fn snapshot(&self, layer: &str) -> Result<(), String> {
+        match self {
+            Ops::Control(p) => {
+                control::call(p, &ControlRequest::Snapshot { name: layer.into() }, CONTROL_TIMEOUT).await.map(|_| ())
+            }
+            Ops::Local(e) => e.snapshot(layer).await.map_err(|e| e.to_string()),
+        }
+    }
+    async fn delete_snapshot(&self, layer: &str) -> Result<(), String> {
+        match self {
+            Ops::Control(p) => {
+                control::call(p, &ControlRequest::DeleteSnapshot { name: layer.into() }, CONTROL_TIMEOUT)
+                    .await
+                    .map(|_| ())
+            }
+            Ops::Local(e) => e.delete_snapshot(layer).await.map_err(|e| e.to_string()),
+        }
+    }
+    async fn snapshots(&self) -> Result<Vec<String>, String> {
+        match self {
+            Ops::Control(p) => {
+                Ok(control::call(p, &ControlRequest::Snapshots, CONTROL_TIMEOUT).await?.snapshots.unwrap_or_default())
+            }
+            Ops::Local(e) => e.snapshots().await.map_err(|e| e.to_string()),
+        }
+    }
+    async fn expand(&self, size: u64) -> Result<(), String> {
+        match self {
+            Ops::Control(p) => control::call(p, &ControlRequest::Expand { size }, CONTROL_TIMEOUT).await.map(|_| ()),
+            Ops::Local(e) => e.expand(size).await.map_err(|e| e.to_string()),
+        }
+    }
+    fn size(&self, status: &VolumeStatus) -> u64 {
+        match self {
+            Ops::Control(_) => status.size.unwrap_or(0).max(0) as u64,
+            Ops::Local(e) => e.size(),
+        }
+    }
+}
+
+/// Set while an attach waits for a volume's detached pass.
+#[derive(Default)]
+struct AttachWanted {
+    waiting: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+struct EnginePaths {
+    nbd: PathBuf,
+    ctl: PathBuf,
+    pid: PathBuf,
+    log: PathBuf,
+    vmi: PathBuf,
+    args: PathBuf,
+}
+
+impl Storage {
+    pub fn new(api: Arc<dyn Api>, node: &str, replica_root: &Path, run_root: &Path) -> Storage {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sheaf"));
+        Storage {
+            api,
+            node: node.to_string(),
+            replica_root: replica_root.to_path_buf(),
+            blk_dir: run_root.join("blk"),
+            run_root: run_root.to_path_buf(),
+            exe,
+            locks: Mutex::default(),
+            attach_wanted: Mutex::default(),
+            children: Mutex::default(),
+            checked: Mutex::default(),
+        }
+    }
+
+    fn lock(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut l = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        l.entry(uid.to_string()).or_default().clone()
+    }
+
+    fn attach_signal(&self, uid: &str) -> Arc<AttachWanted> {
+        let mut l = self.attach_wanted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        l.entry(uid.to_string()).or_default().clone()
+    }
+
+    fn replica_paths(&self, uid: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+        let base = self.blk_dir.join(format!("r-{uid}"));
+        (
+            self.replica_root.join(uid),
+            base.with_extension("sock"),
+            base.with_extension("pid"),
+            base.with_extension("log"),
+        )
+    }
+
+    fn engine_paths(&self, volume_uid: &str) -> EnginePaths {
+        let base = self.blk_dir.join(format!("e-{volume_uid}"));
+        EnginePaths {
+            nbd: base.with_extension("nbd"),
+            ctl: base.with_extension("ctl"),
+            pid: base.with_extension("pid"),
+            log: base.with_extension("log"),
+            vmi: base.with_extension("vmi"),
+            args: base.with_extension("args"),
+        }
+    }
+
+    /// Starts `sheaf <args>` detached, logging to `log`; records its pid.
+    fn spawn(&self, args: &[String], log: &Path, pidfile: &Path) -> Result<u32, String> {
+        std::fs::create_dir_all(&self.blk_dir).map_err(|e| format!("creating {}: {e}", self.blk_dir.display()))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("opening {}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&self.exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .env("NO_COLOR", "1")
+            // Its own process group: a signal to the agent's group (Ctrl+C,
+            // a service stop) does not reach it.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.exe.display()))?;
+        let pid = child.id();
+        std::fs::write(pidfile, pid.to_string()).map_err(|e| format!("writing {}: {e}", pidfile.display()))?;
+        self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(child);
+        Ok(pid)
+    }
+
+    fn reap(&self) {
+        let mut c = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.retain_mut(|ch| !matches!(ch.try_wait(), Ok(Some(_))));
+    }
+
+    /// Replicas of `vol` (not being deleted), local ones first.
+    async fn replicas_of(&self, vol: &Volume) -> Result<Vec<Replica>, String> {
+        let (ns, vname) = name(&vol.metadata);
+        let uid = vol.metadata.uid.clone().unwrap_or_default();
+        let sel = Selectors { labels: format!("{VOLUME_LABEL}={vname}"), fields: String::new() };
+        let mut rs: Vec<Replica> = Typed::<Replica>::new(self.api.as_ref())
+            .list(ns.as_deref(), &sel)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|r| r.metadata.owner_references.iter().any(|o| o.uid == uid))
+            .filter(|r| r.metadata.deletion_timestamp.is_none())
+            .collect();
+        rs.sort_by_key(|r| (r.spec.node_name != self.node, r.metadata.name.clone()));
+        Ok(rs)
+    }
+
+    fn addresses(replicas: &[Replica]) -> Vec<Address> {
+        replicas.iter().filter_map(|r| r.status.as_ref()?.address.as_deref()?.parse().ok()).collect::<Vec<Address>>()
+    }
+
+    fn running(r: &Replica) -> bool {
+        r.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Running")
+    }
+
+    /// Starts the engines for the volumes `vmi` uses and returns their NBD
+    /// sockets by VMI volume name. Waits (bounded) for a clone to finish
+    /// and for the replicas to run.
+    pub async fn attach(&self, vmi: &VirtualMachineInstance) -> Result<HashMap<String, PathBuf>, LaunchError> {
+        let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let vmi_uid = vmi.metadata.uid.clone().unwrap_or_default();
+        let mut out = HashMap::new();
+        for v in &vmi.spec.volumes {
+            let Some(claim) = claim_of(v) else { continue };
+            let volumes = Typed::<Volume>::new(self.api.as_ref());
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let vol = loop {
+                let vol = volumes.get(Some(&ns), &claim).await.map_err(|e| msg(&v.name, e.to_string()))?.ok_or_else(
+                    || {
+                        msg(
+                            &v.name,
+                            format!(
+                                "Volume {ns}/{claim} does not exist; create it first \
+                                 (sheaf volume create {claim} --size 10Gi)"
+                            ),
+                        )
+                    },
+                )?;
+                let restoring = vol.spec.from_snapshot.is_some()
+                    && vol.status.as_ref().and_then(|s| s.restored_from.as_ref()).is_none();
+                let replicas = self.replicas_of(&vol).await.map_err(|e| msg(&v.name, e))?;
+                let running = replicas.iter().filter(|r| Self::running(r)).count();
+                let all = running == replicas.len() && !replicas.is_empty();
+                if !restoring && (all || (running > 0 && Instant::now() + Duration::from_secs(100) > deadline)) {
+                    break vol;
+                }
+                if Instant::now() > deadline {
+                    let why = if restoring {
+                        "is still being filled from its snapshot".to_string()
+                    } else {
+                        format!("has no running replica ({} placed)", replicas.len())
+                    };
+                    return Err(msg(&v.name, format!("Volume {ns}/{claim} {why}")));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
+            let uid = vol.metadata.uid.clone().unwrap_or_default();
+            let lock = self.lock(&uid);
+            let _held = match lock.clone().try_lock_owned() {
+                Ok(h) => h,
+                Err(_) => {
+                    let signal = self.attach_signal(&uid);
+                    signal.waiting.store(true, std::sync::atomic::Ordering::SeqCst);
+                    signal.notify.notify_waiters();
+                    let held = lock.lock_owned().await;
+                    signal.waiting.store(false, std::sync::atomic::Ordering::SeqCst);
+                    held
+                }
+            };
+            let p = self.engine_paths(&uid);
+            let needle = p.nbd.display().to_string();
+            if alive(&p.pid, &needle).is_some() {
+                let user = std::fs::read_to_string(&p.vmi).unwrap_or_default();
+                if user.trim() != vmi_uid
+                    && crate::runner::live_qemu(&crate::runner::run_dir(&self.run_root, user.trim())).is_some()
+                {
+                    return Err(msg(&v.name, format!("Volume {ns}/{claim} is in use by another virtual machine")));
+                }
+                let _ = std::fs::write(&p.vmi, &vmi_uid);
+                out.insert(v.name.clone(), p.nbd.clone());
+                continue;
+            }
+            let replicas = self.replicas_of(&vol).await.map_err(|e| msg(&v.name, e))?;
+            let mut args = vec!["blk".to_string(), "engine".into(), "--volume".into(), uid.clone()];
+            for a in Self::addresses(&replicas) {
+                args.push("--replica".into());
+                args.push(a.to_string());
+            }
+            args.extend(["--nbd".into(), needle.clone(), "--control".into(), p.ctl.display().to_string()]);
+            let _ = std::fs::remove_file(&p.nbd);
+            let _ = std::fs::remove_file(&p.ctl);
+            self.spawn(&args, &p.log, &p.pid).map_err(|e| msg(&v.name, e))?;
+            let _ = std::fs::write(&p.vmi, &vmi_uid);
+            let _ = std::fs::write(&p.args, serde_json::to_vec(&args).unwrap_or_default());
+            let mut ready = false;
+            for _ in 0..200 {
+                if alive(&p.pid, &needle).is_none() {
+                    break;
+                }
+                if p.nbd.exists()
+                    && control::call(&p.ctl, &ControlRequest::Status, Duration::from_secs(2)).await.is_ok()
+                {
+                    ready = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if !ready {
+                stop(&p.pid, &needle);
+                return Err(msg(
+                    &v.name,
+                    format!("the engine of Volume {ns}/{claim} did not start: {}", log_tail(&p.log)),
+                ));
+            }
+            tracing::info!(volume = %format!("{ns}/{claim}"), vmi = %vmi_uid, "volume attached");
+            out.insert(v.name.clone(), p.nbd.clone());
+        }
+        Ok(out)
+    }
+
+    /// Stops the engines serving VMI `vmi_uid` (its QEMU is gone).
+    pub fn detach_vmi(&self, vmi_uid: &str) {
+        let Ok(d) = std::fs::read_dir(&self.blk_dir) else { return };
+        for f in d.flatten() {
+            let path = f.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("vmi") {
+                continue;
+            }
+            if std::fs::read_to_string(&path).unwrap_or_default().trim() != vmi_uid {
+                continue;
+            }
+            let Some(uid) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.strip_prefix("e-")) else {
+                continue;
+            };
+            self.stop_engine(uid);
+        }
+    }
+
+    fn stop_engine(&self, volume_uid: &str) {
+        let p = self.engine_paths(volume_uid);
+        stop(&p.pid, &p.nbd.display().to_string());
+        for f in [&p.nbd, &p.ctl, &p.vmi, &p.args] {
+            let _ = std::fs::remove_file(f);
+        }
+        tracing::info!(volume_uid, "volume detached");
+    }
+
+    /// One pass over this node's replicas, volumes and snapshots.
+    pub async fn reconcile(self: &Arc<Self>) {
+        self.reap();
+        if let Err(e) = self.reconcile_replicas().await {
+            tracing::warn!(error = %e, "cannot reconcile replicas");
+        }
+        if let Err(e) = self.reconcile_volumes().await {
+            tracing::warn!(error = %e, "cannot reconcile volumes");
+        }
+    }
+
+    async fn reconcile_replicas(&self) -> Result<(), String> {
+        let replicas = Typed::<Replica>::new(self.api.as_ref());
+        let volumes = Typed::<Volume>::new(self.api.as_ref());
+        let all = replicas.list(None, &Selectors::default()).await.map_err(|e| e.to_string())?;
+        for r in all.into_iter().filter(|r| r.spec.node_name == self.node) {
+            let (ns, rname) = name(&r.metadata);
+            let uid = r.metadata.uid.clone().unwrap_or_default();
+            let (dir, sock, pid, log) = self.replica_paths(&uid);
+            let needle = sock.display().to_string();
+            if r.metadata.deletion_timestamp.is_some() {
+                stop(&pid, &needle);
+                let _ = std::fs::remove_dir_all(&dir);
+                for f in [&sock, &log] {
+                    let _ = std::fs::remove_file(f);
+                }
+                let finalizers: Vec<&String> =
+                    r.metadata.finalizers.iter().filter(|f| *f != REPLICA_FINALIZER).collect();
+                if finalizers.len() != r.metadata.finalizers.len() {
+                    let patch = json!({"metadata": {"finalizers": finalizers}});
+                    if let Err(e) = replicas.merge_patch(ns.as_deref(), &rname, patch, false).await {
+                        tracing::warn!(replica = %rname, error = %e, "cannot release a deleted replica");
+                    }
+                }
+                tracing::info!(replica = %rname, "replica data removed");
+                continue;
+            }
+            let Some(vol) = volumes.get(ns.as_deref(), &r.spec.volume_name).await.map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let vol_uid = vol.metadata.uid.clone().unwrap_or_default();
+            let mut message = None;
+            if alive(&pid, &needle).is_none() {
+                let size = vol.status.as_ref().and_then(|s| s.size).unwrap_or(vol.size_bytes());
+                let args = vec![
+                    "blk".to_string(),
+                    "replica".into(),
+                    "--dir".into(),
+                    dir.display().to_string(),
+                    "--volume".into(),
+                    vol_uid.clone(),
+                    "--size".into(),
+                    size.to_string(),
+                    "--listen".into(),
+                    format!("unix:{needle}"),
+                ];
+                let _ = std::fs::remove_file(&sock);
+                match self.spawn(&args, &log, &pid) {
+                    Ok(_) => {
+                        for _ in 0..100 {
+                            if sock.exists() || alive(&pid, &needle).is_none() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    Err(e) => message = Some(e),
+                }
+            }
+            let serving = alive(&pid, &needle).is_some() && std::os::unix::net::UnixStream::connect(&sock).is_ok();
+            if !serving && message.is_none() {
+                message = Some(format!("the replica server is not running: {}", log_tail(&log)));
+            }
+            let state = if serving { "Running" } else { "Failed" };
+            let mut status = r.status.clone().unwrap_or_default();
+            status.state = Some(state.into());
+            status.address = Some(format!("unix:{needle}"));
+            status.data_dir = Some(dir.display().to_string());
+            status.actual_size = Some(disk_usage(&dir));
+            status.message = message;
+            if Some(&status) != r.status.as_ref() {
+                let patch = json!({"status": status});
+                if let Err(e) = replicas.merge_patch(ns.as_deref(), &rname, patch, true).await {
+                    tracing::debug!(replica = %rname, error = %e, "cannot update replica status");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this node manages `vol`: the node its engine runs on, or
+    /// when detached the node of its first replica.
+    fn manages(&self, vol: &Volume, replicas: &[Replica]) -> bool {
+        let attached = vol.status.as_ref().filter(|s| s.state.as_deref() == Some("Attached"));
+        if let Some(node) = attached.and_then(|s| s.attached_to.as_deref()) {
+            return node == self.node;
+        }
+        let mut nodes: Vec<&Replica> = replicas.iter().collect();
+        nodes.sort_by_key(|r| r.metadata.name.clone());
+        nodes.first().is_some_and(|r| r.spec.node_name == self.node)
+    }
+
+    async fn reconcile_volumes(self: &Arc<Self>) -> Result<(), String> {
+        let volumes = Typed::<Volume>::new(self.api.as_ref());
+        let snapshots = Typed::<VolumeSnapshot>::new(self.api.as_ref());
+        let all = volumes.list(None, &Selectors::default()).await.map_err(|e| e.to_string())?;
+        let snaps = snapshots.list(None, &Selectors::default()).await.map_err(|e| e.to_string())?;
+        let mut known = HashSet::new();
+        let all_names: Vec<(Option<String>, String)> = all.iter().map(|v| name(&v.metadata)).collect();
+        for vol in all {
+            let uid = vol.metadata.uid.clone().unwrap_or_default();
+            known.insert(uid.clone());
+            if vol.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            // Whatever holds the volume (an attach, a detached pass) goes
+            // first; this pass comes back later.
+            let Ok(held) = self.lock(&uid).try_lock_owned() else { continue };
+            let replicas = self.replicas_of(&vol).await?;
+            let p = self.engine_paths(&uid);
+            let engine = alive(&p.pid, &p.nbd.display().to_string()).is_some();
+            if !engine && p.args.exists() {
+                self.restart_engine_if_needed(&uid);
+            }
+            let engine = alive(&p.pid, &p.nbd.display().to_string()).is_some();
+            if !engine && !self.manages(&vol, &replicas) {
+                continue;
+            }
+            let (ns, vname) = name(&vol.metadata);
+            let mine: Vec<VolumeSnapshot> =
+                snaps.iter().filter(|s| s.metadata.namespace == ns && s.spec.volume_name == vname).cloned().collect();
+            if engine {
+                self.attached_pass(&vol, &replicas, &mine, &p).await;
+                continue;
+            }
+            let stale = self
+                .checked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&uid)
+                .is_none_or(|t| t.elapsed() > RECHECK);
+            let needs_work = stale || Self::pending(&vol, &replicas, &mine);
+            if needs_work && replicas.iter().any(Self::running) {
+                // In the background (a rebuild can take long), holding the
+                // volume until done.
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.detached_pass(&vol).await;
+                    drop(held);
+                });
+            } else if !needs_work {
+                self.patch_status(&vol, |s| {
+                    s.state = Some("Detached".into());
+                    s.attached_to = None;
+                    s.attached_vmi = None;
+                    s.replicas = Self::replica_summary(&replicas, None);
+                    s.robustness = Some(Self::detached_robustness(s, &replicas));
+                    s.actual_size = Self::actual_size(&replicas);
+                })
+                .await;
+            }
+        }
+        // Snapshots whose volume is gone have no data left to merge.
+        let volume_names: HashSet<(Option<String>, String)> = all_names.into_iter().collect();
+        for s in snaps.iter().filter(|s| s.metadata.deletion_timestamp.is_some()) {
+            let (ns, sname) = name(&s.metadata);
+            if volume_names.contains(&(ns.clone(), s.spec.volume_name.clone())) {
+                continue;
+            }
+            let keep: Vec<&String> = s.metadata.finalizers.iter().filter(|f| *f != SNAPSHOT_FINALIZER).collect();
+            if keep.len() != s.metadata.finalizers.len() {
+                let _ = snapshots
+                    .merge_patch(ns.as_deref(), &sname, json!({"metadata": {"finalizers": keep}}), false)
+                    .await;
+            }
+        }
+        // Engines of volumes that are gone.
+        if let Ok(d) = std::fs::read_dir(&self.blk_dir) {
+            for f in d.flatten() {
+                let n = f.file_name().to_string_lossy().to_string();
+                if let Some(uid) = n.strip_prefix("e-").and_then(|s| s.strip_suffix(".pid")) {
+                    if !known.contains(uid) {
+                        self.stop_engine(uid);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An engine that died while its VM still runs is started again (QEMU
+    /// reconnects); one whose VM is gone is cleaned up.
+    fn restart_engine_if_needed(&self, uid: &str) {
+        let p = self.engine_paths(uid);
+        let vmi = std::fs::read_to_string(&p.vmi).unwrap_or_default();
+        let running = crate::runner::live_qemu(&crate::runner::run_dir(&self.run_root, vmi.trim())).is_some();
+        let args: Vec<String> =
+            std::fs::read(&p.args).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        if !running || args.is_empty() {
+            self.stop_engine(uid);
+            return;
+        }
+        tracing::warn!(volume_uid = uid, "the engine of an attached volume ended; starting it again");
+        let _ = std::fs::remove_file(&p.nbd);
+        if let Err(e) = self.spawn(&args, &p.log, &p.pid) {
+            tracing::error!(volume_uid = uid, error = %e, "cannot restart the engine");
+        }
+    }
+
+    /// Whether a detached volume has work waiting.
+    fn pending(vol: &Volume, replicas: &[Replica], snaps: &[VolumeSnapshot]) -> bool {
+        let status = vol.status.clone().unwrap_or_default();
+        let restoring = vol.spec.from_snapshot.is_some() && status.restored_from.is_none();
+        let revert = vol.metadata.annotations.contains_key(REVERT_ANNOTATION);
+        let grow = status.size.is_some_and(|s| s < vol.size_bytes());
+        let names: Vec<&str> = replicas.iter().map(|r| r.metadata.name.as_deref().unwrap_or_default()).collect();
+        let known: Vec<&str> = status.replicas.iter().map(|r| r.name.as_str()).collect();
+        let replica_change = names.len() != known.len() || names.iter().any(|n| !known.contains(n));
+        let snapshot_work = snaps.iter().any(|s| {
+            s.metadata.deletion_timestamp.is_some()
+                || s.status.as_ref().is_none_or(|st| !st.ready_to_use && st.error.is_none())
+        });
+        restoring || revert || grow || replica_change || snapshot_work || status.size.is_none()
+    }
+
+    fn replica_summary(replicas: &[Replica], engine: Option<&control::EngineStatus>) -> Vec<VolumeReplicaStatus> {
+        replicas
+            .iter()
+            .map(|r| {
+                let address = r.status.as_ref().and_then(|s| s.address.clone()).unwrap_or_default();
+                let from_engine = engine.and_then(|e| e.replicas.iter().find(|x| x.address == address));
+                let state = match from_engine.map(|x| x.state.as_str()) {
+                    Some("healthy") => "Healthy",
+                    Some("rebuilding") => "Rebuilding",
+                    Some(_) => "Failed",
+                    None if Self::running(r) => "Running",
+                    None => "Failed",
+                };
+                VolumeReplicaStatus {
+                    name: r.metadata.name.clone().unwrap_or_default(),
+                    node: r.spec.node_name.clone(),
+                    state: state.into(),
+                }
+            })
+            .collect()
+    }
+
+    fn detached_robustness(s: &VolumeStatus, replicas: &[Replica]) -> String {
+        let running = replicas.iter().filter(|r| Self::running(r)).count();
+        if running == 0 {
+            "Faulted".into()
+        } else if running < replicas.len() {
+            "Degraded".into()
+        } else {
+            s.robustness.clone().unwrap_or_else(|| "Unknown".into())
+        }
+    }
+
+    fn actual_size(replicas: &[Replica]) -> Option<i64> {
+        replicas.iter().filter_map(|r| r.status.as_ref()?.actual_size).max()
+    }
+
+    /// Updates the fields of `vol`'s status that `f` changes, and only
+    /// those: a pass that read the volume earlier never undoes what
+    /// another pass wrote meanwhile. Conditions belong to the Volume
+    /// controller.
+    async fn patch_status(&self, vol: &Volume, f: impl FnOnce(&mut VolumeStatus)) {
+        let old = vol.status.clone().unwrap_or_default();
+        let mut new = old.clone();
+        f(&mut new);
+        new.conditions = old.conditions.clone();
+        let (Ok(o), Ok(n)) = (serde_json::to_value(&old), serde_json::to_value(&new)) else { return };
+        let Some(patch) = merge_diff(&o, &n) else { return };
+        let (ns, vname) = name(&vol.metadata);
+        if let Err(e) = Typed::<Volume>::new(self.api.as_ref())
+            .merge_patch(ns.as_deref(), &vname, json!({ "status": patch }), true)
+            .await
+        {
+            tracing::debug!(volume = %vname, error = %e, "cannot update volume status");
+        }
+    }
+
+    /// An attached volume: status from its engine, and snapshots and
+    /// growth through it.
+    async fn attached_pass(&self, vol: &Volume, replicas: &[Replica], snaps: &[VolumeSnapshot], p: &EnginePaths) {
+        let (_, vname) = name(&vol.metadata);
+        let status = match control::call(&p.ctl, &ControlRequest::Status, CONTROL_TIMEOUT).await {
+            Ok(r) => r.status.unwrap_or_default(),
+            Err(e) => {
+                tracing::debug!(volume = %vname, error = %e, "engine status not available");
+                return;
+            }
+        };
+        let ops = Ops::Control(&p.ctl);
+        let mut current = vol.status.clone().unwrap_or_default();
+        current.size = Some(status.size as i64);
+        if (status.size as i64) < vol.size_bytes() {
+            match ops.expand(vol.size_bytes() as u64).await {
+                Ok(()) => current.size = Some(vol.size_bytes()),
+                Err(e) => tracing::warn!(volume = %vname, error = %e, "cannot grow the volume"),
+            }
+        }
+        self.snapshot_pass(&ops, &current, snaps).await;
+        let mut revert = None;
+        if let Some(snap) = vol.metadata.annotations.get(REVERT_ANNOTATION) {
+            revert = Some(RevertStatus {
+                snapshot: snap.clone(),
+                time: Some(now()),
+                error: Some("the volume is in use; stop the virtual machine first, then revert".into()),
+            });
+            self.clear_revert(vol).await;
+        }
+        let healthy = status.replicas.iter().filter(|r| r.state == "healthy").count();
+        let robustness = match healthy {
+            0 => "Faulted",
+            n if n < status.replicas.len() || status.replicas.len() < replicas.len() => "Degraded",
+            _ => "Healthy",
+        };
+        let vmi = std::fs::read_to_string(&p.vmi).unwrap_or_default().trim().to_string();
+        let size = current.size;
+        self.patch_status(vol, |s| {
+            s.state = Some("Attached".into());
+            s.attached_to = Some(self.node.clone());
+            s.attached_vmi = Some(vmi).filter(|v| !v.is_empty());
+            s.epoch = Some(status.epoch);
+            s.size = size;
+            s.robustness = Some(robustness.into());
+            s.replicas = Self::replica_summary(replicas, Some(&status));
+            s.actual_size = Self::actual_size(replicas);
+            if revert.is_some() {
+                s.last_revert = revert;
+            }
+        })
+        .await;
+    }
+
+    async fn clear_revert(&self, vol: &Volume) {
+        let (ns, vname) = name(&vol.metadata);
+        let patch = json!({"metadata": {"annotations": {REVERT_ANNOTATION: null}}});
+        if let Err(e) = Typed::<Volume>::new(self.api.as_ref()).merge_patch(ns.as_deref(), &vname, patch, false).await {
+            tracing::warn!(volume = %vname, error = %e, "cannot clear the revert request");
+        }
+    }
+
+    /// Takes the snapshots asked for and deletes the ones being deleted.
+    async fn snapshot_pass(&self, ops: &Ops<'_>, status: &VolumeStatus, snaps: &[VolumeSnapshot]) {
+        let api = Typed::<VolumeSnapshot>::new(self.api.as_ref());
+        let mut layers: Option<Vec<String>> = None;
+        for s in snaps {
+            let (ns, sname) = name(&s.metadata);
+            let layer = s.layer_name();
+            if s.metadata.deletion_timestamp.is_some() {
+                if !s.metadata.finalizers.iter().any(|f| f == SNAPSHOT_FINALIZER) {
+                    continue;
+                }
+                if layers.is_none() {
+                    layers = ops.snapshots().await.ok();
+                }
+                let Some(have) = &layers else { continue };
+                if have.contains(&layer) {
+                    if let Err(e) = ops.delete_snapshot(&layer).await {
+                        tracing::warn!(snapshot = %sname, error = %e, "cannot delete the snapshot's data");
+                        continue;
+                    }
+                }
+                let keep: Vec<&String> = s.metadata.finalizers.iter().filter(|f| *f != SNAPSHOT_FINALIZER).collect();
+                let _ = api.merge_patch(ns.as_deref(), &sname, json!({"metadata": {"finalizers": keep}}), false).await;
+                tracing::info!(snapshot = %sname, "snapshot deleted");
+                continue;
+            }
+            if s.status.as_ref().is_some_and(|st| st.ready_to_use || st.error.is_some()) {
+                continue;
+            }
+            if !s.metadata.finalizers.iter().any(|f| f == SNAPSHOT_FINALIZER) {
+                let mut f = s.metadata.finalizers.clone();
+                f.push(SNAPSHOT_FINALIZER.into());
+                if api.merge_patch(ns.as_deref(), &sname, json!({"metadata": {"finalizers": f}}), false).await.is_err()
+                {
+                    continue;
+                }
+            }
+            let result = ops.snapshot(&layer).await;
+            let st = match result {
+                Ok(()) => json!({"readyToUse": true, "creationTime": now(), "size": ops.size(status)}),
+                Err(e) => json!({"readyToUse": false, "error": format!("the snapshot could not be taken: {e}")}),
+            };
+            tracing::info!(snapshot = %sname, status = %st, "snapshot taken");
+            let _ = api.merge_patch(ns.as_deref(), &sname, json!({ "status": st }), true).await;
+        }
+    }
+
+    /// A detached volume: an engine in the agent claims the replicas,
+    /// carries out what is waiting, rebuilds what is missing, and lets go.
+    async fn detached_pass(&self, listed: &Volume) {
+        let (ns, vname) = name(&listed.metadata);
+        // Read again under the volume's lock: the listed copies may predate
+        // the previous pass's results.
+        let fresh = Typed::<Volume>::new(self.api.as_ref()).get(ns.as_deref(), &vname).await;
+        let Ok(Some(vol)) = fresh else { return };
+        if vol.metadata.uid != listed.metadata.uid {
+            return;
+        }
+        let vol = &vol;
+        let Ok(snaps) =
+            Typed::<VolumeSnapshot>::new(self.api.as_ref()).list(ns.as_deref(), &Selectors::default()).await
+        else {
+            return;
+        };
+        let snaps: Vec<VolumeSnapshot> = snaps.into_iter().filter(|s| s.spec.volume_name == vname).collect();
+        let snaps = &snaps[..];
+        let uid = vol.metadata.uid.clone().unwrap_or_default();
+        let Ok(replicas) = self.replicas_of(vol).await else { return };
+        let addrs = Self::addresses(&replicas);
+        let engine = match Engine::start(&uid, &addrs).await {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                tracing::warn!(volume = %vname, error = %e, "cannot open the detached volume");
+                self.patch_status(vol, |s| {
+                    s.state = Some("Faulted".into());
+                    s.robustness = Some("Faulted".into());
+                })
+                .await;
+                return;
+            }
+        };
+        let mut status = vol.status.clone().unwrap_or_default();
+        // Fill a new volume from its snapshot.
+        if let (Some(from), None) = (&vol.spec.from_snapshot, &status.restored_from) {
+            match self.restore(&engine, ns.as_deref(), from).await {
+                Ok(bytes) => {
+                    tracing::info!(volume = %vname, snapshot = %from, bytes, "volume filled from its snapshot");
+                    status.restored_from = Some(from.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %vname, snapshot = %from, error = %e, "cannot fill the volume yet");
+                }
+            }
+        }
+        if (engine.size() as i64) < vol.size_bytes() {
+            if let Err(e) = engine.expand(vol.size_bytes() as u64).await {
+                tracing::warn!(volume = %vname, error = %e, "cannot grow the volume");
+            }
+        }
+        let ops = Ops::Local(&engine);
+        status.size = Some(engine.size() as i64);
+        self.snapshot_pass(&ops, &status, snaps).await;
+        if let Some(snap) = vol.metadata.annotations.get(REVERT_ANNOTATION) {
+            let found = snaps.iter().find(|s| s.metadata.name.as_deref() == Some(snap.as_str()));
+            let error = match found {
+                None => Some(format!("there is no VolumeSnapshot {snap:?} of this volume")),
+                Some(s) if !s.status.as_ref().is_some_and(|st| st.ready_to_use) => {
+                    Some(format!("snapshot {snap:?} is not ready"))
+                }
+                Some(s) => engine
+                    .revert(&s.layer_name(), false)
+                    .await
+                    .err()
+                    .map(|e| e.to_string().replace(&s.layer_name(), snap).replace("snap-", "snapshot ")),
+            };
+            if error.is_none() {
+                tracing::info!(volume = %vname, snapshot = %snap, "volume reverted");
+            }
+            status.last_revert = Some(RevertStatus { snapshot: snap.clone(), time: Some(now()), error });
+            self.clear_revert(vol).await;
+        }
+        // Bring every replica back before letting go.
+        let wanted = self.attach_signal(&uid);
+        let notified = wanted.notify.notified();
+        let rebuild = async {
+            if wanted.waiting.load(std::sync::atomic::Ordering::SeqCst) {
+                return false;
+            }
+            tokio::time::timeout(DETACHED_REBUILD, engine.clone().rebuild_loop(PERIOD, true)).await.is_ok()
+        };
+        let complete = tokio::select! {
+            r = rebuild => r,
+            _ = notified => {
+                tracing::info!(volume = %vname, "a VM wants the volume; its engine goes on with the rebuild");
+                false
+            }
+        };
+        let healthy = engine.healthy().len();
+        let robustness = if healthy == 0 {
+            "Faulted"
+        } else if !complete || healthy < replicas.len() {
+            "Degraded"
+        } else {
+            "Healthy"
+        };
+        self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(uid, Instant::now());
+        let epoch = engine.epoch();
+        drop(engine);
+        self.patch_status(vol, |s| {
+            s.state = Some("Detached".into());
+            s.attached_to = None;
+            s.attached_vmi = None;
+            s.size = status.size;
+            s.epoch = Some(epoch);
+            s.robustness = Some(robustness.into());
+            s.replicas = Self::replica_summary(&replicas, None);
+            s.actual_size = Self::actual_size(&replicas);
+            s.restored_from = status.restored_from.clone();
+            if status.last_revert.is_some() {
+                s.last_revert = status.last_revert.clone();
+            }
+        })
+        .await;
+    }
+
+    /// Copies VolumeSnapshot `from` (of another volume) into `engine`'s
+    /// volume.
+    async fn restore(&self, engine: &Engine, ns: Option<&str>, from: &str) -> Result<u64, String> {
+        let snap = Typed::<VolumeSnapshot>::new(self.api.as_ref())
+            .get(ns, from)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("VolumeSnapshot {from:?} does not exist"))?;
+        if !snap.status.as_ref().is_some_and(|s| s.ready_to_use) {
+            return Err(format!("VolumeSnapshot {from:?} is not ready"));
+        }
+        let source = Typed::<Volume>::new(self.api.as_ref())
+            .get(ns, &snap.spec.volume_name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the snapshot's Volume {:?} is gone", snap.spec.volume_name))?;
+        let replicas = self.replicas_of(&source).await?;
+        let mut last = String::from("the source volume has no running replica");
+        for r in replicas.iter().filter(|r| Self::running(r)) {
+            let Some(addr) = r.status.as_ref().and_then(|s| s.address.as_deref()).and_then(|a| a.parse().ok()) else {
+                continue;
+            };
+            match engine.copy_from_snapshot(&addr, &snap.layer_name()).await {
+                Ok(n) => return Ok(n),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Reconciles the node's storage every [`PERIOD`] until dropped.
+pub async fn run(storage: Arc<Storage>) {
+    loop {
+        storage.reconcile().await;
+        tokio::time::sleep(PERIOD).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_diff_removes_nested_keys_and_skips_equal_ones() {
+        let old = json!({"a": 1, "r": {"snapshot": "s1", "error": "x"}, "gone": true, "same": [1]});
+        let new = json!({"a": 2, "r": {"snapshot": "s1"}, "same": [1], "added": "y"});
+        assert_eq!(merge_diff(&old, &new), Some(json!({"a": 2, "r": {"error": null}, "gone": null, "added": "y"})));
+        assert_eq!(merge_diff(&new, &new), None);
+    }
+}

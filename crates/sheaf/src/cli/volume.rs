@@ -1,0 +1,313 @@
+//! `sheaf volume ...`: Sheaf's replicated volumes and their snapshots
+//! (`sheaf.io/v1alpha1` Volume and VolumeSnapshot objects), with waits
+//! for the node agent to carry the request out.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::client::{encode, Client, ConnArgs};
+
+#[derive(Args, Debug)]
+pub struct VolumeArgs {
+    #[command(subcommand)]
+    pub action: VolumeAction,
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short, long, value_name = "NS", global = true)]
+    pub namespace: Option<String>,
+    /// How long to wait for the node agent (seconds).
+    #[arg(long, default_value = "120", global = true)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeAction {
+    /// Create a volume: `sheaf volume create data --size 10Gi --replicas 3`.
+    Create {
+        name: String,
+        /// Size, a multiple of 4Ki (10Gi, 512Mi, ...).
+        #[arg(long)]
+        size: String,
+        /// Copies of the data (1..16).
+        #[arg(long, default_value = "3")]
+        replicas: u32,
+    },
+    /// List volumes with their state and snapshots.
+    List,
+    /// Take a crash-consistent snapshot: `sheaf volume snapshot data before-upgrade`.
+    Snapshot { volume: String, snapshot: String },
+    /// List a volume's snapshots.
+    Snapshots { volume: String },
+    /// Delete a snapshot (its data merges into the next layer).
+    DeleteSnapshot { snapshot: String },
+    /// Go back to a snapshot (the volume must not be in use).
+    Revert { volume: String, snapshot: String },
+    /// Make a new volume from a snapshot: `sheaf volume clone before-upgrade data-copy`.
+    Clone {
+        snapshot: String,
+        new_volume: String,
+        /// Size of the new volume (default: the snapshot's).
+        #[arg(long)]
+        size: Option<String>,
+        #[arg(long, default_value = "3")]
+        replicas: u32,
+    },
+    /// Grow a volume: `sheaf volume expand data --size 20Gi`.
+    Expand {
+        volume: String,
+        #[arg(long)]
+        size: String,
+    },
+    /// Delete a volume and its data. Refused while it has snapshots,
+    /// unless --with-snapshots.
+    Delete {
+        volume: String,
+        #[arg(long)]
+        with_snapshots: bool,
+    },
+}
+
+struct Ctx {
+    client: Client,
+    ns: String,
+    timeout: Duration,
+}
+
+impl Ctx {
+    fn path(&self, plural: &str, name: Option<&str>) -> String {
+        let base = format!("/apis/sheaf.io/v1alpha1/namespaces/{}/{plural}", encode(&self.ns));
+        match name {
+            Some(n) => format!("{base}/{}", encode(n)),
+            None => base,
+        }
+    }
+    async fn get(&self, plural: &str, name: &str) -> anyhow::Result<Value> {
+        self.client.get_json(&self.path(plural, Some(name))).await
+    }
+    async fn list(&self, plural: &str) -> anyhow::Result<Vec<Value>> {
+        let v = self.client.get_json(&self.path(plural, None)).await?;
+        Ok(v.get("items").and_then(Value::as_array).cloned().unwrap_or_default())
+    }
+    async fn create(&self, plural: &str, body: Value) -> anyhow::Result<Value> {
+        let bytes = serde_json::to_vec(&body)?;
+        Ok(self
+            .client
+            .request(Method::POST, &self.path(plural, None), "application/json", Some(("application/json", bytes)))
+            .await?
+            .body)
+    }
+    async fn patch(&self, plural: &str, name: &str, patch: Value) -> anyhow::Result<Value> {
+        let bytes = serde_json::to_vec(&patch)?;
+        let ct = "application/merge-patch+json";
+        Ok(self
+            .client
+            .request(Method::PATCH, &self.path(plural, Some(name)), "application/json", Some((ct, bytes)))
+            .await?
+            .body)
+    }
+    async fn delete(&self, plural: &str, name: &str) -> anyhow::Result<()> {
+        self.client.request(Method::DELETE, &self.path(plural, Some(name)), "application/json", None).await?;
+        Ok(())
+    }
+    /// Polls `plural/name` until `done` says it is finished (Ok) or failed
+    /// (Err); `what` names what we wait for.
+    async fn wait(
+        &self,
+        plural: &str,
+        name: &str,
+        what: &str,
+        done: impl Fn(&Value) -> Option<Result<(), String>>,
+    ) -> anyhow::Result<Value> {
+        let start = Instant::now();
+        loop {
+            let v = self.get(plural, name).await?;
+            match done(&v) {
+                Some(Ok(())) => return Ok(v),
+                Some(Err(e)) => bail!("{e}"),
+                None if start.elapsed() > self.timeout => {
+                    bail!(
+                        "{what} did not happen within {} s (see `kubectl get {plural} {name} -o yaml`)",
+                        self.timeout.as_secs()
+                    )
+                }
+                None => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+    async fn snapshots_of(&self, volume: &str) -> anyhow::Result<Vec<Value>> {
+        Ok(self
+            .list("volumesnapshots")
+            .await?
+            .into_iter()
+            .filter(|s| s.pointer("/spec/volumeName").and_then(Value::as_str) == Some(volume))
+            .collect())
+    }
+}
+
+fn s<'a>(v: &'a Value, p: &str) -> &'a str {
+    v.pointer(p).and_then(Value::as_str).unwrap_or("")
+}
+
+fn volume_body(name: &str, size: &str, replicas: u32, from: Option<&str>) -> Value {
+    let mut spec = json!({"size": size, "numberOfReplicas": replicas});
+    if let Some(f) = from {
+        spec["fromSnapshot"] = json!(f);
+    }
+    json!({"apiVersion": "sheaf.io/v1alpha1", "kind": "Volume", "metadata": {"name": name}, "spec": spec})
+}
+
+fn settled(v: &Value) -> Option<Result<(), String>> {
+    match s(v, "/status/state") {
+        "Detached" | "Attached" => Some(Ok(())),
+        _ => None,
+    }
+}
+
+pub async fn run(a: VolumeArgs) -> anyhow::Result<()> {
+    let client = Client::connect(&a.conn)?;
+    let ns = a.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| client.namespace.clone());
+    let cx = Ctx { client, ns, timeout: Duration::from_secs(a.timeout) };
+    match a.action {
+        VolumeAction::Create { name, size, replicas } => {
+            cx.create("volumes", volume_body(&name, &size, replicas, None)).await?;
+            cx.wait("volumes", &name, "the volume's replicas starting", settled).await?;
+            println!("volume {name} created ({size}, {replicas} replica(s))");
+        }
+        VolumeAction::List => {
+            let snaps = cx.list("volumesnapshots").await?;
+            let mut rows = vec![vec![
+                "NAME".to_string(),
+                "SIZE".into(),
+                "REPLICAS".into(),
+                "STATE".into(),
+                "ROBUSTNESS".into(),
+                "NODE".into(),
+                "SNAPSHOTS".into(),
+            ]];
+            for v in cx.list("volumes").await? {
+                let name = s(&v, "/metadata/name").to_string();
+                let n = snaps.iter().filter(|x| s(x, "/spec/volumeName") == name).count();
+                rows.push(vec![
+                    name,
+                    s(&v, "/spec/size").into(),
+                    v.pointer("/spec/numberOfReplicas").map(|x| x.to_string()).unwrap_or_default(),
+                    s(&v, "/status/state").into(),
+                    s(&v, "/status/robustness").into(),
+                    s(&v, "/status/attachedTo").into(),
+                    n.to_string(),
+                ]);
+            }
+            print!("{}", super::printer::align(&rows));
+        }
+        VolumeAction::Snapshot { volume, snapshot } => {
+            cx.get("volumes", &volume).await.with_context(|| format!("volume {volume}"))?;
+            let body = json!({"apiVersion": "sheaf.io/v1alpha1", "kind": "VolumeSnapshot",
+                "metadata": {"name": snapshot, "labels": {"sheaf.io/volume": volume}},
+                "spec": {"volumeName": volume}});
+            cx.create("volumesnapshots", body).await?;
+            cx.wait("volumesnapshots", &snapshot, "the snapshot", |v| {
+                if v.pointer("/status/readyToUse") == Some(&json!(true)) {
+                    Some(Ok(()))
+                } else {
+                    v.pointer("/status/error").and_then(Value::as_str).map(|e| Err(e.to_string()))
+                }
+            })
+            .await?;
+            println!("snapshot {snapshot} of volume {volume} taken");
+        }
+        VolumeAction::Snapshots { volume } => {
+            let mut rows = vec![vec!["NAME".to_string(), "READY".into(), "SIZE".into(), "CREATED".into()]];
+            for x in cx.snapshots_of(&volume).await? {
+                rows.push(vec![
+                    s(&x, "/metadata/name").into(),
+                    x.pointer("/status/readyToUse").map(|b| b.to_string()).unwrap_or_else(|| "false".into()),
+                    x.pointer("/status/size").map(|b| b.to_string()).unwrap_or_default(),
+                    s(&x, "/status/creationTime").into(),
+                ]);
+            }
+            print!("{}", super::printer::align(&rows));
+        }
+        VolumeAction::DeleteSnapshot { snapshot } => {
+            cx.delete("volumesnapshots", &snapshot).await?;
+            let start = Instant::now();
+            while cx.get("volumesnapshots", &snapshot).await.is_ok() {
+                if start.elapsed() > cx.timeout {
+                    bail!("snapshot {snapshot} is still being deleted after {} s", cx.timeout.as_secs());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            println!("snapshot {snapshot} deleted");
+        }
+        VolumeAction::Revert { volume, snapshot } => {
+            let before = cx.get("volumes", &volume).await?;
+            let old_time = s(&before, "/status/lastRevert/time").to_string();
+            cx.patch("volumes", &volume, json!({"metadata": {"annotations": {"sheaf.io/revert-to": snapshot}}}))
+                .await?;
+            cx.wait("volumes", &volume, "the revert", |v| {
+                let t = s(v, "/status/lastRevert/time");
+                if t.is_empty() || t == old_time || s(v, "/status/lastRevert/snapshot") != snapshot {
+                    return None;
+                }
+                match v.pointer("/status/lastRevert/error").and_then(Value::as_str) {
+                    Some(e) => Some(Err(format!("cannot revert volume {volume} to {snapshot}: {e}"))),
+                    None => Some(Ok(())),
+                }
+            })
+            .await?;
+            println!("volume {volume} reverted to snapshot {snapshot}");
+        }
+        VolumeAction::Clone { snapshot, new_volume, size, replicas } => {
+            let snap = cx.get("volumesnapshots", &snapshot).await.with_context(|| format!("snapshot {snapshot}"))?;
+            let size = match size {
+                Some(s) => s,
+                None => snap
+                    .pointer("/status/size")
+                    .and_then(Value::as_i64)
+                    .map(|b| b.to_string())
+                    .with_context(|| format!("snapshot {snapshot} is not ready yet"))?,
+            };
+            cx.create("volumes", volume_body(&new_volume, &size, replicas, Some(&snapshot))).await?;
+            cx.wait("volumes", &new_volume, "the copy of the snapshot", |v| {
+                (!s(v, "/status/restoredFrom").is_empty()).then_some(Ok(()))
+            })
+            .await?;
+            println!("volume {new_volume} created from snapshot {snapshot}");
+        }
+        VolumeAction::Expand { volume, size } => {
+            cx.patch("volumes", &volume, json!({"spec": {"size": size}})).await?;
+            let want = sheaf_types::quantity::Quantity::parse(&size)
+                .ok()
+                .and_then(|q| q.value())
+                .with_context(|| format!("size {size:?} is not a quantity"))?;
+            cx.wait("volumes", &volume, "the expansion", |v| {
+                (v.pointer("/status/size").and_then(Value::as_i64) == Some(want)).then_some(Ok(()))
+            })
+            .await?;
+            println!("volume {volume} is now {size}");
+        }
+        VolumeAction::Delete { volume, with_snapshots } => {
+            cx.get("volumes", &volume).await.with_context(|| format!("volume {volume}"))?;
+            let snaps = cx.snapshots_of(&volume).await?;
+            if !snaps.is_empty() && !with_snapshots {
+                let names: Vec<&str> = snaps.iter().map(|x| s(x, "/metadata/name")).collect();
+                bail!(
+                    "volume {volume} has {} snapshot(s) ({}); deleting it deletes them too. \
+                     Clone what you want to keep, or pass --with-snapshots",
+                    names.len(),
+                    names.join(", ")
+                );
+            }
+            for x in &snaps {
+                cx.delete("volumesnapshots", s(x, "/metadata/name")).await?;
+            }
+            cx.delete("volumes", &volume).await?;
+            println!("volume {volume} deleted");
+        }
+    }
+    Ok(())
+}
