@@ -123,6 +123,15 @@ pub struct RevertStatus {
     pub error: Option<String>,
 }
 
+/// Checks a required reference to another object by name.
+fn object_name(errs: &mut Vec<FieldError>, field: &str, v: &str) {
+    if v.is_empty() {
+        errs.push(FieldError::required(field));
+    } else if let Err(e) = validation::dns1123_subdomain(v) {
+        errs.push(FieldError::invalid(field, e));
+    }
+}
+
 impl Volume {
     /// The size in bytes (0 when unset or invalid).
     pub fn size_bytes(&self) -> i64 {
@@ -273,17 +282,10 @@ impl Kind for Replica {
     }
     fn validate(&self, old: Option<&Self>) -> Vec<FieldError> {
         let mut errs = Vec::new();
-        for (field, v) in [("spec.volumeName", &self.spec.volume_name), ("spec.nodeName", &self.spec.node_name)] {
-            if v.is_empty() {
-                errs.push(FieldError::required(field));
-            } else if let Err(e) = validation::dns1123_subdomain(v) {
-                errs.push(FieldError::invalid(field, e));
-            }
-        }
-        if let Some(old) = old {
-            if old.spec != self.spec {
-                errs.push(FieldError::forbidden("spec", "a replica's volume and node cannot change"));
-            }
+        object_name(&mut errs, "spec.volumeName", &self.spec.volume_name);
+        object_name(&mut errs, "spec.nodeName", &self.spec.node_name);
+        if old.is_some_and(|o| o.spec != self.spec) {
+            errs.push(FieldError::forbidden("spec", "a replica's volume and node cannot change"));
         }
         errs
     }
@@ -356,15 +358,9 @@ impl Kind for VolumeSnapshot {
     }
     fn validate(&self, old: Option<&Self>) -> Vec<FieldError> {
         let mut errs = Vec::new();
-        if self.spec.volume_name.is_empty() {
-            errs.push(FieldError::required("spec.volumeName"));
-        } else if let Err(e) = validation::dns1123_subdomain(&self.spec.volume_name) {
-            errs.push(FieldError::invalid("spec.volumeName", e));
-        }
-        if let Some(old) = old {
-            if old.spec != self.spec {
-                errs.push(FieldError::forbidden("spec.volumeName", "a snapshot's volume cannot change"));
-            }
+        object_name(&mut errs, "spec.volumeName", &self.spec.volume_name);
+        if old.is_some_and(|o| o.spec != self.spec) {
+            errs.push(FieldError::forbidden("spec.volumeName", "a snapshot's volume cannot change"));
         }
         errs
     }
