@@ -20,15 +20,20 @@ if [[ $want_test -eq 1 ]]; then
     iputils-ping openssh-client python3)
 fi
 
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
+# Twice: installing one package can remove another that conflicts with it
+# (Debian's qemu-system-x86 removes a backported qemu-utils), and the
+# second pass puts back the matching version.
+updated=0
+for _pass in 1 2; do
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && break
   echo "installing: ${missing[*]}"
-  $SUDO apt-get update -qq
+  if [[ $updated -eq 0 ]]; then $SUDO apt-get update -qq; updated=1; fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+done
 
 # etcd-server's package starts a system etcd on 2379; Sheaf's tests start
 # their own on free ports and do not need it.

@@ -5,7 +5,8 @@
 //! One JSON request per line, one JSON reply per line:
 //! `{"op":"status"}`, `{"op":"snapshot","name":"s1"}`,
 //! `{"op":"deleteSnapshot","name":"s1"}`, `{"op":"expand","size":1073741824}`,
-//! `{"op":"snapshots"}` → `{"ok":true,...}` or `{"error":"..."}`.
+//! `{"op":"snapshots"}`, `{"op":"setReplicas","replicas":["unix:/…","tcp:…"]}`
+//! → `{"ok":true,...}` or `{"error":"..."}`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,10 +21,20 @@ use crate::engine::Engine;
 #[serde(tag = "op", rename_all = "camelCase")]
 pub enum ControlRequest {
     Status,
-    Snapshot { name: String },
-    DeleteSnapshot { name: String },
-    Expand { size: u64 },
+    Snapshot {
+        name: String,
+    },
+    DeleteSnapshot {
+        name: String,
+    },
+    Expand {
+        size: u64,
+    },
     Snapshots,
+    /// The volume's replicas now (addresses, local first).
+    SetReplicas {
+        replicas: Vec<String>,
+    },
 }
 
 /// A replica as its engine sees it.
@@ -65,6 +76,14 @@ async fn answer(engine: &Engine, req: ControlRequest) -> ControlReply {
         ControlRequest::Snapshot { name } => done(engine.snapshot(&name).await),
         ControlRequest::DeleteSnapshot { name } => done(engine.delete_snapshot(&name).await),
         ControlRequest::Expand { size } => done(engine.expand(size).await),
+        ControlRequest::SetReplicas { replicas } => {
+            let parsed: Result<Vec<crate::replica_server::Address>, String> =
+                replicas.iter().map(|a| a.parse()).collect();
+            match parsed {
+                Ok(a) => done(engine.set_replicas(&a)),
+                Err(e) => ControlReply { error: Some(e), ..Default::default() },
+            }
+        }
         ControlRequest::Snapshots => match engine.snapshots().await {
             Ok(s) => ControlReply { snapshots: Some(s), ..Default::default() },
             Err(e) => ControlReply { error: Some(e.to_string()), ..Default::default() },

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufWriter};
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::proto::{self, code, Info, LayerRange, Op, Reply, Request};
@@ -29,14 +30,62 @@ pub enum EngineError {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
 
+/// A request on its way to a replica: the header, and the payload shared
+/// with the other replicas' copies of the same request.
+type Frame = ([u8; proto::REQUEST_HEADER], Bytes);
+
+/// Frames sent with one `writev` at most.
+const BATCH_FRAMES: usize = 64;
+
+/// Writes `frames` with vectored writes: a write's data goes from the
+/// buffer the frontend filled straight to the socket, for every replica.
+async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Frame]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
+    for (h, p) in frames {
+        slices.push(std::io::IoSlice::new(h));
+        if !p.is_empty() {
+            slices.push(std::io::IoSlice::new(p));
+        }
+    }
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = w.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
+}
+
+/// How long connecting to a replica may take (a node that is down does
+/// not answer SYNs; the rebuild loop tries again later).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn within<T>(connect: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the connection attempt"))?
+}
+
 /// A pipelined connection to one replica server.
 struct Conn {
     address: Address,
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: mpsc::UnboundedSender<Frame>,
     pending: Pending,
     /// Set when the connection is gone (before the waiters are dropped).
     closed: Arc<AtomicBool>,
     state: AtomicU8,
+    /// The reply reader; stopped with the connection.
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The writer ends when `tx` goes; a peer that stopped answering
+        // would keep the reader waiting.
+        self.reader.abort();
+    }
 }
 
 /// In service: gets writes and reads.
@@ -50,44 +99,53 @@ impl Conn {
         let (tx, rx) = mpsc::unbounded_channel();
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        match address {
+        let reader = match address {
             Address::Unix(p) => {
-                let (r, w) = tokio::net::UnixStream::connect(p).await?.into_split();
-                Self::spawn(r, w, rx, pending.clone(), closed.clone());
+                let (r, w) = within(tokio::net::UnixStream::connect(p)).await?.into_split();
+                Self::spawn(r, w, rx, pending.clone(), closed.clone())
             }
             Address::Tcp(a) => {
-                let s = tokio::net::TcpStream::connect(a).await?;
+                let s = within(tokio::net::TcpStream::connect(a)).await?;
                 s.set_nodelay(true)?;
                 let (r, w) = s.into_split();
-                Self::spawn(r, w, rx, pending.clone(), closed.clone());
+                Self::spawn(r, w, rx, pending.clone(), closed.clone())
             }
-        }
-        Ok(Conn { address: address.clone(), tx, pending, closed, state: AtomicU8::new(HEALTHY) })
+        };
+        Ok(Conn { address: address.clone(), tx, pending, closed, state: AtomicU8::new(HEALTHY), reader })
     }
 
-    fn spawn<R, W>(mut r: R, w: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>, pending: Pending, closed: Arc<AtomicBool>)
+    fn spawn<R, W>(
+        r: R,
+        mut w: W,
+        mut rx: mpsc::UnboundedReceiver<Frame>,
+        pending: Pending,
+        closed: Arc<AtomicBool>,
+    ) -> tokio::task::AbortHandle
     where
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
         W: tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         tokio::spawn(async move {
-            let mut w = BufWriter::with_capacity(256 * 1024, w);
+            let mut batch = Vec::with_capacity(BATCH_FRAMES);
             while let Some(frame) = rx.recv().await {
-                if w.write_all(&frame).await.is_err() {
-                    break;
-                }
-                // Batch what is already queued, then send.
-                while let Ok(frame) = rx.try_recv() {
-                    if w.write_all(&frame).await.is_err() {
-                        return;
+                // Send what is already queued along with it.
+                batch.push(frame);
+                while batch.len() < BATCH_FRAMES {
+                    match rx.try_recv() {
+                        Ok(f) => batch.push(f),
+                        Err(_) => break,
                     }
                 }
-                if w.flush().await.is_err() {
+                if write_frames(&mut w, &batch).await.is_err() || w.flush().await.is_err() {
                     break;
                 }
+                batch.clear();
             }
         });
         tokio::spawn(async move {
+            // Small replies arrive many to a read; large payloads bypass
+            // the buffer.
+            let mut r = BufReader::with_capacity(64 * 1024, r);
             while let Ok(rep) = proto::read_reply(&mut r).await {
                 let waiter = pending.lock().ok().and_then(|mut p| p.remove(&rep.id));
                 if let Some(w) = waiter {
@@ -99,7 +157,8 @@ impl Conn {
             if let Ok(mut p) = pending.lock() {
                 p.clear();
             }
-        });
+        })
+        .abort_handle()
     }
 
     /// Queues a request; the receiver gets its reply (or is dropped when
@@ -111,7 +170,9 @@ impl Conn {
         }
         // Checked after inserting: either the reader's clear sees this
         // waiter, or this sees the connection closed.
-        if self.closed.load(Ordering::SeqCst) || self.tx.send(proto::encode_request(req)).is_err() {
+        if self.closed.load(Ordering::SeqCst)
+            || self.tx.send((proto::request_header(req), req.payload.clone())).is_err()
+        {
             if let Ok(mut p) = self.pending.lock() {
                 p.remove(&req.id);
             }
@@ -126,8 +187,9 @@ pub struct Engine {
     /// Grows with [`Engine::expand`].
     size: AtomicU64,
     epoch: u64,
-    /// Every replica the volume has, local first.
-    configured: Vec<Address>,
+    /// Every replica the volume has, local first; changed by
+    /// [`Engine::set_replicas`].
+    configured: RwLock<Vec<Address>>,
     /// Connections in use (healthy or rebuilding); failed ones are dropped
     /// by the rebuild loop.
     conns: RwLock<Vec<Arc<Conn>>>,
@@ -135,6 +197,27 @@ pub struct Engine {
     /// The last flush number handed out.
     flush_gen: AtomicU64,
     dispatch: Mutex<()>,
+    /// How long a replica may lag behind its peers before it is failed.
+    timeout: Duration,
+}
+
+/// The default for [`Engine::with_replica_timeout`] (Longhorn's engine
+/// uses 8 s too).
+pub const REPLICA_TIMEOUT: Duration = Duration::from_secs(8);
+/// Requests outside the I/O path (info, claims, rebuild steps) give up
+/// after this.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits for a reply to a request outside the I/O path.
+async fn answer(c: &Conn, rx: oneshot::Receiver<Reply>) -> Result<Reply, EngineError> {
+    match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(_)) => Err(lost(c)),
+        Err(_) => Err(EngineError::Replica {
+            replica: c.address.to_string(),
+            message: format!("no answer within {ADMIN_TIMEOUT:?}"),
+        }),
+    }
 }
 
 fn lost(c: &Conn) -> EngineError {
@@ -208,11 +291,12 @@ impl Engine {
             volume: volume.to_string(),
             size: AtomicU64::new(size),
             epoch,
-            configured: replicas.to_vec(),
+            configured: RwLock::new(replicas.to_vec()),
             conns: RwLock::new(current),
             next_id: AtomicU64::new(1),
             flush_gen: AtomicU64::new(freshest),
             dispatch: Mutex::new(()),
+            timeout: REPLICA_TIMEOUT,
         })
     }
 
@@ -220,8 +304,8 @@ impl Engine {
     async fn probe(volume: &str, a: &Address) -> Result<(Conn, Info), EngineError> {
         let err = |m: String| EngineError::Replica { replica: a.to_string(), message: m };
         let c = Conn::connect(a).await.map_err(|e| err(e.to_string()))?;
-        let req = Request { op: Op::Info, id: 0, epoch: 0, offset: 0, len: 0, payload: Vec::new() };
-        let r = c.send(&req).await.map_err(|_| lost(&c))?;
+        let req = Request { op: Op::Info, id: 0, epoch: 0, offset: 0, len: 0, payload: Bytes::new() };
+        let r = answer(&c, c.send(&req)).await?;
         if r.code != code::OK {
             return Err(reply_error(a, &r));
         }
@@ -234,8 +318,15 @@ impl Engine {
 
     /// Claims the replica for `epoch` (fencing older engines).
     async fn claim(volume: &str, c: &Conn, epoch: u64) -> Result<Info, EngineError> {
-        let hello = Request { op: Op::Hello, id: 0, epoch, offset: 0, len: 0, payload: volume.into() };
-        let r = c.send(&hello).await.map_err(|_| lost(c))?;
+        let hello = Request {
+            op: Op::Hello,
+            id: 0,
+            epoch,
+            offset: 0,
+            len: 0,
+            payload: Bytes::copy_from_slice(volume.as_bytes()),
+        };
+        let r = answer(c, c.send(&hello)).await?;
         if r.code != code::OK {
             return Err(reply_error(&c.address, &r));
         }
@@ -248,6 +339,13 @@ impl Engine {
     }
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// How long a replica may lag behind its peers (or, for reads, behind
+    /// the next replica) before it is failed; default [`REPLICA_TIMEOUT`].
+    pub fn with_replica_timeout(mut self, timeout: Duration) -> Engine {
+        self.timeout = timeout;
+        self
     }
     pub fn volume(&self) -> &str {
         &self.volume
@@ -268,8 +366,8 @@ impl Engine {
     /// What the control socket reports.
     pub fn status(&self) -> crate::control::EngineStatus {
         let conns = self.conns.read().map(|cs| cs.clone()).unwrap_or_default();
-        let replicas = self
-            .configured
+        let configured = self.configured.read().map(|c| c.clone()).unwrap_or_default();
+        let replicas = configured
             .iter()
             .map(|a| {
                 let state = match conns.iter().find(|c| &c.address == a).map(|c| c.state.load(Ordering::SeqCst)) {
@@ -283,7 +381,39 @@ impl Engine {
         crate::control::EngineStatus { volume: self.volume.clone(), size: self.size(), epoch: self.epoch, replicas }
     }
 
-    fn request(&self, op: Op, offset: u64, len: u32, payload: Vec<u8>) -> Request {
+    /// Replaces the set of replicas the volume has (a replica moved to
+    /// another node, or the count changed). Replicas no longer listed stop
+    /// getting I/O at once; new ones are rebuilt by the rebuild loop. At
+    /// least one healthy replica must stay.
+    pub fn set_replicas(&self, replicas: &[Address]) -> Result<(), EngineError> {
+        if replicas.is_empty() {
+            return Err(EngineError::Invalid("a volume needs at least one replica".into()));
+        }
+        let _order = self.order()?;
+        let keeps_healthy = self.in_state(&[HEALTHY]).iter().any(|c| replicas.contains(&c.address));
+        if !keeps_healthy {
+            return Err(EngineError::Invalid(
+                "the new replica set leaves no healthy replica: add the new replicas first, remove old ones after they are rebuilt"
+                    .into(),
+            ));
+        }
+        if let Ok(mut c) = self.configured.write() {
+            *c = replicas.to_vec();
+        }
+        if let Ok(mut cs) = self.conns.write() {
+            cs.retain(|c| {
+                let keep = replicas.contains(&c.address);
+                if !keep {
+                    tracing::info!(volume = %self.volume, replica = %c.address, "replica removed from the volume");
+                }
+                keep
+            });
+        }
+        Ok(())
+    }
+
+    fn request(&self, op: Op, offset: u64, len: u32, payload: impl Into<Bytes>) -> Request {
+        let payload = payload.into();
         Request { op, id: self.next_id.fetch_add(1, Ordering::Relaxed), epoch: self.epoch, offset, len, payload }
     }
 
@@ -321,7 +451,7 @@ impl Engine {
 
     /// Sends a modifying request to every replica taking writes; succeeds
     /// when all healthy ones that are still healthy have done it.
-    async fn broadcast(&self, op: Op, offset: u64, len: u32, payload: Vec<u8>) -> Result<(), EngineError> {
+    async fn broadcast(&self, op: Op, offset: u64, len: u32, payload: impl Into<Bytes>) -> Result<(), EngineError> {
         let waits = {
             let _order = self.order()?;
             let req = self.request(op, offset, len, payload);
@@ -330,20 +460,51 @@ impl Engine {
         self.collect(waits).await
     }
 
+    /// Waits for the replies of one request sent to several replicas.
+    /// A replica that has not answered `timeout` after the request went
+    /// out while a peer has is failed (a partitioned node, a dying disk);
+    /// when none has answered, the engine keeps waiting, since failing
+    /// them all would take the volume down for a stall they share.
     async fn collect(&self, waits: Vec<(Arc<Conn>, oneshot::Receiver<Reply>)>) -> Result<(), EngineError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut last_error = String::from("no replica was in service");
         let mut done = 0;
-        for (c, w) in waits {
-            let rebuilding = c.state.load(Ordering::SeqCst) == REBUILDING;
-            match w.await {
-                Ok(r) if r.code == code::OK => done += usize::from(!rebuilding),
-                Ok(r) if r.code == code::INVALID && !rebuilding => return Err(reply_error(&c.address, &r)),
-                Ok(r) => last_error = self.failed(&c, reply_error(&c.address, &r)),
-                Err(_) => last_error = self.failed(&c, lost(&c)),
+        let mut slow = Vec::new();
+        for (c, mut w) in waits {
+            match tokio::time::timeout_at(deadline, &mut w).await {
+                Ok(res) => self.settle(&c, res, &mut done, &mut last_error)?,
+                Err(_) => slow.push((c, w)),
+            }
+        }
+        for (c, w) in slow {
+            if done > 0 {
+                let why = format!("no answer within {:?} while its peers answered", self.timeout);
+                last_error = self.failed(&c, EngineError::Replica { replica: c.address.to_string(), message: why });
+            } else {
+                tracing::warn!(volume = %self.volume, replica = %c.address, "no replica answered in time; still waiting");
+                self.settle(&c, w.await, &mut done, &mut last_error)?;
             }
         }
         if done == 0 {
             return Err(EngineError::NoReplica(last_error));
+        }
+        Ok(())
+    }
+
+    /// Takes one replica's answer to a modifying request into account.
+    fn settle(
+        &self,
+        c: &Conn,
+        res: Result<Reply, oneshot::error::RecvError>,
+        done: &mut usize,
+        last_error: &mut String,
+    ) -> Result<(), EngineError> {
+        let rebuilding = c.state.load(Ordering::SeqCst) == REBUILDING;
+        match res {
+            Ok(r) if r.code == code::OK => *done += usize::from(!rebuilding),
+            Ok(r) if r.code == code::INVALID && !rebuilding => return Err(reply_error(&c.address, &r)),
+            Ok(r) => *last_error = self.failed(c, reply_error(&c.address, &r)),
+            Err(_) => *last_error = self.failed(c, lost(c)),
         }
         Ok(())
     }
@@ -426,8 +587,8 @@ impl Engine {
         let conn = Conn::connect(source)
             .await
             .map_err(|e| EngineError::Replica { replica: source.to_string(), message: e.to_string() })?;
-        let info = Request { op: Op::Info, id: 0, epoch: 0, offset: 0, len: 0, payload: Vec::new() };
-        let r = conn.send(&info).await.map_err(|_| lost(&conn))?;
+        let info = Request { op: Op::Info, id: 0, epoch: 0, offset: 0, len: 0, payload: Bytes::new() };
+        let r = answer(&conn, conn.send(&info)).await?;
         let info: Info = serde_json::from_slice(&r.payload)
             .map_err(|e| EngineError::Replica { replica: source.to_string(), message: format!("bad info: {e}") })?;
         if !info.snapshots.iter().any(|s| s == snapshot) {
@@ -439,9 +600,15 @@ impl Engine {
         let mut offset = 0;
         while offset < size {
             let len = chunk.min(size - offset) as u32;
-            let req =
-                Request { op: Op::ReadSnapshot, id: 0, epoch: 0, offset, len, payload: snapshot.as_bytes().to_vec() };
-            let r = conn.send(&req).await.map_err(|_| lost(&conn))?;
+            let req = Request {
+                op: Op::ReadSnapshot,
+                id: 0,
+                epoch: 0,
+                offset,
+                len,
+                payload: Bytes::copy_from_slice(snapshot.as_bytes()),
+            };
+            let r = answer(&conn, conn.send(&req)).await?;
             if r.code != code::OK {
                 return Err(reply_error(source, &r));
             }
@@ -458,12 +625,24 @@ impl Engine {
     /// Reads from the first healthy replica, falling over to the next.
     pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, EngineError> {
         let mut last_error = String::from("no replica was in service");
-        for c in self.in_state(&[HEALTHY]) {
-            let rx = {
+        let healthy = self.in_state(&[HEALTHY]);
+        let count = healthy.len();
+        for (i, c) in healthy.into_iter().enumerate() {
+            let mut rx = {
                 let _order = self.order()?;
                 c.send(&self.request(Op::Read, offset, len, Vec::new()))
             };
-            match rx.await {
+            let res = match tokio::time::timeout(self.timeout, &mut rx).await {
+                Ok(res) => res,
+                // Another replica can serve it: this one is failed.
+                Err(_) if i + 1 < count => {
+                    let why = format!("no answer to a read within {:?}", self.timeout);
+                    last_error = self.failed(&c, EngineError::Replica { replica: c.address.to_string(), message: why });
+                    continue;
+                }
+                Err(_) => rx.await,
+            };
+            match res {
                 Ok(r) if r.code == code::OK && r.payload.len() == len as usize => return Ok(r.payload),
                 Ok(r) if r.code == code::INVALID => return Err(reply_error(&c.address, &r)),
                 Ok(r) => last_error = self.failed(&c, reply_error(&c.address, &r)),
@@ -475,7 +654,7 @@ impl Engine {
 
     /// One request to one replica, outside the write order.
     async fn ask(&self, c: &Conn, op: Op, payload: Vec<u8>) -> Result<Vec<u8>, EngineError> {
-        let r = c.send(&self.request(op, 0, 0, payload)).await.map_err(|_| lost(c))?;
+        let r = answer(c, c.send(&self.request(op, 0, 0, payload))).await?;
         if r.code != code::OK {
             return Err(reply_error(&c.address, &r));
         }
@@ -499,7 +678,8 @@ impl Engine {
             }
             let in_use: Vec<Address> =
                 self.conns.read().map(|cs| cs.iter().map(|c| c.address.clone()).collect()).unwrap_or_default();
-            let missing: Vec<Address> = self.configured.iter().filter(|a| !in_use.contains(a)).cloned().collect();
+            let configured = self.configured.read().map(|c| c.clone()).unwrap_or_default();
+            let missing: Vec<Address> = configured.iter().filter(|a| !in_use.contains(a)).cloned().collect();
             if missing.is_empty() && until_complete {
                 return;
             }
@@ -538,7 +718,7 @@ impl Engine {
         Self::claim(&self.volume, &conn, self.epoch).await?;
         if info.size < size {
             // It missed an expansion while it was away.
-            let r = conn.send(&self.request(Op::Expand, size, 0, Vec::new())).await.map_err(|_| lost(&conn))?;
+            let r = answer(&conn, conn.send(&self.request(Op::Expand, size, 0, Vec::new()))).await?;
             if r.code != code::OK {
                 return Err(reply_error(a, &r));
             }
@@ -595,6 +775,13 @@ impl Engine {
         .await;
         match result {
             Ok(stats) => {
+                if !self.configured.read().is_ok_and(|c| c.contains(a)) {
+                    // Removed from the volume while it was being rebuilt.
+                    if let Ok(mut cs) = self.conns.write() {
+                        cs.retain(|c| !Arc::ptr_eq(c, &target));
+                    }
+                    return Err(EngineError::Invalid(format!("replica {a} is no longer part of the volume")));
+                }
                 let _ = target.state.compare_exchange(REBUILDING, HEALTHY, Ordering::SeqCst, Ordering::SeqCst);
                 // Every replica, the rebuilt one included, now records the
                 // same flush number.

@@ -284,59 +284,66 @@ struct Out {
     data: Option<Vec<u8>>,
 }
 
-fn encode_reply(o: &Out, structured: bool) -> Vec<u8> {
-    let mut b = Vec::new();
+/// The bytes of a reply before its read data (the data follows as is).
+fn reply_head(o: &Out, structured: bool) -> Vec<u8> {
+    let mut b = Vec::with_capacity(32);
     if !structured {
         b.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
         b.extend_from_slice(&o.error.as_ref().map(|e| e.0).unwrap_or(0).to_be_bytes());
         b.extend_from_slice(&o.cookie.to_be_bytes());
-        if o.error.is_none() {
-            if let Some(d) = &o.data {
-                b.extend_from_slice(d);
-            }
-        }
         return b;
     }
-    let mut chunk = |kind: u16, payload: &[u8]| {
+    let mut chunk = |kind: u16, len: usize| {
         b.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
         b.extend_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
         b.extend_from_slice(&kind.to_be_bytes());
         b.extend_from_slice(&o.cookie.to_be_bytes());
-        b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        b.extend_from_slice(payload);
+        b.extend_from_slice(&(len as u32).to_be_bytes());
     };
     match (&o.error, &o.data) {
         (Some((errno, msg)), _) => {
             let msg = &msg.as_bytes()[..msg.len().min(4096)];
-            let mut p = errno.to_be_bytes().to_vec();
-            p.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-            p.extend_from_slice(msg);
-            chunk(REPLY_TYPE_ERROR, &p);
+            chunk(REPLY_TYPE_ERROR, 6 + msg.len());
+            b.extend_from_slice(&errno.to_be_bytes());
+            b.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+            b.extend_from_slice(msg);
         }
         (None, Some(d)) => {
-            let mut p = o.offset.to_be_bytes().to_vec();
-            p.extend_from_slice(d);
-            chunk(REPLY_TYPE_OFFSET_DATA, &p);
+            chunk(REPLY_TYPE_OFFSET_DATA, 8 + d.len());
+            b.extend_from_slice(&o.offset.to_be_bytes());
         }
-        (None, None) => chunk(REPLY_TYPE_NONE, &[]),
+        (None, None) => chunk(REPLY_TYPE_NONE, 0),
     }
     b
 }
 
-async fn transmission<R, W>(mut r: R, mut w: W, device: Arc<dyn Device>, structured: bool) -> Result<(), NbdError>
+/// Writes one reply: its head, then the read data unless it failed.
+async fn write_reply<W: AsyncWrite + Unpin>(w: &mut W, o: &Out, structured: bool) -> std::io::Result<()> {
+    w.write_all(&reply_head(o, structured)).await?;
+    if o.error.is_none() {
+        if let Some(d) = &o.data {
+            w.write_all(d).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn transmission<R, W>(r: R, mut w: W, device: Arc<dyn Device>, structured: bool) -> Result<(), NbdError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
     let writer = tokio::spawn(async move {
-        let mut buf = tokio::io::BufWriter::with_capacity(256 * 1024, &mut w);
+        // Replies are batched; read data larger than the buffer goes to
+        // the socket directly.
+        let mut buf = tokio::io::BufWriter::with_capacity(64 * 1024, &mut w);
         while let Some(o) = rx.recv().await {
-            if buf.write_all(&encode_reply(&o, structured)).await.is_err() {
+            if write_reply(&mut buf, &o, structured).await.is_err() {
                 return;
             }
             while let Ok(o) = rx.try_recv() {
-                if buf.write_all(&encode_reply(&o, structured)).await.is_err() {
+                if write_reply(&mut buf, &o, structured).await.is_err() {
                     return;
                 }
             }
@@ -346,6 +353,7 @@ where
         }
     });
     let size = device.size();
+    let mut r = tokio::io::BufReader::with_capacity(64 * 1024, r);
     loop {
         let mut h = [0u8; 28];
         match r.read_exact(&mut h).await {

@@ -8,14 +8,15 @@
 //! (code 0: success; otherwise the payload is the error message).
 //! Integers are little-endian.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use tokio::io::AsyncReadExt;
 
 pub const REQUEST_MAGIC: u32 = 0x5348_4251; // "SHBQ"
 pub const REPLY_MAGIC: u32 = 0x5348_4252; // "SHBR"
 /// Largest payload either side accepts.
 pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
-const REQUEST_HEADER: usize = 40;
-const REPLY_HEADER: usize = 20;
+pub const REQUEST_HEADER: usize = 40;
+pub const REPLY_HEADER: usize = 20;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -105,7 +106,8 @@ pub struct Request {
     pub epoch: u64,
     pub offset: u64,
     pub len: u32,
-    pub payload: Vec<u8>,
+    /// Shared, so one write's data goes to every replica without a copy.
+    pub payload: Bytes,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,26 +135,39 @@ pub enum ProtoError {
     Violation(String),
 }
 
+/// The fixed part of a request frame; the payload follows it.
+pub fn request_header(r: &Request) -> [u8; REQUEST_HEADER] {
+    let mut h = [0u8; REQUEST_HEADER];
+    h[..4].copy_from_slice(&REQUEST_MAGIC.to_le_bytes());
+    h[4] = r.op as u8;
+    h[8..16].copy_from_slice(&r.id.to_le_bytes());
+    h[16..24].copy_from_slice(&r.epoch.to_le_bytes());
+    h[24..32].copy_from_slice(&r.offset.to_le_bytes());
+    h[32..36].copy_from_slice(&r.len.to_le_bytes());
+    h[36..40].copy_from_slice(&(r.payload.len() as u32).to_le_bytes());
+    h
+}
+
+/// The fixed part of a reply frame; the payload follows it.
+pub fn reply_header(r: &Reply) -> [u8; REPLY_HEADER] {
+    let mut h = [0u8; REPLY_HEADER];
+    h[..4].copy_from_slice(&REPLY_MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&r.code.to_le_bytes());
+    h[8..16].copy_from_slice(&r.id.to_le_bytes());
+    h[16..20].copy_from_slice(&(r.payload.len() as u32).to_le_bytes());
+    h
+}
+
+/// A whole request frame in one buffer (tests and fuzzing).
 pub fn encode_request(r: &Request) -> Vec<u8> {
-    let mut b = Vec::with_capacity(REQUEST_HEADER + r.payload.len());
-    b.extend_from_slice(&REQUEST_MAGIC.to_le_bytes());
-    b.push(r.op as u8);
-    b.extend_from_slice(&[0, 0, 0]);
-    b.extend_from_slice(&r.id.to_le_bytes());
-    b.extend_from_slice(&r.epoch.to_le_bytes());
-    b.extend_from_slice(&r.offset.to_le_bytes());
-    b.extend_from_slice(&r.len.to_le_bytes());
-    b.extend_from_slice(&(r.payload.len() as u32).to_le_bytes());
+    let mut b = request_header(r).to_vec();
     b.extend_from_slice(&r.payload);
     b
 }
 
+/// A whole reply frame in one buffer (tests).
 pub fn encode_reply(r: &Reply) -> Vec<u8> {
-    let mut b = Vec::with_capacity(REPLY_HEADER + r.payload.len());
-    b.extend_from_slice(&REPLY_MAGIC.to_le_bytes());
-    b.extend_from_slice(&r.code.to_le_bytes());
-    b.extend_from_slice(&r.id.to_le_bytes());
-    b.extend_from_slice(&(r.payload.len() as u32).to_le_bytes());
+    let mut b = reply_header(r).to_vec();
     b.extend_from_slice(&r.payload);
     b
 }
@@ -181,7 +196,7 @@ fn parse_request_header(h: &[u8; REQUEST_HEADER]) -> Result<(Request, u32), Prot
         epoch: u64_at(h, 16),
         offset: u64_at(h, 24),
         len: u32_at(h, 32),
-        payload: Vec::new(),
+        payload: Bytes::new(),
     };
     Ok((req, plen))
 }
@@ -195,8 +210,9 @@ pub async fn read_request<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Option<R
     }
     r.read_exact(&mut h[1..]).await?;
     let (mut req, plen) = parse_request_header(&h)?;
-    req.payload = vec![0u8; plen as usize];
-    r.read_exact(&mut req.payload).await?;
+    let mut payload = vec![0u8; plen as usize];
+    r.read_exact(&mut payload).await?;
+    req.payload = payload.into();
     Ok(Some(req))
 }
 
@@ -213,8 +229,9 @@ pub fn read_request_sync<R: std::io::Read>(r: &mut R) -> Result<Option<Request>,
     }
     r.read_exact(&mut h[1..])?;
     let (mut req, plen) = parse_request_header(&h)?;
-    req.payload = vec![0u8; plen as usize];
-    r.read_exact(&mut req.payload)?;
+    let mut payload = vec![0u8; plen as usize];
+    r.read_exact(&mut payload)?;
+    req.payload = payload.into();
     Ok(Some(req))
 }
 
@@ -233,18 +250,14 @@ pub async fn read_reply<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Reply, Pro
     Ok(Reply { code: u32_at(&h, 4), id: u64_at(&h, 8), payload })
 }
 
-pub async fn write_all<W: AsyncWriteExt + Unpin>(w: &mut W, bytes: &[u8]) -> Result<(), ProtoError> {
-    w.write_all(bytes).await?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn frames_round_trip_and_garbage_is_refused() {
-        let req = Request { op: Op::Write, id: 7, epoch: 3, offset: 4096, len: 5, payload: b"hello".to_vec() };
+        let req =
+            Request { op: Op::Write, id: 7, epoch: 3, offset: 4096, len: 5, payload: Bytes::from_static(b"hello") };
         let bytes = encode_request(&req);
         assert_eq!(read_request(&mut &bytes[..]).await.expect("ok"), Some(req.clone()));
         assert_eq!(read_request_sync(&mut &bytes[..]).expect("ok"), Some(req));

@@ -185,8 +185,10 @@ fn put_layer(r: &mut Replica, payload: &[u8]) -> Result<(), StoreError> {
 }
 
 fn serve_stream<S: std::io::Read + std::io::Write>(replica: Shared, read: S, write: S) {
-    let mut rd = BufReader::with_capacity(256 * 1024, read);
-    let mut wr = BufWriter::with_capacity(256 * 1024, write);
+    // Small frames are batched; a large payload is read into (or written
+    // from) its own buffer directly, bypassing these.
+    let mut rd = BufReader::with_capacity(64 * 1024, read);
+    let mut wr = BufWriter::with_capacity(64 * 1024, write);
     loop {
         let req = match proto::read_request_sync(&mut rd) {
             Ok(Some(r)) => r,
@@ -197,7 +199,7 @@ fn serve_stream<S: std::io::Read + std::io::Write>(replica: Shared, read: S, wri
             }
         };
         let rep = handle(&replica, req);
-        if wr.write_all(&proto::encode_reply(&rep)).is_err() {
+        if wr.write_all(&proto::reply_header(&rep)).is_err() || wr.write_all(&rep.payload).is_err() {
             return;
         }
         // Answer at once unless more requests are already waiting.

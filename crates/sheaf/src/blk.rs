@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -17,7 +18,7 @@ pub struct BlkArgs {
 }
 
 /// How often an engine looks for replicas to bring back.
-const REBUILD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+const REBUILD_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Subcommand, Debug)]
 pub enum BlkCommand {
@@ -72,6 +73,18 @@ pub struct EngineArgs {
     /// The control socket for the node agent (status, snapshots, expand).
     #[arg(long)]
     pub control: Option<PathBuf>,
+    /// Seconds a replica may take to answer after its peers have before
+    /// it is failed (a partitioned node or a dying disk); while no
+    /// replica answers, the engine waits.
+    #[arg(long, default_value_t = 8.0, value_parser = parse_seconds)]
+    pub replica_timeout: f64,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds between 0 and 3600, such as 8 or 0.5")),
+    }
 }
 
 /// A size as a Kubernetes quantity: `10Gi`, `512Mi`, `4096`.
@@ -126,7 +139,8 @@ pub fn run(a: BlkArgs) -> anyhow::Result<()> {
         BlkCommand::Engine(e) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
-                let engine = Arc::new(sheaf_blk::engine::Engine::start(&e.volume, &e.replicas).await?);
+                let engine = sheaf_blk::engine::Engine::start(&e.volume, &e.replicas).await?;
+                let engine = Arc::new(engine.with_replica_timeout(Duration::from_secs_f64(e.replica_timeout)));
                 tracing::info!(volume = %e.volume, epoch = engine.epoch(), healthy = ?engine.healthy(), "engine started");
                 tokio::spawn(engine.clone().rebuild_loop(REBUILD_EVERY, false));
                 if let Some(path) = e.control.clone() {
