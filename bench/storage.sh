@@ -87,6 +87,10 @@ echo "# prefilling $SIZE on every target"
 prefill file; prefill "$WORK/qemu-nbd.sock" bench; prefill "$WORK/one.sock" one; prefill "$WORK/three.sock" v
 
 rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+# PSS shares the binary's pages among the processes mapping them; private
+# memory is what the process alone holds (heap, stacks, buffers).
+pss_kb() { awk '/^Pss:/{print $2}' "/proc/$1/smaps_rollup"; }
+private_kb() { awk '/^Private_(Clean|Dirty):/{s+=$2} END{print s}' "/proc/$1/smaps_rollup"; }
 
 declare -A R
 workloads=("randread 4k 64 iops" "randwrite 4k 64 iops" "read 128k 16 bw" "write 128k 16 bw" "randread 4k 1 lat" "randwrite 4k 1 lat")
@@ -106,22 +110,34 @@ for w in "${workloads[@]}"; do
   printf '%-22s %12s %12s %12s %12s %9s %9s\n' "$rw $bs qd$depth ($unit)" "${line[@]}" "$r1" "$r3"
 done
 echo "# latency rows: lower is better; added latency = sheaf minus qemu-nbd"
-echo "# memory (RSS after the run):"
+echo "# memory after the run (KiB): RSS, PSS (shared binary pages divided among processes), private"
 names=(qemu-nbd replica-a replica-b replica-c replica-one engine-one engine-three)
+declare -A MEM
 for i in "${!PIDS[@]}"; do
-  [[ $i -eq 0 ]] && continue
-  printf '#   %-13s %6d KiB\n' "${names[$i]}" "$(rss_kb "${PIDS[$i]}")"
+  p=${PIDS[$i]}
+  printf '#   %-13s rss %7d  pss %7d  private %7d\n' "${names[$i]}" "$(rss_kb "$p")" "$(pss_kb "$p")" "$(private_kb "$p")"
+  MEM[${names[$i]}]="$(rss_kb "$p") $(pss_kb "$p") $(private_kb "$p")"
 done
+# A 3-replica volume: its engine and its three replica servers.
+awk -v e="${MEM[engine-three]}" -v a="${MEM[replica-a]}" -v b="${MEM[replica-b]}" -v c="${MEM[replica-c]}" 'BEGIN{
+  split(e,E," "); split(a,A," "); split(b,B," "); split(c,C," ");
+  printf "# 3-replica volume (engine + 3 replica servers): rss %.1f MiB, pss %.1f MiB, private %.1f MiB\n",
+    (E[1]+A[1]+B[1]+C[1])/1024, (E[2]+A[2]+B[2]+C[2])/1024, (E[3]+A[3]+B[3]+C[3])/1024 }'
 
 # Rebuild: replica c of the 3-replica volume is lost with its disk; a new,
 # empty one takes its place and the engine copies the volume into it.
 kill "${PIDS[3]}"; wait "${PIDS[3]}" 2>/dev/null || true
 rm -rf "$WORK/r-c" "$WORK/r-c.sock"
+# The engine logged a rebuild of r-c when it started (its resync); wait for the next one.
+before=$(grep -c "replica rebuilt.*r-c.sock" "$WORK/e3.log" || true)
 start=$(date +%s.%N)
 "$SHEAF" blk replica --dir "$WORK/r-c" --volume v --size "${SIZE}i" --listen "unix:$WORK/r-c.sock" 2>"$WORK/r-c.log" & PIDS[3]=$!
-for _ in $(seq 600); do grep -q "replica rebuilt.*r-c.sock" "$WORK/e3.log" && break; sleep 0.1; done
+for _ in $(seq 600); do [[ $(grep -c "replica rebuilt.*r-c.sock" "$WORK/e3.log" || true) -gt $before ]] && break; sleep 0.1; done
 end=$(date +%s.%N)
-copied=$(grep "replica rebuilt.*r-c.sock" "$WORK/e3.log" | tail -1 | sed -n 's/.*copied_mib=\([0-9]*\).*/\1/p')
+copied=""
+if [[ $(grep -c "replica rebuilt.*r-c.sock" "$WORK/e3.log" || true) -gt $before ]]; then
+  copied=$(grep "replica rebuilt.*r-c.sock" "$WORK/e3.log" | tail -1 | sed -n 's/.*copied_mib=\([0-9]*\).*/\1/p')
+fi
 if [[ -n "$copied" ]]; then
   awk -v c="$copied" -v s="$start" -v e="$end" 'BEGIN{printf "# rebuild of a new replica: %d MiB in %.1f s = %.0f MiB/s (includes the 2 s retry period at most)\n", c, e-s, c/(e-s)}'
 else
