@@ -117,12 +117,10 @@ fn name(meta: &sheaf_types::meta::ObjectMeta) -> (Option<String>, String) {
 }
 
 /// The Volume a VMI volume refers to (a persistentVolumeClaim or
-/// dataVolume of that name), if any.
+/// dataVolume of that name), if any. The API server's deletion protection
+/// reads the same ([`sheaf_types::storage::users_of`]).
 pub fn claim_of(v: &sheaf_types::kubevirt::Volume) -> Option<String> {
-    if let Some(p) = &v.persistent_volume_claim {
-        return Some(p.claim_name.clone());
-    }
-    v.data_volume.as_ref().map(|d| d.name.clone())
+    v.claim_name().map(str::to_string)
 }
 
 /// The JSON merge patch that turns `old` into `new` (None: no change).
@@ -319,6 +317,35 @@ impl Storage {
         replicas.iter().filter_map(|r| r.status.as_ref()?.address.as_deref()?.parse().ok()).collect::<Vec<Address>>()
     }
 
+    /// [`Self::addresses`] as the engine's command line and control socket
+    /// write them.
+    fn address_strings(replicas: &[Replica]) -> Vec<String> {
+        Self::addresses(replicas).iter().map(ToString::to_string).collect()
+    }
+
+    /// The command line of the engine of volume `uid` with these replicas.
+    fn engine_args(uid: &str, replicas: &[String], p: &EnginePaths) -> Vec<String> {
+        let mut args = vec!["blk".to_string(), "engine".into(), "--volume".into(), uid.to_string()];
+        for a in replicas {
+            args.push("--replica".into());
+            args.push(a.clone());
+        }
+        args.extend(["--nbd".into(), p.nbd.display().to_string(), "--control".into(), p.ctl.display().to_string()]);
+        args
+    }
+
+    /// Saves the command line a crashed engine is started again with.
+    fn save_engine_args(p: &EnginePaths, args: &[String]) {
+        let tmp = p.args.with_extension("args.tmp");
+        let written = serde_json::to_vec(args)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &p.args));
+        if let Err(e) = written {
+            tracing::warn!(file = %p.args.display(), error = %e, "cannot save the engine's command line");
+        }
+    }
+
     fn running(r: &Replica) -> bool {
         r.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Running")
     }
@@ -346,6 +373,15 @@ impl Storage {
                         )
                     },
                 )?;
+                if vol.metadata.deletion_timestamp.is_some() {
+                    return Err(msg(
+                        &v.name,
+                        format!(
+                            "Volume {ns}/{claim} is being deleted and cannot be attached; use another volume, \
+                             or create it again once it is gone"
+                        ),
+                    ));
+                }
                 let restoring = vol.spec.from_snapshot.is_some()
                     && vol.status.as_ref().and_then(|s| s.restored_from.as_ref()).is_none();
                 let replicas = self.replicas_of(&vol).await.map_err(|e| msg(&v.name, e))?;
@@ -391,17 +427,12 @@ impl Storage {
                 continue;
             }
             let replicas = self.replicas_of(&vol).await.map_err(|e| msg(&v.name, e))?;
-            let mut args = vec!["blk".to_string(), "engine".into(), "--volume".into(), uid.clone()];
-            for a in Self::addresses(&replicas) {
-                args.push("--replica".into());
-                args.push(a.to_string());
-            }
-            args.extend(["--nbd".into(), needle.clone(), "--control".into(), p.ctl.display().to_string()]);
+            let args = Self::engine_args(&uid, &Self::address_strings(&replicas), &p);
             let _ = std::fs::remove_file(&p.nbd);
             let _ = std::fs::remove_file(&p.ctl);
             self.spawn(&args, &p.log, &p.pid).map_err(|e| msg(&v.name, e))?;
             let _ = std::fs::write(&p.vmi, &vmi_uid);
-            let _ = std::fs::write(&p.args, serde_json::to_vec(&args).unwrap_or_default());
+            Self::save_engine_args(&p, &args);
             let mut ready = false;
             for _ in 0..200 {
                 if alive(&p.pid, &needle).is_none() {
@@ -741,13 +772,35 @@ impl Storage {
     /// growth through it.
     async fn attached_pass(&self, vol: &Volume, replicas: &[Replica], snaps: &[VolumeSnapshot], p: &EnginePaths) {
         let (_, vname) = name(&vol.metadata);
-        let status = match control::call(&p.ctl, &ControlRequest::Status, CONTROL_TIMEOUT).await {
+        let mut status = match control::call(&p.ctl, &ControlRequest::Status, CONTROL_TIMEOUT).await {
             Ok(r) => r.status.unwrap_or_default(),
             Err(e) => {
                 tracing::debug!(volume = %vname, error = %e, "engine status not available");
                 return;
             }
         };
+        // The volume's replicas changed (one replaced or added, one
+        // removed): the engine takes the new set (it rebuilds new replicas
+        // by itself and refuses a set without a healthy one), and a restart
+        // after a crash uses it too.
+        let want = Self::address_strings(replicas);
+        let have: Vec<String> = status.replicas.iter().map(|r| r.address.clone()).collect();
+        if !want.is_empty() && want != have {
+            let req = ControlRequest::SetReplicas { replicas: want.clone() };
+            match control::call(&p.ctl, &req, CONTROL_TIMEOUT).await {
+                Ok(_) => {
+                    tracing::info!(volume = %vname, from = ?have, to = ?want, "replica set of the attached volume changed");
+                    let uid = vol.metadata.uid.clone().unwrap_or_default();
+                    Self::save_engine_args(p, &Self::engine_args(&uid, &want, p));
+                    if let Ok(r) = control::call(&p.ctl, &ControlRequest::Status, CONTROL_TIMEOUT).await {
+                        status = r.status.unwrap_or_default();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %vname, error = %e, "the engine refuses the volume's new replica set")
+                }
+            }
+        }
         let ops = Ops::Control(&p.ctl);
         let mut current = vol.status.clone().unwrap_or_default();
         current.size = Some(status.size as i64);
@@ -929,13 +982,18 @@ impl Storage {
             }
             tokio::time::timeout(DETACHED_REBUILD, engine.clone().rebuild_loop(PERIOD, true)).await.is_ok()
         };
+        // Meanwhile the replica set may change (a replacement added, a
+        // stale replica removed): the engine follows it.
+        let mut latest = replicas;
         let complete = tokio::select! {
             r = rebuild => r,
             _ = notified => {
                 tracing::info!(volume = %vname, "a VM wants the volume; its engine goes on with the rebuild");
                 false
             }
+            () = self.follow_replicas(vol, &engine, &mut latest) => false,
         };
+        let replicas = latest;
         let healthy = engine.healthy().len();
         let robustness = if healthy == 0 {
             "Faulted"
@@ -962,6 +1020,27 @@ impl Storage {
             }
         })
         .await;
+    }
+
+    /// Gives a detached volume's engine the volume's replica set whenever
+    /// it changes, keeping `replicas` up to date; runs until dropped.
+    async fn follow_replicas(&self, vol: &Volume, engine: &Engine, replicas: &mut Vec<Replica>) {
+        let (_, vname) = name(&vol.metadata);
+        loop {
+            tokio::time::sleep(PERIOD).await;
+            let Ok(now) = self.replicas_of(vol).await else { continue };
+            let next = Self::addresses(&now);
+            if next.is_empty() || next == Self::addresses(replicas) {
+                continue;
+            }
+            match engine.set_replicas(&next) {
+                Ok(()) => {
+                    tracing::info!(volume = %vname, replicas = next.len(), "replica set of the detached volume changed");
+                    *replicas = now;
+                }
+                Err(e) => tracing::debug!(volume = %vname, error = %e, "the new replica set is not usable yet"),
+            }
+        }
     }
 
     /// Copies VolumeSnapshot `from` (of another volume) into `engine`'s
@@ -1013,5 +1092,31 @@ mod tests {
         let new = json!({"a": 2, "r": {"snapshot": "s1"}, "same": [1], "added": "y"});
         assert_eq!(merge_diff(&old, &new), Some(json!({"a": 2, "r": {"error": null}, "gone": null, "added": "y"})));
         assert_eq!(merge_diff(&new, &new), None);
+    }
+
+    #[test]
+    fn the_engine_command_line_follows_the_replica_set() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("e-u1");
+        let p = EnginePaths {
+            nbd: base.with_extension("nbd"),
+            ctl: base.with_extension("ctl"),
+            pid: base.with_extension("pid"),
+            log: base.with_extension("log"),
+            vmi: base.with_extension("vmi"),
+            args: base.with_extension("args"),
+        };
+        let replicas = ["unix:/run/r-a.sock".to_string(), "tcp:10.0.0.2:7001".to_string()];
+        let args = Storage::engine_args("u1", &replicas, &p);
+        let (nbd, ctl) = (p.nbd.display().to_string(), p.ctl.display().to_string());
+        let want = ["blk", "engine", "--volume", "u1", "--replica", &replicas[0], "--replica", &replicas[1]];
+        assert_eq!(args[..8], want);
+        assert_eq!(args[8..], ["--nbd", nbd.as_str(), "--control", ctl.as_str()]);
+        // Saved whole (a restart reads it back), replacing the old one.
+        Storage::save_engine_args(&p, &args[..6]);
+        Storage::save_engine_args(&p, &args);
+        let saved: Vec<String> = serde_json::from_slice(&std::fs::read(&p.args).expect("args")).expect("json");
+        assert_eq!(saved, args);
+        assert!(!p.args.with_extension("args.tmp").exists());
     }
 }

@@ -15,6 +15,12 @@
 //!   dependents lose their owner reference, then the finalizer is removed.
 //! - A terminating namespace has everything in it deleted, then its
 //!   `spec.finalizers` cleared, which removes it.
+//! - A deletion refused for now (409: a Volume a VM still uses, see
+//!   [`crate::protection`]) is tried again on a later pass; the pass that
+//!   follows the VM's removal deletes the volume. In a terminating
+//!   namespace, the dependents of such an owner (the Volume's Replicas,
+//!   which hold its data) are not deleted directly: they follow their
+//!   owner.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -178,11 +184,18 @@ impl GarbageCollector {
         }
     }
 
+    /// Deletes `o`; false when it was gone already, or its deletion is
+    /// refused for now (a Volume in use: see [`crate::protection`]), which
+    /// a later pass tries again.
     async fn delete(&self, o: &Obj, policy: &str) -> ApiResult<bool> {
         let opts = DeleteOptions { propagation: Some(policy.into()), ..Default::default() };
         match self.objects.delete(&o.rt, o.ns(), o.name(), &opts).await {
             Ok(_) => Ok(true),
             Err(e) if e.code == http::StatusCode::NOT_FOUND => Ok(false),
+            Err(e) if e.code == http::StatusCode::CONFLICT => {
+                tracing::debug!(kind = o.rt.kind, name = o.name(), reason = %e.message, "deletion deferred");
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -250,8 +263,7 @@ impl GarbageCollector {
                 let mut remaining = 0;
                 for d in &deps {
                     remaining += 1;
-                    if !d.deleting() {
-                        self.delete(d, "Foreground").await?;
+                    if !d.deleting() && self.delete(d, "Foreground").await? {
                         report.deleted += 1;
                     }
                 }
@@ -263,10 +275,16 @@ impl GarbageCollector {
             if owner.rt.kind == "Namespace" && owner.rt.group.is_empty() {
                 let ns = owner.name();
                 let mut remaining = 0;
-                for o in objs.iter().filter(|o| o.rt.namespaced && o.ns() == Some(ns)) {
+                let contents: Vec<&Obj> = objs.iter().filter(|o| o.rt.namespaced && o.ns() == Some(ns)).collect();
+                for o in &contents {
                     remaining += 1;
-                    if !o.deleting() {
-                        self.delete(o, "Background").await?;
+                    // The dependents of a protected owner (a Volume's
+                    // Replicas) go after it, by the cascade: deleting them
+                    // first would destroy what its protection keeps.
+                    let held = o.owner_uids().iter().any(|u| {
+                        contents.iter().any(|x| x.uid() == *u && crate::protection::protects_dependents(&x.rt))
+                    });
+                    if !o.deleting() && !held && self.delete(o, "Background").await? {
                         report.deleted += 1;
                     }
                 }

@@ -5,6 +5,7 @@
 //!  HTTPS ─▶ server (auth, routing, body decoding)
 //!             ├─ discovery, openapi      what is served, and its schemas
 //!             ├─ objects                 create/get/list/update/patch/delete
+//!             │    ├─ protection         refuses deleting a Volume a VM uses
 //!             │    └─ patch              merge, JSON, strategic, apply
 //!             ├─ watch                   event streams with resume
 //!             └─ table                   kubectl's server-side printing
@@ -20,6 +21,7 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod protection;
 pub mod protobuf;
 pub mod registry;
 pub mod selector;

@@ -719,6 +719,12 @@ impl Objects {
             let mut finalizers: Vec<Value> =
                 obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
             let already_deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
+            if !already_deleting {
+                // Whatever the policy, and for dry runs too; the writes
+                // below are compare-and-swaps on this version, so a change
+                // meanwhile makes this loop (and the check) start over.
+                crate::protection::check_delete(self, rt, &obj).await?;
+            }
             let extra = match policy {
                 "Foreground" => Some("foregroundDeletion"),
                 "Orphan" => Some("orphan"),

@@ -11,13 +11,16 @@
 //! - [`vm`]: the VirtualMachine controller (run strategies, start/stop
 //!   requests, crash-loop backoff, status).
 //! - [`scheduler`]: binds VMIs to Ready nodes with room.
-//! - [`volume`]: keeps each Volume's Replica objects placed on nodes.
+//! - [`volume`]: keeps each Volume's Replica objects placed on nodes, and
+//!   replaces those of nodes that have been down too long.
+//! - [`node`]: marks nodes whose agent stopped posting status `Unknown`.
 //! - [`events`]: core `v1` Events about what they did.
 //!
 //! The server starts them all with [`run_all`]; they keep no state of their
 //! own, so they can be stopped and started at any time.
 
 pub mod events;
+pub mod node;
 pub mod runtime;
 pub mod scheduler;
 pub mod vm;
@@ -27,12 +30,18 @@ use std::sync::Arc;
 
 use sheaf_client::Api;
 
-/// Runs the VM controller and the scheduler until the future is dropped.
+/// Runs the VM controller, the scheduler, the Volume controller and the
+/// node lifecycle controller until the future is dropped.
 ///
 /// ```ignore
 /// let api = sheaf_apiserver::local_api::LocalApi::new(server.objects.clone());
 /// tokio::spawn(sheaf_controllers::run_all(api));
 /// ```
 pub async fn run_all(api: Arc<dyn Api>) {
-    tokio::join!(vm::run(api.clone(), vm::Config::default()), scheduler::run(api.clone()), volume::run(api));
+    tokio::join!(
+        vm::run(api.clone(), vm::Config::default()),
+        scheduler::run(api.clone()),
+        volume::run(api.clone()),
+        node::run(api, node::Config::default()),
+    );
 }

@@ -598,7 +598,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sheaf_types::core::{NodeSpec, NodeStatus};
+    use sheaf_types::core::{NodeCondition, NodeSpec, NodeStatus};
     use sheaf_types::quantity::Quantity;
 
     fn q(s: &str) -> Quantity {
@@ -610,7 +610,7 @@ mod tests {
         n.metadata.name = Some(name.into());
         n.status = Some(NodeStatus {
             allocatable: [("cpu".to_string(), q(cpu)), ("memory".to_string(), q(mem))].into_iter().collect(),
-            conditions: vec![Condition { type_: "Ready".into(), status: "True".into(), ..Default::default() }],
+            conditions: vec![NodeCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() }],
             ..Default::default()
         });
         n

@@ -1064,6 +1064,15 @@ pub struct Volume {
 }
 
 impl Volume {
+    /// The Sheaf Volume this volume refers to: a `persistentVolumeClaim`
+    /// or `dataVolume` of that name, in the instance's namespace.
+    pub fn claim_name(&self) -> Option<&str> {
+        if let Some(p) = &self.persistent_volume_claim {
+            return Some(&p.claim_name);
+        }
+        self.data_volume.as_ref().map(|d| d.name.as_str())
+    }
+
     /// The JSON names of the sources that are set.
     pub fn sources(&self) -> Vec<&'static str> {
         let set = [

@@ -2,10 +2,12 @@
 //! their replicas and their snapshots. See docs/design/storage-engine.md.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::kubevirt::VirtualMachineInstance;
 use crate::meta::{Condition, ObjectMeta, Time};
 use crate::quantity::Quantity;
 use crate::resource::{Column, Kind};
@@ -29,6 +31,13 @@ pub const MAX_REPLICAS: u32 = 16;
 /// Volume sizes are whole 4 KiB blocks.
 pub const BLOCK: i64 = 4096;
 pub const DEFAULT_REPLICAS: u32 = 3;
+/// How long a replica's node may be down (not Ready, or gone) before the
+/// replica is replaced on another node, when `spec.staleReplicaTimeout`
+/// is not set.
+pub const DEFAULT_STALE_REPLICA_TIMEOUT: Duration = Duration::from_secs(600);
+/// The shortest `spec.staleReplicaTimeout`: shorter, an agent restart or a
+/// network hiccup would move replicas.
+pub const MIN_STALE_REPLICA_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A replicated, thin-provisioned block volume.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -62,6 +71,11 @@ pub struct VolumeSpec {
     /// How QEMU reaches the volume: `nbd` (default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frontend: Option<String>,
+    /// How long a replica's node may be down (not Ready, or deleted)
+    /// before the replica is replaced on another Ready node: a duration
+    /// such as `10m` (the default), `90s` or `1h30m`; at least `1m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_replica_timeout: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -132,7 +146,79 @@ fn object_name(errs: &mut Vec<FieldError>, field: &str, v: &str) {
     }
 }
 
+/// Parses a duration written as Kubernetes and Go do (`10m`, `90s`,
+/// `1h30m`; units h, m, s, whole numbers).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        let n: u64 = digits.parse().ok()?;
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        digits.clear();
+    }
+    (digits.is_empty() && !s.is_empty()).then_some(Duration::from_secs(total))
+}
+
+/// A duration as [`parse_duration`] reads it, in its shortest form
+/// (`10m`, `1h30m`, `45s`).
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// The instances among `vmis` (those of the volume's namespace) that use
+/// `vol`, so that it must not be deleted: every one whose spec names it
+/// (a `persistentVolumeClaim` or `dataVolume` of its name) and has not
+/// finished, and the one its engine serves now (`status.attachedVmi`, by
+/// uid or name, while `status.state` is `Attached`).
+pub fn users_of<'a>(vol: &Volume, vmis: &'a [VirtualMachineInstance]) -> Vec<&'a VirtualMachineInstance> {
+    let name = vol.metadata.name.as_deref().unwrap_or_default();
+    let attached = vol
+        .status
+        .as_ref()
+        .filter(|s| s.state.as_deref() == Some("Attached"))
+        .and_then(|s| s.attached_vmi.as_deref())
+        .filter(|a| !a.is_empty());
+    vmis.iter()
+        .filter(|vmi| {
+            let phase = vmi.status.as_ref().and_then(|s| s.phase.as_deref());
+            let finished = matches!(phase, Some("Succeeded" | "Failed"));
+            let names_it = vmi.spec.volumes.iter().any(|v| v.claim_name() == Some(name));
+            let serves = attached
+                .is_some_and(|a| vmi.metadata.uid.as_deref() == Some(a) || vmi.metadata.name.as_deref() == Some(a));
+            serves || (names_it && !finished)
+        })
+        .collect()
+}
+
 impl Volume {
+    /// How long a replica's node may be down before the replica is
+    /// replaced (`spec.staleReplicaTimeout`, [`DEFAULT_STALE_REPLICA_TIMEOUT`]
+    /// when unset or invalid).
+    pub fn stale_replica_timeout(&self) -> Duration {
+        self.spec.stale_replica_timeout.as_deref().and_then(parse_duration).unwrap_or(DEFAULT_STALE_REPLICA_TIMEOUT)
+    }
     /// The size in bytes (0 when unset or invalid).
     pub fn size_bytes(&self) -> i64 {
         self.spec.size.as_ref().and_then(|q| q.value()).unwrap_or(0)
@@ -191,6 +277,24 @@ impl Kind for Volume {
         if let Some(f) = &self.spec.frontend {
             if f != "nbd" {
                 errs.push(FieldError::unsupported("spec.frontend", f, &["nbd"]));
+            }
+        }
+        if let Some(t) = &self.spec.stale_replica_timeout {
+            match parse_duration(t) {
+                None => errs.push(FieldError::invalid(
+                    "spec.staleReplicaTimeout",
+                    format!("{t:?} is not a duration such as 10m, 90s or 1h30m"),
+                )),
+                Some(d) if d < MIN_STALE_REPLICA_TIMEOUT => errs.push(FieldError::invalid(
+                    "spec.staleReplicaTimeout",
+                    format!(
+                        "{t} is shorter than {}: an agent restart or a short network hiccup would move replicas; \
+                         use at least {}",
+                        format_duration(MIN_STALE_REPLICA_TIMEOUT),
+                        format_duration(MIN_STALE_REPLICA_TIMEOUT)
+                    ),
+                )),
+                Some(_) => {}
             }
         }
         if let Some(old) = old {
@@ -419,6 +523,67 @@ mod tests {
         let mut clone = vol("1Gi");
         clone.spec.from_snapshot = Some("s1".into());
         assert!(clone.validate(Some(&vol("1Gi")))[0].message.contains("cannot change"));
+    }
+
+    #[test]
+    fn stale_replica_timeouts() {
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        for bad in ["", "10", "m", "1.5h", "10 m", "-1m", "1d"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(format_duration(Duration::from_secs(45)), "45s");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+
+        let mut v = vol("1Gi");
+        assert_eq!(v.stale_replica_timeout(), DEFAULT_STALE_REPLICA_TIMEOUT);
+        v.spec.stale_replica_timeout = Some("2m".into());
+        assert!(v.validate(None).is_empty());
+        assert_eq!(v.stale_replica_timeout(), Duration::from_secs(120));
+        v.spec.stale_replica_timeout = Some("600".into());
+        let e = v.validate(None);
+        assert_eq!(e[0].field, "spec.staleReplicaTimeout");
+        assert!(e[0].message.contains("such as 10m"), "{e:?}");
+        v.spec.stale_replica_timeout = Some("30s".into());
+        let e = v.validate(None);
+        assert!(e[0].message.contains("at least 1m"), "{e:?}");
+    }
+
+    fn vmi(name: &str, claim: &str, phase: &str) -> VirtualMachineInstance {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+            "spec": {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]},
+            "status": {"phase": phase},
+        }))
+        .expect("vmi")
+    }
+
+    #[test]
+    fn users_of_a_volume() {
+        let v = vol("1Gi");
+        let vmis = [vmi("runs", "v", "Running"), vmi("pending", "v", "Pending"), vmi("done", "v", "Succeeded")];
+        let other = [vmi("elsewhere", "w", "Running")];
+        let names = |u: Vec<&VirtualMachineInstance>| -> Vec<String> {
+            u.iter().filter_map(|x| x.metadata.name.clone()).collect()
+        };
+        assert_eq!(names(users_of(&v, &vmis)), ["runs", "pending"]);
+        assert!(users_of(&v, &other).is_empty());
+        // The instance its engine serves counts, whatever its spec or phase
+        // (QEMU has just exited; the engine stops next).
+        let mut attached = vol("1Gi");
+        attached.status = Some(VolumeStatus {
+            state: Some("Attached".into()),
+            attached_vmi: Some("uid-elsewhere".into()),
+            ..Default::default()
+        });
+        assert_eq!(names(users_of(&attached, &other)), ["elsewhere"]);
+        let mut detached = attached.clone();
+        if let Some(s) = detached.status.as_mut() {
+            s.state = Some("Detached".into());
+        }
+        assert!(users_of(&detached, &other).is_empty());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Sheaf volumes end to end through the API, the CLI and a real guest: a
 //! 3-replica volume is created, a VM boots with it as a disk and writes to
-//! it, a replica server is killed and comes back rebuilt, snapshots are
-//! taken attached and detached, the volume is reverted, cloned and grown,
-//! and bad requests get clear errors.
+//! it, a replica server is killed and comes back rebuilt, the replica set
+//! shrinks and grows while the VM runs, snapshots are taken attached and
+//! detached, deleting the volume in use is refused, the volume is
+//! reverted, cloned and grown, and bad requests get clear errors.
 
 mod support;
 
@@ -86,9 +87,33 @@ fn stop(s: &Server, name: &str, volume: &str) {
 }
 
 fn healthy(s: &Server, volume: &str) -> bool {
+    healthy_with(s, volume, 3)
+}
+
+/// The volume is Healthy with exactly `n` replicas, all Healthy.
+fn healthy_with(s: &Server, volume: &str, n: usize) -> bool {
     let states = jsonpath(s, "volume", volume, "{.status.replicas[*].state}");
     jsonpath(s, "volume", volume, "{.status.robustness}") == "Healthy"
-        && states.split_whitespace().filter(|x| *x == "Healthy").count() == 3
+        && states.split_whitespace().count() == n
+        && states.split_whitespace().all(|x| x == "Healthy")
+}
+
+/// The saved command line of the (one) running engine, which a restart
+/// after a crash uses, has exactly the replicas the Replica objects have.
+fn engine_args_match_replicas(s: &Server, blk: &Path) -> bool {
+    let args: String = std::fs::read_dir(blk)
+        .map(|d| {
+            d.flatten()
+                .filter(|f| f.file_name().to_string_lossy().ends_with(".args"))
+                .map(|f| std::fs::read_to_string(f.path()).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    let addresses = all_path(s, "replicas", "{.items[*].status.address}");
+    let addresses: Vec<&str> = addresses.split_whitespace().collect();
+    !addresses.is_empty()
+        && args.matches("--replica").count() == addresses.len()
+        && addresses.iter().all(|a| args.contains(a))
 }
 
 #[test]
@@ -145,11 +170,39 @@ fn volumes_serve_guests_survive_replica_loss_and_snapshot_revert_clone_grow() {
         jsonpath(&s, "volume", "data", "{.status}")
     );
 
+    // Fewer, then more replicas while the VM runs: the agent gives the
+    // engine the new set and keeps the engine's restart command line in
+    // step; the new replica is rebuilt under the running guest.
+    let replicas = |n: u32| format!("{{\"spec\":{{\"numberOfReplicas\":{n}}}}}");
+    s.kubectl_ok(&["patch", "volume", "data", "--type", "merge", "-p", &replicas(2)]);
+    assert!(
+        eventually(Duration::from_secs(60), || healthy_with(&s, "data", 2) && engine_args_match_replicas(&s, &blk)),
+        "{}\n{}",
+        jsonpath(&s, "volume", "data", "{.status}"),
+        engine_log(&blk)
+    );
+    s.kubectl_ok(&["patch", "volume", "data", "--type", "merge", "-p", &replicas(3)]);
+    assert!(
+        eventually(Duration::from_secs(60), || healthy(&s, "data") && engine_args_match_replicas(&s, &blk)),
+        "{}\n{}",
+        jsonpath(&s, "volume", "data", "{.status}"),
+        engine_log(&blk)
+    );
+
     // A snapshot of the attached volume, in order with the guest's writes.
     let out = cli(&s, &["volume", "snapshot", "data", "s1"]);
     assert!(out.contains("snapshot s1 of volume data taken"), "{out}");
     let e = cli_err(&s, &["volume", "revert", "data", "s1"]);
     assert!(e.contains("stop the virtual machine first"), "{e}");
+
+    // Deleting the volume while the VM runs is refused, naming the VM, by
+    // the CLI (before it deletes any snapshot) and by kubectl.
+    let e = cli_err(&s, &["volume", "delete", "data", "--with-snapshots"]);
+    assert!(e.contains("in use by VirtualMachineInstance writer") && e.contains("sheaf vm stop writer"), "{e}");
+    let out = s.kubectl(&["delete", "volume", "data"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("(Conflict)") && err.contains("is in use"), "{err}");
+    assert!(cli(&s, &["volume", "snapshots", "data"]).contains("s1"));
     stop(&s, "writer", "data");
 
     // The next run sees VALUE-ONE and writes VALUE-TWO; a detached snapshot.

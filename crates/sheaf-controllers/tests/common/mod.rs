@@ -35,6 +35,8 @@ pub enum Run {
     VmController,
     Scheduler,
     Both,
+    /// The Volume controller (and the release of replicas of gone nodes).
+    Volume,
 }
 
 impl Cluster {
@@ -51,6 +53,9 @@ impl Cluster {
         }
         if matches!(run, Run::Scheduler | Run::Both) {
             tasks.spawn(sheaf_controllers::scheduler::run(api.clone()));
+        }
+        if matches!(run, Run::Volume) {
+            tasks.spawn(sheaf_controllers::volume::run(api.clone()));
         }
         Ok(Cluster { api, _dir: dir, _tasks: tasks })
     }

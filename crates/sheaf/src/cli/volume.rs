@@ -63,8 +63,8 @@ pub enum VolumeAction {
         #[arg(long)]
         size: String,
     },
-    /// Delete a volume and its data. Refused while it has snapshots,
-    /// unless --with-snapshots.
+    /// Delete a volume and its data. Refused while a VM uses it, and while
+    /// it has snapshots unless --with-snapshots.
     Delete {
         volume: String,
         #[arg(long)]
@@ -112,6 +112,12 @@ impl Ctx {
     }
     async fn delete(&self, plural: &str, name: &str) -> anyhow::Result<()> {
         self.client.request(Method::DELETE, &self.path(plural, Some(name)), "application/json", None).await?;
+        Ok(())
+    }
+    /// Asks whether a delete would be accepted, changing nothing.
+    async fn delete_dry_run(&self, plural: &str, name: &str) -> anyhow::Result<()> {
+        let path = format!("{}?dryRun=All", self.path(plural, Some(name)));
+        self.client.request(Method::DELETE, &path, "application/json", None).await?;
         Ok(())
     }
     /// Polls `plural/name` until `done` says it is finished (Ok) or failed
@@ -302,11 +308,14 @@ pub async fn run(a: VolumeArgs) -> anyhow::Result<()> {
                     names.join(", ")
                 );
             }
+            // The server refuses to delete a volume a VM uses (naming the
+            // VM); ask first, so that no snapshot goes before that answer.
+            cx.delete_dry_run("volumes", &volume).await?;
             for x in &snaps {
                 cx.delete("volumesnapshots", s(x, "/metadata/name")).await?;
             }
             cx.delete("volumes", &volume).await?;
-            println!("volume {volume} deleted");
+            println!("volume {volume} deleted (the node agents remove its replicas' data)");
         }
     }
     Ok(())
