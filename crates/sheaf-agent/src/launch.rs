@@ -131,8 +131,8 @@ pub struct LaunchContext<'a> {
     pub seed: &'a dyn Fn(&VirtualMachineInstance, &str) -> Result<PathBuf, LaunchError>,
     /// The node's management network (None: QEMU's user-mode NAT).
     pub network: Option<&'a crate::network::Management>,
-    /// NBD sockets of the attached Sheaf volumes, by VMI volume name.
-    pub volumes: &'a std::collections::HashMap<String, PathBuf>,
+    /// The attached Sheaf volumes, by VMI volume name.
+    pub volumes: &'a std::collections::HashMap<String, crate::storage::AttachedDisk>,
 }
 
 /// The machine for `vmi`, creating per-VM files (overlays, empty disks,
@@ -257,14 +257,22 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
             readonly = true;
             ((ctx.seed)(vmi, &vol.name)?, "raw")
         } else if vol.persistent_volume_claim.is_some() || vol.data_volume.is_some() {
-            let socket = ctx.volumes.get(&vol.name).ok_or_else(|| LaunchError::Volume {
+            let attached = ctx.volumes.get(&vol.name).ok_or_else(|| LaunchError::Volume {
                 volume: vol.name.clone(),
                 message: "the volume is not attached to this node".into(),
             })?;
             if vol.persistent_volume_claim.as_ref().and_then(|p| p.read_only) == Some(true) {
+                if attached.format == "vhost-user" {
+                    return Err(LaunchError::Volume {
+                        volume: vol.name.clone(),
+                        message: "a read-only claim is not supported on the vhost-user frontend yet; \
+                                  use a Volume with frontend nbd for it"
+                            .into(),
+                    });
+                }
                 readonly = true;
             }
-            (socket.clone(), "nbd")
+            (attached.socket.clone(), attached.format)
         } else {
             return Err(LaunchError::Unsupported(format!(
                 "volume {:?}: this volume type is not supported yet",

@@ -207,8 +207,18 @@ struct AttachWanted {
     notify: tokio::sync::Notify,
 }
 
+/// How QEMU reaches an attached volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedDisk {
+    /// The engine's NBD or vhost-user socket.
+    pub socket: PathBuf,
+    /// QEMU disk format: `nbd` or `vhost-user`.
+    pub format: &'static str,
+}
+
 struct EnginePaths {
     nbd: PathBuf,
+    vhost: PathBuf,
     ctl: PathBuf,
     pid: PathBuf,
     log: PathBuf,
@@ -257,6 +267,7 @@ impl Storage {
         let base = self.blk_dir.join(format!("e-{volume_uid}"));
         EnginePaths {
             nbd: base.with_extension("nbd"),
+            vhost: base.with_extension("vhost"),
             ctl: base.with_extension("ctl"),
             pid: base.with_extension("pid"),
             log: base.with_extension("log"),
@@ -324,14 +335,40 @@ impl Storage {
     }
 
     /// The command line of the engine of volume `uid` with these replicas.
-    fn engine_args(uid: &str, replicas: &[String], p: &EnginePaths) -> Vec<String> {
+    /// It serves both frontends (the VM uses the one its Volume names);
+    /// `serial` is the disk serial the guest sees on vhost-user-blk.
+    fn engine_args(uid: &str, replicas: &[String], p: &EnginePaths, serial: &str) -> Vec<String> {
         let mut args = vec!["blk".to_string(), "engine".into(), "--volume".into(), uid.to_string()];
         for a in replicas {
             args.push("--replica".into());
             args.push(a.clone());
         }
         args.extend(["--nbd".into(), p.nbd.display().to_string(), "--control".into(), p.ctl.display().to_string()]);
+        args.extend(["--vhost-user".into(), p.vhost.display().to_string()]);
+        if !serial.is_empty() {
+            args.extend(["--vhost-user-serial".into(), serial.chars().take(20).collect()]);
+        }
         args
+    }
+
+    /// `args` (an engine's command line) with its replicas replaced.
+    fn with_replicas(args: &[String], replicas: &[String]) -> Vec<String> {
+        let mut out = Vec::with_capacity(args.len());
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if a == "--replica" {
+                it.next();
+                continue;
+            }
+            out.push(a.clone());
+            if a == "--volume" {
+                out.extend(it.next().cloned());
+                for r in replicas {
+                    out.extend(["--replica".to_string(), r.clone()]);
+                }
+            }
+        }
+        out
     }
 
     /// Saves the command line a crashed engine is started again with.
@@ -350,10 +387,22 @@ impl Storage {
         r.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Running")
     }
 
-    /// Starts the engines for the volumes `vmi` uses and returns their NBD
+    /// The socket QEMU uses for `vol`, by its frontend. An engine started
+    /// before it served vhost-user has only its NBD socket.
+    fn attached_disk(vol: &Volume, p: &EnginePaths) -> AttachedDisk {
+        if vol.spec.frontend.as_deref() == Some("vhost-user") {
+            if p.vhost.exists() {
+                return AttachedDisk { socket: p.vhost.clone(), format: "vhost-user" };
+            }
+            tracing::warn!(engine = %p.nbd.display(), "the engine has no vhost-user socket; the VM uses NBD until the volume is next attached");
+        }
+        AttachedDisk { socket: p.nbd.clone(), format: "nbd" }
+    }
+
+    /// Starts the engines for the volumes `vmi` uses and returns their
     /// sockets by VMI volume name. Waits (bounded) for a clone to finish
     /// and for the replicas to run.
-    pub async fn attach(&self, vmi: &VirtualMachineInstance) -> Result<HashMap<String, PathBuf>, LaunchError> {
+    pub async fn attach(&self, vmi: &VirtualMachineInstance) -> Result<HashMap<String, AttachedDisk>, LaunchError> {
         let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let vmi_uid = vmi.metadata.uid.clone().unwrap_or_default();
         let mut out = HashMap::new();
@@ -423,12 +472,22 @@ impl Storage {
                     return Err(msg(&v.name, format!("Volume {ns}/{claim} is in use by another virtual machine")));
                 }
                 let _ = std::fs::write(&p.vmi, &vmi_uid);
-                out.insert(v.name.clone(), p.nbd.clone());
+                out.insert(v.name.clone(), Self::attached_disk(&vol, &p));
                 continue;
             }
             let replicas = self.replicas_of(&vol).await.map_err(|e| msg(&v.name, e))?;
-            let args = Self::engine_args(&uid, &Self::address_strings(&replicas), &p);
+            let serial = vmi
+                .spec
+                .domain
+                .devices
+                .disks
+                .iter()
+                .find(|d| d.name == v.name)
+                .and_then(|d| d.serial.clone())
+                .unwrap_or_else(|| claim.clone());
+            let args = Self::engine_args(&uid, &Self::address_strings(&replicas), &p, &serial);
             let _ = std::fs::remove_file(&p.nbd);
+            let _ = std::fs::remove_file(&p.vhost);
             let _ = std::fs::remove_file(&p.ctl);
             self.spawn(&args, &p.log, &p.pid).map_err(|e| msg(&v.name, e))?;
             let _ = std::fs::write(&p.vmi, &vmi_uid);
@@ -454,7 +513,7 @@ impl Storage {
                 ));
             }
             tracing::info!(volume = %format!("{ns}/{claim}"), vmi = %vmi_uid, "volume attached");
-            out.insert(v.name.clone(), p.nbd.clone());
+            out.insert(v.name.clone(), Self::attached_disk(&vol, &p));
         }
         Ok(out)
     }
@@ -480,7 +539,7 @@ impl Storage {
     fn stop_engine(&self, volume_uid: &str) {
         let p = self.engine_paths(volume_uid);
         stop(&p.pid, &p.nbd.display().to_string());
-        for f in [&p.nbd, &p.ctl, &p.vmi, &p.args] {
+        for f in [&p.nbd, &p.vhost, &p.ctl, &p.vmi, &p.args] {
             let _ = std::fs::remove_file(f);
         }
         tracing::info!(volume_uid, "volume detached");
@@ -791,7 +850,14 @@ impl Storage {
                 Ok(_) => {
                     tracing::info!(volume = %vname, from = ?have, to = ?want, "replica set of the attached volume changed");
                     let uid = vol.metadata.uid.clone().unwrap_or_default();
-                    Self::save_engine_args(p, &Self::engine_args(&uid, &want, p));
+                    let saved: Vec<String> =
+                        std::fs::read(&p.args).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+                    let args = if saved.is_empty() {
+                        Self::engine_args(&uid, &want, p, &vname)
+                    } else {
+                        Self::with_replicas(&saved, &want)
+                    };
+                    Self::save_engine_args(p, &args);
                     if let Ok(r) = control::call(&p.ctl, &ControlRequest::Status, CONTROL_TIMEOUT).await {
                         status = r.status.unwrap_or_default();
                     }
@@ -1100,6 +1166,7 @@ mod tests {
         let base = dir.path().join("e-u1");
         let p = EnginePaths {
             nbd: base.with_extension("nbd"),
+            vhost: base.with_extension("vhost"),
             ctl: base.with_extension("ctl"),
             pid: base.with_extension("pid"),
             log: base.with_extension("log"),
@@ -1107,11 +1174,28 @@ mod tests {
             args: base.with_extension("args"),
         };
         let replicas = ["unix:/run/r-a.sock".to_string(), "tcp:10.0.0.2:7001".to_string()];
-        let args = Storage::engine_args("u1", &replicas, &p);
-        let (nbd, ctl) = (p.nbd.display().to_string(), p.ctl.display().to_string());
+        let args = Storage::engine_args("u1", &replicas, &p, "a-serial-longer-than-twenty");
+        let (nbd, ctl, vhost) =
+            (p.nbd.display().to_string(), p.ctl.display().to_string(), p.vhost.display().to_string());
         let want = ["blk", "engine", "--volume", "u1", "--replica", &replicas[0], "--replica", &replicas[1]];
         assert_eq!(args[..8], want);
-        assert_eq!(args[8..], ["--nbd", nbd.as_str(), "--control", ctl.as_str()]);
+        assert_eq!(
+            args[8..],
+            [
+                "--nbd",
+                nbd.as_str(),
+                "--control",
+                ctl.as_str(),
+                "--vhost-user",
+                vhost.as_str(),
+                "--vhost-user-serial",
+                "a-serial-longer-than"
+            ]
+        );
+        // A new replica set keeps the rest of the command line.
+        let moved = Storage::with_replicas(&args, &["tcp:10.0.0.3:7001".to_string()]);
+        assert_eq!(moved[..6], ["blk", "engine", "--volume", "u1", "--replica", "tcp:10.0.0.3:7001"]);
+        assert_eq!(moved[6..], args[8..]);
         // Saved whole (a restart reads it back), replacing the old one.
         Storage::save_engine_args(&p, &args[..6]);
         Storage::save_engine_args(&p, &args);

@@ -6,7 +6,10 @@
 //!   the server that exposes one replica.
 //! - [`engine`]: one per attached volume; replicates writes to every
 //!   healthy replica, fences older engines by epoch.
-//! - [`nbd`]: the NBD frontend QEMU attaches to.
+//! - [`nbd`]: the NBD frontend QEMU attaches to (`-blockdev driver=nbd`).
+//! - [`vhost_user`]: the vhost-user-blk frontend (`-device
+//!   vhost-user-blk-pci`): guest memory shared with the engine, several
+//!   queues, and size changes shown to the running guest.
 //! - [`control`]: the engine's control socket for the node agent.
 
 pub mod control;
@@ -15,3 +18,4 @@ pub mod nbd;
 pub mod proto;
 pub mod replica_server;
 pub mod store;
+pub mod vhost_user;

@@ -38,7 +38,12 @@ pub struct DiskConfig {
     pub id: String,
     pub path: PathBuf,
     /// `raw` or `qcow2` for a file; `nbd` when `path` is the unix socket
-    /// of a Sheaf volume's NBD server.
+    /// of a Sheaf volume's NBD server; `vhost-user` when it is the socket
+    /// of a volume engine's vhost-user-blk server (`sheaf blk engine
+    /// --vhost-user`): the disk is a `vhost-user-blk-pci` device whatever
+    /// the bus, guest RAM is shared with the engine, and `serial` and
+    /// `readonly` are the engine's to set (`--vhost-user-serial`,
+    /// `--vhost-user-read-only`): QEMU has no such properties for it.
     pub format: String,
     pub bus: DiskBus,
     pub cdrom: bool,
@@ -121,6 +126,14 @@ pub fn qemu_log(run_dir: &Path) -> PathBuf {
     run_dir.join("qemu.log")
 }
 
+/// Queues of a vhost-user-blk disk: one per vCPU, up to what `sheaf blk
+/// engine` offers by default (`--vhost-user-queues 4`).
+pub const VHOST_USER_BLK_MAX_QUEUES: u32 = 4;
+
+/// The id of the memory backend that holds guest RAM when a disk uses
+/// vhost-user (the engine maps it).
+const SHARED_RAM: &str = "ram0";
+
 fn path(p: &Path) -> String {
     // QEMU option values separate with ','; a literal comma is doubled.
     p.display().to_string().replace(',', ",,")
@@ -143,7 +156,15 @@ impl MachineConfig {
             (_, Accel::Kvm) => "host".to_string(),
             (_, Accel::Tcg) => "max".to_string(),
         };
-        push(&["-machine", &format!("{},usb=off", self.machine_type)]);
+        // A vhost-user backend reads and writes guest RAM itself: it must
+        // be a shared mapping it can map too.
+        let vhost_user = self.disks.iter().any(|d| d.format == "vhost-user");
+        if vhost_user {
+            push(&["-object", &format!("memory-backend-memfd,id={SHARED_RAM},size={}M,share=on", self.memory_mib)]);
+            push(&["-machine", &format!("{},usb=off,memory-backend={SHARED_RAM}", self.machine_type)]);
+        } else {
+            push(&["-machine", &format!("{},usb=off", self.machine_type)]);
+        }
         push(&["-cpu", &cpu]);
         let vcpus = self.sockets * self.cores * self.threads;
         push(&["-smp", &format!("{vcpus},sockets={},cores={},threads={}", self.sockets, self.cores, self.threads)]);
@@ -202,6 +223,19 @@ impl MachineConfig {
         for disk in &self.disks {
             let ro = if disk.readonly || disk.cdrom { ",read-only=on" } else { "" };
             let node = format!("drive-{}", disk.id);
+            if disk.format == "vhost-user" {
+                // reconnect=1: when the engine restarts, QEMU connects again
+                // within a second and the guest's I/O resumes.
+                let chardev = format!("vhost-{}", disk.id);
+                push(&["-chardev", &format!("socket,id={chardev},path={},reconnect=1", path(&disk.path))]);
+                let queues = vcpus.clamp(1, VHOST_USER_BLK_MAX_QUEUES);
+                let mut dev = format!("vhost-user-blk-pci,chardev={chardev},id={},num-queues={queues}", disk.id);
+                if let Some(b) = disk.boot_order {
+                    dev.push_str(&format!(",bootindex={b}"));
+                }
+                push(&["-device", &dev]);
+                continue;
+            }
             if disk.format == "nbd" {
                 push(&[
                     "-blockdev",
@@ -341,5 +375,58 @@ mod tests {
         assert!(argv.contains("-accel kvm") && argv.contains("-cpu host"), "{argv}");
         assert!(argv.contains("ide-cd,bus=ide.0,drive=drive-cd,id=cd"), "{argv}");
         assert!(argv.contains("read-only=on"), "{argv}");
+    }
+
+    fn vhost_disk(id: &str, boot_order: Option<u32>) -> DiskConfig {
+        DiskConfig {
+            id: id.into(),
+            path: format!("/run/sheaf/blk/{id},x.vhost").into(),
+            format: "vhost-user".into(),
+            bus: DiskBus::Virtio,
+            cdrom: false,
+            readonly: false,
+            boot_order,
+            serial: Some("ignored".into()),
+        }
+    }
+
+    #[test]
+    fn vhost_user_disks_share_guest_ram_with_the_engine() {
+        let mut m = base();
+        m.disks.push(vhost_disk("data", Some(2)));
+        let argv = m.argv();
+        let joined = argv.join(" ");
+        let has = |pair: [&str; 2]| argv.windows(2).any(|w| w[0] == pair[0] && w[1] == pair[1]);
+        assert!(has(["-object", "memory-backend-memfd,id=ram0,size=128M,share=on"]), "{joined}");
+        assert!(has(["-machine", "q35,usb=off,memory-backend=ram0"]), "{joined}");
+        assert!(has(["-m", "128M"]), "{joined}");
+        assert!(has(["-chardev", "socket,id=vhost-data,path=/run/sheaf/blk/data,,x.vhost,reconnect=1"]), "{joined}");
+        // Two vCPUs: two queues; the boot order as for virtio-blk; no
+        // serial (the engine answers GET_ID) and no -blockdev.
+        assert!(has(["-device", "vhost-user-blk-pci,chardev=vhost-data,id=data,num-queues=2,bootindex=2"]), "{joined}");
+        assert!(!joined.contains("drive-data"), "{joined}");
+        assert!(!joined.contains("ignored"), "{joined}");
+        // The file disk is unchanged.
+        assert!(joined.contains("virtio-blk-pci,drive=drive-root,id=root,bootindex=1,serial=abc"), "{joined}");
+    }
+
+    #[test]
+    fn vhost_user_queues_follow_the_vcpus_up_to_the_engine_default() {
+        let mut m = base();
+        m.cores = 8;
+        m.disks = vec![vhost_disk("root", None)];
+        let joined = m.argv().join(" ");
+        assert!(joined.contains("vhost-user-blk-pci,chardev=vhost-root,id=root,num-queues=4 "), "{joined}");
+        assert!(!joined.contains("bootindex"), "{joined}");
+        m.cores = 1;
+        let joined = m.argv().join(" ");
+        assert!(joined.contains("num-queues=1 "), "{joined}");
+    }
+
+    #[test]
+    fn without_vhost_user_guest_ram_is_private() {
+        let joined = base().argv().join(" ");
+        assert!(!joined.contains("memory-backend"), "{joined}");
+        assert!(joined.contains("-machine q35,usb=off "), "{joined}");
     }
 }

@@ -22,6 +22,8 @@ pub const VERSION: &str = "v1alpha1";
 pub const REVERT_ANNOTATION: &str = "sheaf.io/revert-to";
 /// The label that ties Replicas and VolumeSnapshots to their Volume.
 pub const VOLUME_LABEL: &str = "sheaf.io/volume";
+/// The values of a Volume's `spec.frontend`.
+pub const FRONTENDS: &[&str] = &["nbd", "vhost-user"];
 /// Held by a Replica until its node's agent has removed its data.
 pub const REPLICA_FINALIZER: &str = "sheaf.io/replica-data";
 /// Held by a VolumeSnapshot until its layer is merged away.
@@ -68,7 +70,11 @@ pub struct VolumeSpec {
     /// Fill the new volume from this VolumeSnapshot (same namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_snapshot: Option<String>,
-    /// How QEMU reaches the volume: `nbd` (default).
+    /// How QEMU reaches the volume: `nbd` (the default) or `vhost-user`
+    /// (vhost-user-blk: the engine reads and writes guest memory directly,
+    /// and a running guest sees the volume grow; a VM with such a disk
+    /// cannot be live-migrated yet). Takes effect when a VM next starts
+    /// with the volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frontend: Option<String>,
     /// How long a replica's node may be down (not Ready, or deleted)
@@ -275,8 +281,8 @@ impl Kind for Volume {
             }
         }
         if let Some(f) = &self.spec.frontend {
-            if f != "nbd" {
-                errs.push(FieldError::unsupported("spec.frontend", f, &["nbd"]));
+            if !FRONTENDS.contains(&f.as_str()) {
+                errs.push(FieldError::unsupported("spec.frontend", f, FRONTENDS));
             }
         }
         if let Some(t) = &self.spec.stale_replica_timeout {

@@ -25,8 +25,11 @@ pub enum BlkCommand {
     /// Serve one replica (created on first use):
     /// `sheaf blk replica --dir /var/lib/sheaf/replicas/vol1-a --volume vol1 --size 10Gi --listen unix:/run/sheaf/blk/vol1-a.sock`.
     Replica(ReplicaArgs),
-    /// Run the engine of a volume and serve it over NBD:
-    /// `sheaf blk engine --volume vol1 --replica unix:/run/sheaf/blk/vol1-a.sock --replica tcp:10.0.0.2:7001 --nbd /run/sheaf/blk/vol1.nbd`.
+    /// Run the engine of a volume and serve it over NBD and/or vhost-user-blk:
+    /// `sheaf blk engine --volume vol1 --replica unix:/run/sheaf/blk/vol1-a.sock --replica tcp:10.0.0.2:7001 --nbd /run/sheaf/blk/vol1.nbd`,
+    /// or `... --vhost-user /run/sheaf/blk/vol1.vhost --vhost-user-queues 4` for QEMU's
+    /// `-chardev socket,id=c0,path=/run/sheaf/blk/vol1.vhost,reconnect=1 -device vhost-user-blk-pci,chardev=c0,num-queues=4`
+    /// (guest RAM must be shared: `-object memory-backend-memfd,id=mem0,size=2G,share=on -machine memory-backend=mem0`).
     Engine(EngineArgs),
     /// Rebuild the replicas of a detached volume, then exit:
     /// `sheaf blk rebuild --volume vol1 --replica unix:... --replica tcp:...`.
@@ -61,6 +64,7 @@ pub struct ReplicaArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("frontend").required(true).multiple(true).args(["nbd", "vhost_user"])))]
 pub struct EngineArgs {
     #[arg(long)]
     pub volume: String,
@@ -69,7 +73,26 @@ pub struct EngineArgs {
     pub replicas: Vec<Address>,
     /// The unix socket QEMU's NBD client connects to.
     #[arg(long)]
-    pub nbd: PathBuf,
+    pub nbd: Option<PathBuf>,
+    /// The unix socket QEMU's vhost-user-blk device connects to (one QEMU
+    /// at a time; the next is accepted when it disconnects).
+    #[arg(long = "vhost-user", value_name = "SOCKET")]
+    pub vhost_user: Option<PathBuf>,
+    /// Queues the vhost-user-blk device offers (QEMU's num-queues must not
+    /// be more).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub vhost_user_queues: u16,
+    /// The disk serial the guest sees on vhost-user-blk (QEMU cannot set
+    /// it for this device); cut to 20 bytes.
+    #[arg(long, default_value = "")]
+    pub vhost_user_serial: String,
+    /// Show the vhost-user-blk disk read-only (VIRTIO_BLK_F_RO).
+    #[arg(long)]
+    pub vhost_user_read_only: bool,
+    /// Logical block size of the vhost-user-blk disk: 512 (what disk
+    /// images with 512-byte sectors need) or 4096. Physical blocks are 4096.
+    #[arg(long, default_value_t = 512, value_parser = parse_block_size)]
+    pub vhost_user_block_size: u32,
     /// The control socket for the node agent (status, snapshots, expand).
     #[arg(long)]
     pub control: Option<PathBuf>,
@@ -80,10 +103,40 @@ pub struct EngineArgs {
     pub replica_timeout: f64,
 }
 
+fn parse_block_size(s: &str) -> Result<u32, String> {
+    match s {
+        "512" => Ok(512),
+        "4096" => Ok(4096),
+        _ => Err(format!("{s:?} is not a block size: 512 or 4096")),
+    }
+}
+
+/// How often the engine checks whether the volume grew (to tell a
+/// vhost-user-blk guest).
+const SIZE_POLL: Duration = Duration::from_millis(500);
+
 fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
         _ => Err(format!("{s:?} is not a number of seconds between 0 and 3600, such as 8 or 0.5")),
+    }
+}
+
+/// Accepts NBD clients until accepting fails.
+async fn serve_nbd(
+    listener: tokio::net::UnixListener,
+    name: String,
+    device: Arc<dyn sheaf_blk::nbd::Device>,
+) -> anyhow::Result<()> {
+    loop {
+        let (conn, _) = listener.accept().await?;
+        let dev = device.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            if let Err(err) = sheaf_blk::nbd::serve(conn, &name, dev).await {
+                tracing::warn!(error = %err, "NBD connection ended");
+            }
+        });
     }
 }
 
@@ -152,18 +205,67 @@ pub fn run(a: BlkArgs) -> anyhow::Result<()> {
                     });
                 }
                 let device: Arc<dyn sheaf_blk::nbd::Device> = engine;
-                let _ = std::fs::remove_file(&e.nbd);
-                let listener = tokio::net::UnixListener::bind(&e.nbd)
-                    .with_context(|| format!("cannot listen on {}", e.nbd.display()))?;
-                loop {
-                    let (conn, _) = listener.accept().await?;
-                    let dev = device.clone();
-                    let name = e.volume.clone();
-                    tokio::spawn(async move {
-                        if let Err(err) = sheaf_blk::nbd::serve(conn, &name, dev).await {
-                            tracing::warn!(error = %err, "NBD connection ended");
+                let vhost_user = match &e.vhost_user {
+                    Some(path) => {
+                        // Like QEMU's serial property: longer ones are cut.
+                        let mut serial = e.vhost_user_serial.clone();
+                        while serial.len() > 20 {
+                            serial.pop();
                         }
-                    });
+                        let opts = sheaf_blk::vhost_user::Options {
+                            num_queues: e.vhost_user_queues,
+                            serial,
+                            read_only: e.vhost_user_read_only,
+                            logical_block_size: e.vhost_user_block_size,
+                            ..Default::default()
+                        };
+                        let server = Arc::new(sheaf_blk::vhost_user::VhostUserBlk::new(
+                            device.clone(),
+                            opts,
+                            tokio::runtime::Handle::current(),
+                        )?);
+                        let listener = sheaf_blk::vhost_user::VhostUserBlk::bind(path)?;
+                        tracing::info!(path = %path.display(), queues = e.vhost_user_queues, "vhost-user-blk listening");
+                        tokio::spawn(server.clone().watch_size(SIZE_POLL));
+                        // A thread of its own (not the blocking pool, which
+                        // would hold the runtime open at exit).
+                        let (done, ended) = tokio::sync::oneshot::channel();
+                        std::thread::Builder::new().name("vhost-user-accept".into()).spawn(move || {
+                            let _ = done.send(server.serve(listener));
+                        })?;
+                        Some(ended)
+                    }
+                    None => None,
+                };
+                let nbd = match &e.nbd {
+                    Some(path) => {
+                        let _ = std::fs::remove_file(path);
+                        let listener = tokio::net::UnixListener::bind(path)
+                            .with_context(|| format!("cannot listen on {}", path.display()))?;
+                        Some(tokio::spawn(serve_nbd(listener, e.volume.clone(), device.clone())))
+                    }
+                    None => None,
+                };
+                // Both run until the process is stopped; whichever fails
+                // first ends it.
+                let vhost_user = async {
+                    match vhost_user {
+                        Some(ended) => match ended.await {
+                            Ok(r) => r.map_err(anyhow::Error::from),
+                            Err(_) => Err(anyhow::anyhow!("the vhost-user-blk server stopped")),
+                        },
+                        None => std::future::pending().await,
+                    }
+                };
+                let nbd = async {
+                    match nbd {
+                        Some(t) => t.await?,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = vhost_user => r.context("vhost-user-blk server"),
+                    r = nbd => r.context("NBD server"),
                 }
             })
         }

@@ -273,3 +273,56 @@ fn engine_log(blk: &Path) -> String {
         })
         .unwrap_or_default()
 }
+
+/// The user data of the vhost-user test: find the volume, write a marker
+/// and read it back past the page cache, then report the disk's size
+/// every second (in the background, so the guest's init goes on).
+const WATCH_SCRIPT: &str = "          userData: |\n            #!/bin/sh\n            for s in /sys/block/vd*; do [ \"$(cat $s/size)\" -ge 131072 ] && dev=$(basename $s); done\n            printf SHEAF-VHOST-DATA | dd of=/dev/$dev bs=512 seek=2048 conv=fsync 2>/dev/null\n            echo 3 > /proc/sys/vm/drop_caches\n            echo \"SHEAF-GUEST roundtrip=$(dd if=/dev/$dev bs=512 skip=2048 count=1 2>/dev/null | head -c 16)\"\n            ( while true; do echo \"SHEAF-GUEST vsize=$(cat /sys/block/$dev/size)\"; sleep 1; done ) &\n";
+
+#[test]
+fn a_vhost_user_volume_serves_a_guest_and_grows_while_it_runs() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _reaper = QemuReaper(root.path().to_path_buf());
+    let s = tiny_server(root.path(), &[]);
+
+    let e = cli_err(&s, &["volume", "create", "bad", "--size", "64Mi", "--frontend", "iscsi"]);
+    assert!(e.contains("spec.frontend") && e.contains("vhost-user"), "{e}");
+    cli(&s, &["volume", "create", "fast", "--size", "64Mi", "--replicas", "2", "--frontend", "vhost-user"]);
+    assert!(
+        eventually(Duration::from_secs(30), || all_path(&s, "replicas", "{.items[*].status.state}")
+            == "Running Running"),
+        "replicas: {}",
+        s.kubectl_ok(&["get", "replicas", "-o", "wide"])
+    );
+    let vm = vm_with_volume("vu", "fast").replace(SCRIPT, WATCH_SCRIPT);
+    assert!(vm.contains("vsize"), "{vm}");
+    apply(&s, &vm);
+    let uid = running_uid(&s, "vu", "");
+    // QEMU has the vhost-user-blk device on the engine's socket, with
+    // guest memory shared.
+    let cmdline = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .find(|c| c.contains("qemu-system") && c.contains(&uid))
+        .unwrap_or_default();
+    assert!(
+        cmdline.contains("vhost-user-blk-pci") && cmdline.contains(".vhost") && cmdline.contains("share=on"),
+        "QEMU command line: {cmdline}"
+    );
+    wait_serial(root.path(), &uid, "roundtrip=SHEAF-VHOST-DATA", Duration::from_secs(90));
+    wait_serial(root.path(), &uid, "vsize=131072", Duration::from_secs(30));
+
+    // Grow it while the guest runs: the guest sees the new size without a
+    // restart (vhost-user-blk config change), in the same VMI.
+    cli(&s, &["volume", "expand", "fast", "--size", "128Mi"]);
+    wait_serial(root.path(), &uid, "vsize=262144", Duration::from_secs(30));
+    assert_eq!(jsonpath(&s, "vmi", "vu", "{.metadata.uid}"), uid, "the VM was not restarted");
+    assert!(
+        eventually(Duration::from_secs(30), || healthy_with(&s, "fast", 2)),
+        "{}",
+        jsonpath(&s, "volume", "fast", "{.status}")
+    );
+    stop(&s, "vu", "fast");
+}

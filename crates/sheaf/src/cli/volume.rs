@@ -36,6 +36,10 @@ pub enum VolumeAction {
         /// Copies of the data (1..16).
         #[arg(long, default_value = "3")]
         replicas: u32,
+        /// How VMs reach it: `nbd` or `vhost-user` (faster, and a running
+        /// guest sees it grow; no live migration yet). Default: nbd.
+        #[arg(long)]
+        frontend: Option<String>,
     },
     /// List volumes with their state and snapshots.
     List,
@@ -179,8 +183,12 @@ pub async fn run(a: VolumeArgs) -> anyhow::Result<()> {
     let ns = a.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| client.namespace.clone());
     let cx = Ctx { client, ns, timeout: Duration::from_secs(a.timeout) };
     match a.action {
-        VolumeAction::Create { name, size, replicas } => {
-            cx.create("volumes", volume_body(&name, &size, replicas, None)).await?;
+        VolumeAction::Create { name, size, replicas, frontend } => {
+            let mut body = volume_body(&name, &size, replicas, None);
+            if let Some(f) = frontend {
+                body["spec"]["frontend"] = json!(f);
+            }
+            cx.create("volumes", body).await?;
             cx.wait("volumes", &name, "the volume's replicas starting", settled).await?;
             println!("volume {name} created ({size}, {replicas} replica(s))");
         }
