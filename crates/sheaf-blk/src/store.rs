@@ -45,6 +45,27 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { what, source }
 }
 
+/// Size and free space of a file system (`statvfs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsSpace {
+    /// Bytes in the file system.
+    pub capacity: u64,
+    /// Bytes an unprivileged writer may still use.
+    pub available: u64,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// The space of the file system that holds `path` (a node disk).
+pub fn fs_space(path: &Path) -> std::io::Result<FsSpace> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(FsSpace {
+        capacity: st.f_blocks.saturating_mul(st.f_frsize),
+        available: st.f_bavail.saturating_mul(st.f_frsize),
+        read_only: st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY),
+    })
+}
+
 /// One layer of the chain, as recorded in `replica.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerMeta {
@@ -66,6 +87,13 @@ pub struct Meta {
     pub layers: Vec<LayerMeta>,
     /// A writer has it open (or died with it open).
     pub dirty: bool,
+    /// A rebuild is filling the snapshot layers (set by
+    /// [`Replica::set_chain`], cleared by the first flush that records a
+    /// generation). Rebuilt blocks are synced at that flush, not one by
+    /// one, so after a crash meanwhile the layers' checksums are checked
+    /// against their data when the replica opens.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rebuilding: bool,
 }
 
 /// A snapshot of the replica.
@@ -110,6 +138,8 @@ struct Layer {
     sum: File,
     present: Bits,
     zero: Bits,
+    /// Rebuilt blocks were written to a snapshot layer since its last sync.
+    unsynced: bool,
 }
 
 impl Layer {
@@ -185,8 +215,15 @@ impl Replica {
             return Err(StoreError::Invalid(format!("{} already holds a replica", dir.display())));
         }
         let head = LayerMeta { id: 1, snapshot: None, created: now() };
-        let meta =
-            Meta { format: FORMAT, volume: volume.into(), size, epoch: 0, layers: vec![head.clone()], dirty: true };
+        let meta = Meta {
+            format: FORMAT,
+            volume: volume.into(),
+            size,
+            epoch: 0,
+            layers: vec![head.clone()],
+            dirty: true,
+            rebuilding: false,
+        };
         let layer = Self::new_layer_files(dir, &head, size, 0, 0)?;
         write_meta(dir, &meta)?;
         Ok(Replica { dir: dir.to_path_buf(), meta, layers: vec![layer], flush_gen: 0, writable: true })
@@ -210,7 +247,14 @@ impl Replica {
         sum.write_all_at(&header(meta.id, flush_gen, epoch), 0).map_err(io("writing layer header"))?;
         sum.sync_all().map_err(io("syncing layer checksums"))?;
         data.sync_all().map_err(io("syncing layer data"))?;
-        Ok(Layer { meta: meta.clone(), data, sum, present: Bits::new(blocks), zero: Bits::new(blocks) })
+        Ok(Layer {
+            meta: meta.clone(),
+            data,
+            sum,
+            present: Bits::new(blocks),
+            zero: Bits::new(blocks),
+            unsynced: false,
+        })
     }
 
     /// Opens the replica in `dir` for writing. A replica left dirty by a
@@ -252,7 +296,14 @@ impl Replica {
             if i == meta.layers.len() - 1 {
                 flush_gen = u64::from_le_bytes(h[24..32].try_into().unwrap_or_default());
             }
-            let mut layer = Layer { meta: lm.clone(), data, sum, present: Bits::new(blocks), zero: Bits::new(blocks) };
+            let mut layer = Layer {
+                meta: lm.clone(),
+                data,
+                sum,
+                present: Bits::new(blocks),
+                zero: Bits::new(blocks),
+                unsynced: false,
+            };
             // Presence from the checksum file, a megabyte at a time.
             let chunk = 128 * 1024;
             let mut buf = vec![0u8; (chunk * ENTRY) as usize];
@@ -279,6 +330,9 @@ impl Replica {
         let mut r = Replica { dir: dir.to_path_buf(), meta, layers, flush_gen, writable: true };
         if r.meta.dirty {
             r.recover_head()?;
+        }
+        if r.meta.rebuilding {
+            r.recheck_rebuilt_layers()?;
         }
         r.meta.dirty = true;
         write_meta(&r.dir, &r.meta)?;
@@ -310,6 +364,37 @@ impl Replica {
             tracing::info!(dir = %self.dir.display(), blocks = fixed, "replica recovered: unflushed blocks re-checksummed");
         }
         self.layers[head].sum.sync_data().map_err(io("syncing head checksums"))
+    }
+
+    /// After a rebuild was interrupted: a snapshot block whose data does
+    /// not match its checksum (the data did not reach the disk before a
+    /// crash) becomes absent, so the next rebuild's comparison copies it
+    /// again instead of trusting the checksum.
+    fn recheck_rebuilt_layers(&mut self) -> Result<()> {
+        let blocks = self.meta.size / BLOCK;
+        let head = self.layers.len() - 1;
+        let mut buf = vec![0u8; BLOCK as usize];
+        let mut e = [0u8; 8];
+        let mut dropped = 0u64;
+        for l in &mut self.layers[..head] {
+            for b in 0..blocks {
+                if l.state(b) != DATA {
+                    continue;
+                }
+                l.data.read_exact_at(&mut buf, b * BLOCK).map_err(io("reading layer data"))?;
+                l.sum.read_exact_at(&mut e, HEADER + b * ENTRY).map_err(io("reading layer checksums"))?;
+                if crc32fast::hash(&buf) != u32::from_le_bytes([e[0], e[1], e[2], e[3]]) {
+                    l.sum.write_all_at(&entry(0, ABSENT), HEADER + b * ENTRY).map_err(io("writing layer checksums"))?;
+                    l.mark(b, ABSENT);
+                    dropped += 1;
+                }
+            }
+            l.sum.sync_data().map_err(io("syncing layer checksums"))?;
+        }
+        if dropped > 0 {
+            tracing::warn!(dir = %self.dir.display(), blocks = dropped, "interrupted rebuild: blocks that did not reach the disk will be copied again");
+        }
+        Ok(())
     }
 
     pub fn size(&self) -> u64 {
@@ -512,12 +597,24 @@ impl Replica {
     /// the engine numbers its flushes, so replicas that took every flush
     /// carry the same number and one that missed some carries less.
     pub fn flush_as(&mut self, generation: u64) -> Result<()> {
+        for l in self.layers.iter_mut().filter(|l| l.unsynced) {
+            l.data.sync_data().map_err(io("syncing layer data"))?;
+            l.sum.sync_data().map_err(io("syncing layer checksums"))?;
+            l.unsynced = false;
+        }
         let epoch = self.meta.epoch;
         let head = self.head();
         head.data.sync_data().map_err(io("syncing layer data"))?;
         let id = head.meta.id;
         head.sum.write_all_at(&header(id, generation, epoch), 0).map_err(io("writing layer header"))?;
         head.sum.sync_data().map_err(io("syncing layer checksums"))?;
+        // A generation is recorded only once a rebuild is complete.
+        if self.meta.rebuilding && generation > self.flush_gen {
+            let mut meta = self.meta.clone();
+            meta.rebuilding = false;
+            write_meta(&self.dir, &meta)?;
+            self.meta = meta;
+        }
         self.flush_gen = generation;
         Ok(())
     }
@@ -763,13 +860,25 @@ impl Replica {
     pub fn layer_data(&self, snapshot: &str, block: u64, count: u64) -> Result<Vec<u8>> {
         let i = self.layer_by_name(snapshot)?;
         self.check_range(block * BLOCK, count * BLOCK)?;
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; BLOCK as usize];
-        for b in block..block + count {
-            if self.layers[i].state(b) == DATA {
-                self.read_verified(i, b, 1, 0, &mut buf)?;
-                out.extend_from_slice(&buf);
+        let l = &self.layers[i];
+        let data_blocks = (block..block + count).filter(|&b| l.state(b) == DATA).count();
+        let mut out = vec![0u8; data_blocks * BLOCK as usize];
+        let mut at = 0usize;
+        // Runs of DATA blocks, each read and verified at once.
+        let mut b = block;
+        while b < block + count {
+            if l.state(b) != DATA {
+                b += 1;
+                continue;
             }
+            let mut run = 1;
+            while b + run < block + count && l.state(b + run) == DATA {
+                run += 1;
+            }
+            let n = (run * BLOCK) as usize;
+            self.read_verified(i, b, run, 0, &mut out[at..at + n])?;
+            at += n;
+            b += run;
         }
         Ok(out)
     }
@@ -786,9 +895,16 @@ impl Replica {
             .take_while(|(l, n)| l.meta.snapshot.as_deref() == Some(n.as_str()))
             .count();
         if keep == head && keep == names.len() {
+            if !self.meta.rebuilding {
+                let mut meta = self.meta.clone();
+                meta.rebuilding = true;
+                write_meta(&self.dir, &meta)?;
+                self.meta = meta;
+            }
             return Ok(());
         }
         let mut meta = self.meta.clone();
+        meta.rebuilding = true;
         let dropped: Vec<u64> = meta.layers.drain(keep..head).map(|l| l.id).collect();
         let first_id = self.layers.iter().map(|l| l.meta.id).max().unwrap_or(0) + 1;
         let mut created = Vec::new();
@@ -817,12 +933,13 @@ impl Replica {
         let i = self.layer_by_name(snapshot)?;
         let count = sums.len() as u64 / ENTRY;
         self.check_range(block * BLOCK, count * BLOCK)?;
+        let entries: Vec<&[u8]> = sums.chunks_exact(ENTRY as usize).collect();
+        let state_of = |e: &[u8]| u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+        // Everything is checked before anything is written.
         let mut at = 0usize;
-        let layer = &mut self.layers[i];
-        for (k, e) in sums.chunks_exact(ENTRY as usize).enumerate() {
+        for (k, e) in entries.iter().enumerate() {
             let b = block + k as u64;
-            let state = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
-            match state {
+            match state_of(e) {
                 DATA => {
                     let d = data
                         .get(at..at + BLOCK as usize)
@@ -831,23 +948,40 @@ impl Replica {
                     if crc32fast::hash(d) != u32::from_le_bytes([e[0], e[1], e[2], e[3]]) {
                         return Err(StoreError::Invalid(format!("rebuild data for block {b} fails its checksum")));
                     }
-                    layer.data.write_all_at(d, b * BLOCK).map_err(io("writing layer data"))?;
                 }
-                ABSENT | ZERO => {
-                    if layer.state(b) == DATA {
-                        punch(&layer.data, b * BLOCK, BLOCK)?;
-                    }
-                }
+                ABSENT | ZERO => {}
                 other => return Err(StoreError::Invalid(format!("rebuild block {b} has state {other}"))),
             }
-            layer.sum.write_all_at(e, HEADER + b * ENTRY).map_err(io("writing layer checksums"))?;
-            layer.mark(b, state);
         }
         if at != data.len() {
             return Err(StoreError::Invalid("rebuild data is longer than its checksums say".into()));
         }
-        layer.data.sync_data().map_err(io("syncing layer data"))?;
-        layer.sum.sync_data().map_err(io("syncing layer checksums"))
+        let layer = &mut self.layers[i];
+        // Runs of blocks in the same state: one write (or hole) each.
+        let (mut k, mut at) = (0usize, 0usize);
+        while k < entries.len() {
+            let state = state_of(entries[k]);
+            let mut run = 1;
+            while k + run < entries.len() && state_of(entries[k + run]) == state {
+                run += 1;
+            }
+            let b = block + k as u64;
+            if state == DATA {
+                let n = run * BLOCK as usize;
+                layer.data.write_all_at(&data[at..at + n], b * BLOCK).map_err(io("writing layer data"))?;
+                at += n;
+            } else if (b..b + run as u64).any(|x| layer.state(x) == DATA) {
+                punch(&layer.data, b * BLOCK, run as u64 * BLOCK)?;
+            }
+            for x in 0..run as u64 {
+                layer.mark(b + x, state);
+            }
+            k += run;
+        }
+        layer.sum.write_all_at(sums, HEADER + block * ENTRY).map_err(io("writing layer checksums"))?;
+        // Synced with the flush that ends the rebuild.
+        layer.unsynced = true;
+        Ok(())
     }
 
     /// Bytes of data the layers store (thin provisioning: written blocks).
