@@ -1,12 +1,14 @@
 //! Sheaf's node agent: registers the node, runs the virtual machines
 //! bound to it, one [`runner`] task per VMI, and the node's part of the
-//! storage ([`storage`]: replica servers, engines, snapshots).
+//! storage ([`storage`]: replica servers, engines, snapshots, on the
+//! node's [`disks`]).
 //!
 //! The agent is stateless: on start it lists the VMIs bound to its node and
 //! adopts the QEMU processes it finds in their runtime directories, so it
 //! can be restarted (or crash) without touching running guests.
 
 pub mod accel;
+pub mod disks;
 pub mod launch;
 pub mod network;
 pub mod node;
@@ -39,8 +41,11 @@ pub struct AgentConfig {
     /// The management network (bridge and subnet); None: QEMU's user-mode
     /// NAT for every pod network.
     pub management: Option<(String, network::Subnet)>,
-    /// Where this node keeps replica data (one directory per replica).
-    pub replica_root: PathBuf,
+    /// Where this node keeps replica data (one directory per replica, on
+    /// the disk its Replica names): at least one, checked with
+    /// [`disks::prepare`]. `sheaf server` gives one named `default` at its
+    /// replica root when no `--disk` is given.
+    pub disks: Vec<disks::DiskConfig>,
 }
 
 struct Runner {
@@ -82,7 +87,7 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
             }
         },
     };
-    let storage = Arc::new(storage::Storage::new(api.clone(), &cfg.node_name, &cfg.replica_root, &cfg.run_root));
+    let storage = Arc::new(storage::Storage::new(api.clone(), &cfg.node_name, &cfg.disks, &cfg.run_root));
     tokio::spawn(storage::run(storage.clone()));
     let env = Arc::new(RunnerEnv {
         api: api.clone(),
@@ -97,9 +102,10 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
     let heartbeat_api = api.clone();
     let node = cfg.node_name.clone();
     let ready2 = ready.clone();
+    let disks = cfg.disks.clone();
     tokio::spawn(async move {
         loop {
-            if let Err(e) = node::register(heartbeat_api.as_ref(), &node, &ready2).await {
+            if let Err(e) = node::register(heartbeat_api.as_ref(), &node, &ready2, &disks).await {
                 tracing::warn!(error = %e, "node heartbeat failed");
             }
             tokio::time::sleep(node::HEARTBEAT).await;

@@ -1,5 +1,6 @@
 //! The agent's `Node` object: created on start, capacity and addresses
-//! filled in, and a `Ready` heartbeat every [`HEARTBEAT`].
+//! filled in, and a `Ready` heartbeat every [`HEARTBEAT`], each preceded by
+//! the node's Disk objects ([`crate::disks`]).
 
 use std::time::Duration;
 
@@ -64,8 +65,16 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "node".into())
 }
 
-/// Creates the Node if missing and writes its status.
-pub async fn register(api: &dyn Api, name: &str, ready_message: &str) -> Result<(), ClientError> {
+/// Creates the Node if missing, publishes its disks, and writes its status.
+/// The disks go first, so that a Ready node's disks are known to the Volume
+/// controller; a failure to publish them is logged, not held against the
+/// heartbeat (the node's VMs need it).
+pub async fn register(
+    api: &dyn Api,
+    name: &str,
+    ready_message: &str,
+    disks: &[crate::disks::DiskConfig],
+) -> Result<(), ClientError> {
     let gvr = Gvr::of::<Node>();
     if api.get(gvr, None, name).await?.is_none() {
         let node = json!({
@@ -80,6 +89,9 @@ pub async fn register(api: &dyn Api, name: &str, ready_message: &str) -> Result<
             Err(e) if e.is_already_exists() => {}
             Err(e) => return Err(e),
         }
+    }
+    if let Err(e) = crate::disks::publish(api, name, disks).await {
+        tracing::warn!(error = %e, "cannot report the node's disks");
     }
     heartbeat(api, name, ready_message).await
 }

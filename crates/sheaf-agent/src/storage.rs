@@ -9,7 +9,8 @@
 //! agent adopts them by pidfile and command line, as it does QEMU.
 //!
 //! Files, under `<run root>/blk/`: `r-<replica uid>.{sock,pid,log}` for a
-//! replica (its data in `<replica root>/<replica uid>/`), and
+//! replica (its data in `<disk path>/<replica uid>/`, on the node disk its
+//! Replica's `spec.diskName` names, see [`crate::disks`]), and
 //! `e-<volume uid>.{nbd,ctl,pid,log,vmi,args}` for an engine (`vmi` names
 //! the VMI it serves, `args` its command line for a restart).
 
@@ -32,6 +33,7 @@ use sheaf_types::storage::{
 };
 use sheaf_types::Time;
 
+use crate::disks::DiskConfig;
 use crate::launch::LaunchError;
 
 /// How often the node's storage is reconciled.
@@ -46,7 +48,7 @@ const DETACHED_REBUILD: Duration = Duration::from_secs(3600);
 pub struct Storage {
     api: Arc<dyn Api>,
     node: String,
-    replica_root: PathBuf,
+    disks: Vec<DiskConfig>,
     blk_dir: PathBuf,
     run_root: PathBuf,
     exe: PathBuf,
@@ -227,12 +229,12 @@ struct EnginePaths {
 }
 
 impl Storage {
-    pub fn new(api: Arc<dyn Api>, node: &str, replica_root: &Path, run_root: &Path) -> Storage {
+    pub fn new(api: Arc<dyn Api>, node: &str, disks: &[DiskConfig], run_root: &Path) -> Storage {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sheaf"));
         Storage {
             api,
             node: node.to_string(),
-            replica_root: replica_root.to_path_buf(),
+            disks: disks.to_vec(),
             blk_dir: run_root.join("blk"),
             run_root: run_root.to_path_buf(),
             exe,
@@ -253,14 +255,54 @@ impl Storage {
         l.entry(uid.to_string()).or_default().clone()
     }
 
-    fn replica_paths(&self, uid: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    /// A replica's socket, pidfile and log.
+    fn replica_paths(&self, uid: &str) -> (PathBuf, PathBuf, PathBuf) {
         let base = self.blk_dir.join(format!("r-{uid}"));
-        (
-            self.replica_root.join(uid),
-            base.with_extension("sock"),
-            base.with_extension("pid"),
-            base.with_extension("log"),
-        )
+        (base.with_extension("sock"), base.with_extension("pid"), base.with_extension("log"))
+    }
+
+    /// The node disk `r` names, if this node has it.
+    fn disk_of(&self, r: &Replica) -> Option<&DiskConfig> {
+        self.disks.iter().find(|d| d.name == r.disk_name())
+    }
+
+    /// Where replica `r`'s data is: `<disk path>/<uid>`, or why it cannot
+    /// be served here.
+    fn replica_dir(&self, r: &Replica) -> Result<PathBuf, String> {
+        let uid = r.metadata.uid.clone().unwrap_or_default();
+        let Some(disk) = self.disk_of(r) else {
+            let names: Vec<&str> = self.disks.iter().map(|d| d.name.as_str()).collect();
+            return Err(format!(
+                "node {} has no disk named {} (its disks: {}): start its sheaf server with --disk {}=PATH, \
+                 or delete this replica so that the volume gets a new one",
+                self.node,
+                r.disk_name(),
+                names.join(", "),
+                r.disk_name()
+            ));
+        };
+        let dir = disk.path.join(&uid);
+        if let Some(was) = r.status.as_ref().and_then(|s| s.data_dir.as_deref()) {
+            if Path::new(was) != dir {
+                let parent = Path::new(was).parent().unwrap_or(Path::new(was));
+                return Err(format!(
+                    "the replica's data is in {was}, but disk {} is now at {}: give the disk its old path again \
+                     (--disk {}={}), or delete this replica so that the volume gets a new one",
+                    disk.name,
+                    disk.path.display(),
+                    disk.name,
+                    parent.display()
+                ));
+            }
+        }
+        if !disk.path.is_dir() {
+            return Err(format!(
+                "the directory {} of disk {} does not exist: mount the disk there again (or create it)",
+                disk.path.display(),
+                disk.name
+            ));
+        }
+        Ok(dir)
     }
 
     fn engine_paths(&self, volume_uid: &str) -> EnginePaths {
@@ -563,11 +605,23 @@ impl Storage {
         for r in all.into_iter().filter(|r| r.spec.node_name == self.node) {
             let (ns, rname) = name(&r.metadata);
             let uid = r.metadata.uid.clone().unwrap_or_default();
-            let (dir, sock, pid, log) = self.replica_paths(&uid);
+            let (sock, pid, log) = self.replica_paths(&uid);
             let needle = sock.display().to_string();
             if r.metadata.deletion_timestamp.is_some() {
                 stop(&pid, &needle);
-                let _ = std::fs::remove_dir_all(&dir);
+                // Only under a disk of this node: never a path an object
+                // says.
+                match self.disk_of(&r) {
+                    Some(disk) => {
+                        let _ = std::fs::remove_dir_all(disk.path.join(&uid));
+                    }
+                    None => tracing::warn!(
+                        replica = %rname,
+                        disk = %r.disk_name(),
+                        data = ?r.status.as_ref().and_then(|s| s.data_dir.as_deref()),
+                        "the replica's disk is not configured on this node; its data, if any, is left there"
+                    ),
+                }
                 for f in [&sock, &log] {
                     let _ = std::fs::remove_file(f);
                 }
@@ -587,7 +641,19 @@ impl Storage {
             };
             let vol_uid = vol.metadata.uid.clone().unwrap_or_default();
             let mut message = None;
-            if alive(&pid, &needle).is_none() {
+            let dir = match self.replica_dir(&r) {
+                Ok(dir) => Some(dir),
+                Err(e) => {
+                    // A server already running (adopted) goes on serving;
+                    // none is started.
+                    if r.status.as_ref().and_then(|s| s.message.as_deref()) != Some(e.as_str()) {
+                        tracing::warn!(replica = %rname, "{e}");
+                    }
+                    message = Some(e);
+                    None
+                }
+            };
+            if let (Some(dir), None) = (&dir, alive(&pid, &needle)) {
                 let size = vol.status.as_ref().and_then(|s| s.size).unwrap_or(vol.size_bytes());
                 let args = vec![
                     "blk".to_string(),
@@ -622,8 +688,10 @@ impl Storage {
             let mut status = r.status.clone().unwrap_or_default();
             status.state = Some(state.into());
             status.address = Some(format!("unix:{needle}"));
-            status.data_dir = Some(dir.display().to_string());
-            status.actual_size = Some(disk_usage(&dir));
+            if let Some(dir) = &dir {
+                status.data_dir = Some(dir.display().to_string());
+                status.actual_size = Some(disk_usage(dir));
+            }
             status.message = message;
             if Some(&status) != r.status.as_ref() {
                 let patch = json!({"status": status});

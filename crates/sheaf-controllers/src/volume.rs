@@ -6,6 +6,18 @@
 //! report the volume's state; this controller owns the `ReplicasScheduled`
 //! condition.
 //!
+//! Disks: each replica goes on a disk of its node (`spec.diskName`), one
+//! the node's agent reports as a Disk object: schedulable, with every tag
+//! of the volume's `spec.diskSelector`, and with at least the volume's size
+//! available (thin provisioning: the space of the replicas already there
+//! is not reserved). On a node, the disk holding fewest replicas of the
+//! volume comes first, then the one with the most space. A node that
+//! reports no disks has its replica root only (the `default` disk: no
+//! tags, space unknown); its replicas get no `diskName`, as the replicas
+//! made before disks existed. When nothing fits, `ReplicasScheduled` is
+//! False and says what is missing (reason `NoNode`, `NoDisk` or
+//! `NoSpace`).
+//!
 //! Replacing the replicas of a node that is down:
 //! - A replica is *stale* when its node has not been Ready for longer than
 //!   the volume's `spec.staleReplicaTimeout` (default 10 min; counted from
@@ -36,7 +48,7 @@
 //!   Node (`kubectl delete node NAME`) is how an administrator says that a
 //!   node and its disks are gone for good.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +58,9 @@ use serde_json::json;
 use sheaf_client::{Api, ClientError, Gvr, Selectors, Typed};
 use sheaf_types::core::Node;
 use sheaf_types::meta::{Condition, ObjectMeta, OwnerReference, Time};
-use sheaf_types::storage::{format_duration, Replica, ReplicaSpec, Volume, REPLICA_FINALIZER, VOLUME_LABEL};
+use sheaf_types::storage::{
+    format_bytes, format_duration, Disk, Replica, ReplicaSpec, Volume, DEFAULT_DISK, REPLICA_FINALIZER, VOLUME_LABEL,
+};
 
 use crate::events::{reference_to, EventRecorder, EventType};
 use crate::runtime::{Action, Change, Controller, ObjectKey, Reconciler};
@@ -79,6 +93,7 @@ pub async fn run(api: Arc<dyn Api>) {
             }
         })
         .watches(Gvr::of::<Node>(), |_, _, store| store.keys())
+        .watches(Gvr::of::<Disk>(), |_, _, store| store.keys())
         .resync_every(Duration::from_secs(60))
         .run(Arc::new(VolumeController::new(api.clone())));
     let release = Controller::new("replica-release", api.clone(), Gvr::of::<Replica>())
@@ -112,27 +127,189 @@ fn suffix() -> String {
     format!("{:05x}", h.finish() & 0xfffff)
 }
 
-/// Picks a node for each of `missing` new replicas: the candidate holding
-/// the fewest replicas of this volume, then by name (stable).
-pub fn place(candidates: &[String], existing: &[String], missing: usize) -> Vec<String> {
-    if candidates.is_empty() {
-        return Vec::new();
+/// A disk a new replica of a volume may go on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub node: String,
+    /// The Disk's `spec.diskName`; None on a node that reports no disks
+    /// (its replica root, the `default` disk).
+    pub disk: Option<String>,
+    /// Bytes available there (None: not known).
+    pub available: Option<i64>,
+}
+
+impl Slot {
+    fn disk_name(&self) -> &str {
+        self.disk.as_deref().unwrap_or(DEFAULT_DISK)
     }
-    let mut count: BTreeMap<&str, usize> = candidates.iter().map(|n| (n.as_str(), 0)).collect();
-    for n in existing {
-        if let Some(c) = count.get_mut(n.as_str()) {
-            *c += 1;
-        }
+}
+
+/// Picks a slot for each of `missing` new replicas, given the `(node,
+/// disk)` of the volume's replicas: the node holding fewest replicas of
+/// the volume, then by name; on it the disk holding fewest, then the one
+/// with the most space available, then by name. With `new_nodes_only`
+/// (replacements), only nodes holding none, one replica each.
+pub fn place(slots: &[Slot], existing: &[(String, String)], missing: usize, new_nodes_only: bool) -> Vec<Slot> {
+    let mut on_node: HashMap<String, usize> = HashMap::new();
+    let mut on_disk: HashMap<(String, String), usize> = HashMap::new();
+    for (node, disk) in existing {
+        *on_node.entry(node.clone()).or_default() += 1;
+        *on_disk.entry((node.clone(), disk.clone())).or_default() += 1;
     }
     let mut out = Vec::new();
     for _ in 0..missing {
-        let Some((&node, _)) = count.iter().min_by_key(|(n, c)| (**c, **n)) else { break };
-        out.push(node.to_string());
-        if let Some(c) = count.get_mut(node) {
-            *c += 1;
+        let key = |s: &Slot| {
+            let n = on_node.get(&s.node).copied().unwrap_or(0);
+            let d = on_disk.get(&(s.node.clone(), s.disk_name().to_string())).copied().unwrap_or(0);
+            (n, s.node.clone(), d, std::cmp::Reverse(s.available), s.disk_name().to_string())
+        };
+        let Some(best) = slots.iter().min_by_key(|s| key(s)) else { break };
+        if new_nodes_only && on_node.get(&best.node).copied().unwrap_or(0) > 0 {
+            break;
         }
+        *on_node.entry(best.node.clone()).or_default() += 1;
+        *on_disk.entry((best.node.clone(), best.disk_name().to_string())).or_default() += 1;
+        out.push(best.clone());
     }
     out
+}
+
+/// Why no disk of the nodes looked at can take a replica of a volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shortage {
+    /// No node to look at.
+    NoNode,
+    /// No schedulable disk with the tags; the ones with the tags that are
+    /// not schedulable, and why.
+    NoDisk { unschedulable: Vec<String> },
+    /// Disks with the tags, but none with the volume's size available; the
+    /// one with the most: (node, disk, bytes).
+    NoSpace { most: (String, String, i64) },
+}
+
+/// The disks of `nodes` (Ready, matching the volume's node selector) that
+/// a replica of `vol` may go on, or what is missing.
+pub fn slots_on(vol: &Volume, nodes: &[&Node], disks: &[Disk]) -> Result<Vec<Slot>, Shortage> {
+    if nodes.is_empty() {
+        return Err(Shortage::NoNode);
+    }
+    let size = vol.size_bytes();
+    let selector = &vol.spec.disk_selector;
+    let mut slots = Vec::new();
+    let mut unschedulable = Vec::new();
+    let mut most: Option<(String, String, i64)> = None;
+    for node in nodes {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let mut mine: Vec<&Disk> = disks.iter().filter(|d| d.spec.node_name == name).collect();
+        mine.sort_by(|a, b| a.spec.disk_name.cmp(&b.spec.disk_name));
+        if mine.is_empty() {
+            // Its replica root: no tags, space not known.
+            if selector.is_empty() {
+                slots.push(Slot { node: name, disk: None, available: None });
+            }
+            continue;
+        }
+        for d in mine.into_iter().filter(|d| d.matches(selector)) {
+            if !d.schedulable() {
+                let why = d.status.as_ref().and_then(|s| s.message.clone());
+                let why = why.unwrap_or_else(|| "its agent has not measured it yet".into());
+                unschedulable.push(format!("disk {} of node {name}: {why}", d.spec.disk_name));
+                continue;
+            }
+            match d.available() {
+                Some(a) if a < size => {
+                    if most.as_ref().is_none_or(|m| a > m.2) {
+                        most = Some((name.clone(), d.spec.disk_name.clone(), a));
+                    }
+                }
+                available => slots.push(Slot { node: name.clone(), disk: Some(d.spec.disk_name.clone()), available }),
+            }
+        }
+    }
+    match (slots.is_empty(), most) {
+        (false, _) => Ok(slots),
+        (true, Some(most)) => Err(Shortage::NoSpace { most }),
+        (true, None) => Err(Shortage::NoDisk { unschedulable }),
+    }
+}
+
+/// The first few of `items`, joined, with how many more there are.
+fn some_of(items: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut out = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
+    if items.len() > SHOWN {
+        out.push_str(&format!("; and {} more", items.len() - SHOWN));
+    }
+    out
+}
+
+fn tags_phrase(vol: &Volume) -> String {
+    if vol.spec.disk_selector.is_empty() {
+        String::new()
+    } else {
+        format!(" with tags [{}]", vol.spec.disk_selector.join(", "))
+    }
+}
+
+fn size_phrase(vol: &Volume) -> String {
+    match &vol.spec.size {
+        Some(q) => q.to_string(),
+        None => format_bytes(vol.size_bytes()),
+    }
+}
+
+impl Shortage {
+    /// The condition's reason.
+    fn reason(&self) -> &'static str {
+        match self {
+            Shortage::NoNode => "NoNode",
+            Shortage::NoDisk { .. } => "NoDisk",
+            Shortage::NoSpace { .. } => "NoSpace",
+        }
+    }
+
+    /// Why new replicas of `vol` have nowhere to go.
+    fn describe(&self, vol: &Volume) -> String {
+        let (tags, sel) = (tags_phrase(vol), selector_phrase(vol));
+        match self {
+            Shortage::NoNode if vol.spec.node_selector.is_empty() => "no Ready node to put replicas on".to_string(),
+            Shortage::NoNode => format!("no Ready node{sel}"),
+            Shortage::NoDisk { unschedulable } if unschedulable.is_empty() => format!(
+                "no disk{tags} on a Ready node{sel}: give a node such a disk (sheaf server --disk NAME=PATH,tags={}) \
+                 or change the volume's spec.diskSelector",
+                vol.spec.disk_selector.join("+")
+            ),
+            Shortage::NoDisk { unschedulable } => {
+                format!("no schedulable disk{tags} on a Ready node{sel} ({})", some_of(unschedulable))
+            }
+            Shortage::NoSpace { most: (node, disk, bytes) } => format!(
+                "no disk{tags} with {} available on a Ready node{sel} (the most is {} on disk {disk} of node \
+                 {node}): free some space or give a node a bigger disk",
+                size_phrase(vol),
+                format_bytes(*bytes)
+            ),
+        }
+    }
+
+    /// Why a stale replica cannot be replaced: what the Ready nodes free
+    /// of the volume's replicas lack.
+    fn describe_free(&self, vol: &Volume) -> String {
+        let (tags, sel) = (tags_phrase(vol), selector_phrase(vol));
+        match self {
+            Shortage::NoNode => format!("no other Ready node{sel} is free of this volume's replicas"),
+            Shortage::NoDisk { unschedulable } if unschedulable.is_empty() => {
+                format!("no other Ready node{sel} free of this volume's replicas has a disk{tags}")
+            }
+            Shortage::NoDisk { unschedulable } => format!(
+                "no other Ready node{sel} free of this volume's replicas has a schedulable disk{tags} ({})",
+                some_of(unschedulable)
+            ),
+            Shortage::NoSpace { .. } => format!(
+                "no other Ready node{sel} free of this volume's replicas has a disk{tags} with {} available",
+                size_phrase(vol)
+            ),
+        }
+    }
 }
 
 /// The state of a replica's node, as the Volume controller sees it.
@@ -238,12 +415,12 @@ impl Reconciler for VolumeController {
         let nodes = Typed::<Node>::new(self.api.as_ref()).list(None, &Selectors::default()).await?;
         let by_name: HashMap<&str, &Node> =
             nodes.iter().filter_map(|n| Some((n.metadata.name.as_deref()?, n))).collect();
-        let candidates: Vec<String> = nodes
+        let candidates: Vec<&Node> = nodes
             .iter()
             .filter(|n| node_ready(n))
             .filter(|n| vol.spec.node_selector.iter().all(|(k, v)| n.metadata.labels.get(k) == Some(v)))
-            .filter_map(|n| n.metadata.name.clone())
             .collect();
+        let disks = Typed::<Disk>::new(self.api.as_ref()).list(None, &Selectors::default()).await?;
 
         // Replicas on nodes that are up, or not down for long (`live`),
         // and the stale ones.
@@ -272,36 +449,47 @@ impl Reconciler for VolumeController {
         stale.sort_by_key(Stale::order);
         let up = |r: &Replica| node_health(by_name.get(r.spec.node_name.as_str()).copied()) == NodeHealth::Ready;
 
-        let mut problem = None;
+        let mut problem: Option<(&str, String)> = None;
         if live.len() < wanted {
             let missing = wanted - live.len();
+            let placed_on = |rs: &[&Replica]| -> Vec<(String, String)> {
+                rs.iter().map(|r| (r.spec.node_name.clone(), r.disk_name().to_string())).collect()
+            };
             let targets = if stale.is_empty() {
-                let existing: Vec<String> = live.iter().map(|r| r.spec.node_name.clone()).collect();
-                place(&candidates, &existing, missing)
+                match slots_on(&vol, &candidates, &disks) {
+                    Ok(slots) => place(&slots, &placed_on(&live), missing, false),
+                    Err(short) => {
+                        problem = Some((short.reason(), short.describe(&vol)));
+                        Vec::new()
+                    }
+                }
             } else {
                 // Replacements go only where the volume has no copy.
                 let held: HashSet<&str> = mine.iter().map(|r| r.spec.node_name.as_str()).collect();
-                candidates.iter().filter(|n| !held.contains(n.as_str())).take(missing).cloned().collect()
-            };
-            if targets.len() < missing {
-                let short = if stale.is_empty() {
-                    if vol.spec.node_selector.is_empty() {
-                        "no Ready node to put replicas on".to_string()
-                    } else {
-                        format!("no Ready node{}", selector_phrase(&vol))
-                    }
-                } else {
-                    let list: Vec<String> = stale.iter().map(Stale::describe).collect();
-                    format!(
-                        "{} cannot be replaced: no other Ready node{} is free of this volume's replicas; \
-                         it is replaced as soon as one is (add or repair a node, or lower numberOfReplicas)",
-                        list.join(", "),
-                        selector_phrase(&vol)
-                    )
+                let free: Vec<&Node> = candidates
+                    .iter()
+                    .copied()
+                    .filter(|n| !held.contains(n.metadata.name.as_deref().unwrap_or_default()))
+                    .collect();
+                let all: Vec<&Replica> = mine.iter().collect();
+                let (targets, short) = match slots_on(&vol, &free, &disks) {
+                    Ok(slots) => (place(&slots, &placed_on(&all), missing, true), Shortage::NoNode),
+                    Err(short) => (Vec::new(), short),
                 };
-                problem = Some(short);
-            }
-            for (i, node) in targets.iter().enumerate() {
+                if targets.len() < missing {
+                    let list: Vec<String> = stale.iter().map(Stale::describe).collect();
+                    let message = format!(
+                        "{} cannot be replaced: {}; it is replaced as soon as one is (add or repair a node, or \
+                         lower numberOfReplicas)",
+                        list.join(", "),
+                        short.describe_free(&vol)
+                    );
+                    problem = Some((short.reason(), message));
+                }
+                targets
+            };
+            for (i, slot) in targets.iter().enumerate() {
+                let node = &slot.node;
                 let name = format!("{}-r-{}", key.name, suffix());
                 let r = Replica {
                     metadata: ObjectMeta {
@@ -312,11 +500,15 @@ impl Reconciler for VolumeController {
                         finalizers: vec![REPLICA_FINALIZER.to_string()],
                         ..Default::default()
                     },
-                    spec: ReplicaSpec { volume_name: key.name.clone(), node_name: node.clone() },
+                    spec: ReplicaSpec {
+                        volume_name: key.name.clone(),
+                        node_name: node.clone(),
+                        disk_name: slot.disk.clone(),
+                    },
                     status: None,
                 };
                 replicas.create(&r).await?;
-                tracing::info!(volume = %key, replica = %name, node = %node, "replica scheduled");
+                tracing::info!(volume = %key, replica = %name, node = %node, disk = %slot.disk_name(), "replica scheduled");
                 if let Some(s) = stale.get(i) {
                     let message = format!(
                         "{} is stale (staleReplicaTimeout {}): new replica {name} on node {node} takes its place",
@@ -372,16 +564,18 @@ impl Reconciler for VolumeController {
                 message: Some(format!("{wanted} replica(s) placed")),
                 ..Default::default()
             },
-            Some(m) => Condition {
+            Some((reason, m)) => Condition {
                 type_: "ReplicasScheduled".into(),
                 status: "False".into(),
-                reason: Some("NoNode".into()),
+                reason: Some(reason.to_string()),
                 message: Some(m.clone()),
                 ..Default::default()
             },
         };
         let old = vol.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == condition.type_));
-        if old.map(|c| (&c.status, &c.message)) != Some((&condition.status, &condition.message)) {
+        if old.map(|c| (&c.status, &c.reason, &c.message))
+            != Some((&condition.status, &condition.reason, &condition.message))
+        {
             let mut c = condition;
             c.last_transition_time = Some(Time(Utc::now().trunc_subsecs(0)));
             volumes.merge_patch(key.namespace(), &key.name, json!({"status": {"conditions": [c]}}), true).await?;
@@ -445,16 +639,34 @@ mod tests {
     use super::*;
     use sheaf_types::core::{NodeCondition, NodeStatus};
 
+    fn slot(node: &str, disk: Option<&str>, available: Option<i64>) -> Slot {
+        Slot { node: node.into(), disk: disk.map(str::to_string), available }
+    }
+
+    fn where_(slots: &[Slot]) -> Vec<String> {
+        slots.iter().map(|s| format!("{}/{}", s.node, s.disk_name())).collect()
+    }
+
     #[test]
-    fn replicas_spread_over_nodes_first() {
-        let nodes = vec!["a".to_string(), "b".to_string(), "c".to_string()];
-        assert_eq!(place(&nodes, &[], 3), ["a", "b", "c"]);
-        assert_eq!(place(&nodes, &["a".into(), "b".into()], 1), ["c"]);
+    fn replicas_spread_over_nodes_first_then_disks() {
+        let nodes = [slot("a", None, None), slot("b", None, None), slot("c", None, None)];
+        assert_eq!(where_(&place(&nodes, &[], 3, false)), ["a/default", "b/default", "c/default"]);
+        let existing = [("a".to_string(), "default".to_string()), ("b".to_string(), "default".to_string())];
+        assert_eq!(where_(&place(&nodes, &existing, 1, false)), ["c/default"]);
         // One node: every replica on it.
-        assert_eq!(place(&nodes[..1], &[], 3), ["a", "a", "a"]);
+        assert_eq!(where_(&place(&nodes[..1], &[], 3, false)), ["a/default", "a/default", "a/default"]);
         // Two nodes, three replicas: two on one, one on the other.
-        assert_eq!(place(&nodes[..2], &[], 3), ["a", "b", "a"]);
-        assert!(place(&[], &[], 2).is_empty());
+        assert_eq!(where_(&place(&nodes[..2], &[], 3, false)), ["a/default", "b/default", "a/default"]);
+        assert!(place(&[], &[], 2, false).is_empty());
+
+        // Two disks on a: other nodes first, then a's other disk, the one
+        // with most space first.
+        let disks = [slot("a", Some("d1"), Some(10)), slot("a", Some("d2"), Some(20)), slot("b", Some("d1"), Some(5))];
+        assert_eq!(where_(&place(&disks, &[], 4, false)), ["a/d2", "b/d1", "a/d1", "b/d1"]);
+        let existing = [("a".to_string(), "d2".to_string())];
+        assert_eq!(where_(&place(&disks, &existing, 2, false)), ["b/d1", "a/d1"]);
+        // Replacements: only nodes without a replica, one each.
+        assert_eq!(where_(&place(&disks, &existing, 2, true)), ["b/d1"]);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! Ready condition the tests set and fake agents that report replicas
 //! Running: replicas of a node down longer than the stale replica timeout
 //! are replaced on a free node, the old one goes once the new one runs,
-//! and nothing happens before the timeout or without a free node. Also the
+//! and nothing happens before the timeout or without a free node. Replicas
+//! go on the nodes' disks (fake Disk objects) by tag and space, spread over
+//! nodes, then disks, with a condition naming what is missing. Also the
 //! node lifecycle controller (silent nodes become Unknown) and the API
 //! server's refusal to delete a Volume a VM uses, namespace deletion
 //! included.
@@ -18,7 +20,7 @@ use sheaf_client::{Api, Gvr, Selectors, Typed};
 use sheaf_controllers::vm;
 use sheaf_types::core::{Namespace, Node};
 use sheaf_types::kubevirt::VirtualMachineInstance;
-use sheaf_types::storage::{Replica, Volume};
+use sheaf_types::storage::{Disk, Replica, Volume};
 
 /// Polls `f` until it returns Some; fails the test with `what` otherwise.
 async fn until<T, F, Fut>(what: &str, f: F) -> T
@@ -96,6 +98,45 @@ async fn volume(c: &Cluster, name: &str) -> Volume {
 fn scheduled(v: &Volume) -> Option<(String, String)> {
     let cond = v.status.as_ref()?.conditions.iter().find(|c| c.type_ == "ReplicasScheduled")?;
     Some((cond.status.clone(), cond.message.clone().unwrap_or_default()))
+}
+
+/// What node `node`'s agent reports of its disk `disk`: tags, available
+/// bytes (capacity: twice that), schedulable or not (with a message).
+async fn add_disk(
+    c: &Cluster,
+    node: &str,
+    disk: &str,
+    tags: &[&str],
+    gib: i64,
+    schedulable: bool,
+) -> anyhow::Result<()> {
+    let name = format!("{node}.{disk}");
+    let body = json!({"apiVersion": "sheaf.io/v1alpha1", "kind": "Disk",
+        "metadata": {"name": name, "labels": {"sheaf.io/node": node}},
+        "spec": {"nodeName": node, "diskName": disk, "path": format!("/srv/{disk}"), "tags": tags}});
+    c.api.create(Gvr::of::<Disk>(), None, body).await?;
+    let mut status = json!({"schedulable": schedulable, "available": gib << 30, "capacity": (2 * gib) << 30});
+    if !schedulable {
+        status["message"] = json!(format!("the file system at /srv/{disk} is mounted read-only"));
+    }
+    c.api.merge_patch(Gvr::of::<Disk>(), None, &name, json!({ "status": status }), true).await?;
+    Ok(())
+}
+
+/// `node/disk` of each replica (in the order of [`replicas`]).
+fn disks_of(rs: &[Replica]) -> Vec<String> {
+    rs.iter().map(|r| format!("{}/{}", r.spec.node_name, r.spec.disk_name.as_deref().unwrap_or("-"))).collect()
+}
+
+/// Waits until ReplicasScheduled of `volume` has `status`; returns its
+/// reason and message.
+async fn condition(c: &Cluster, volume: &str, status: &str) -> (String, String) {
+    until(&format!("ReplicasScheduled {status} on {volume}"), || async {
+        let v = Typed::<Volume>::new(c.api.as_ref()).get(Some("default"), volume).await.ok().flatten()?;
+        let cond = v.status?.conditions.into_iter().find(|c| c.type_ == "ReplicasScheduled" && c.status == status)?;
+        Some((cond.reason.unwrap_or_default(), cond.message.unwrap_or_default()))
+    })
+    .await
 }
 
 /// Three Ready nodes and volume `data` with two Running replicas, on n1
@@ -375,5 +416,131 @@ async fn namespace_deletion_removes_the_vms_first_then_their_volumes() -> anyhow
     .await;
     assert!(exists(api, vols, ns, "data").await.is_none());
     assert!(exists(api, reps, ns, "data-r-1").await.is_none());
+    Ok(())
+}
+
+// ------------------------------------------------------------- disks
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_go_on_disks_by_tag_and_space_spread_over_nodes_then_disks() -> anyhow::Result<()> {
+    let c = storage().await?;
+    for n in ["n1", "n2", "n3"] {
+        c.add_node(n, "4", "8Gi", true).await?;
+    }
+    add_disk(&c, "n1", "default", &[], 100, true).await?;
+    add_disk(&c, "n1", "nvme", &["ssd", "fast"], 50, true).await?;
+    add_disk(&c, "n2", "default", &[], 100, true).await?;
+    add_disk(&c, "n2", "sata", &["ssd"], 20, true).await?;
+    add_disk(&c, "n3", "small", &["ssd"], 5, true).await?;
+
+    // Tagged ssd, 10Gi: n3's ssd disk has 5Gi only; two replicas go on
+    // n1 and n2, on their ssd disks.
+    create_volume(&c, "fast", json!({"size": "10Gi", "numberOfReplicas": 2, "diskSelector": ["ssd"]})).await?;
+    let rs = placed(&c, "fast", &["n1", "n2"]).await;
+    assert_eq!(disks_of(&rs), ["n1/nvme", "n2/sata"]);
+    // Both tags: only n1's nvme. Three replicas share it, as a single
+    // node's replicas do.
+    create_volume(&c, "faster", json!({"size": "10Gi", "numberOfReplicas": 3, "diskSelector": ["ssd", "fast"]}))
+        .await?;
+    let rs = placed(&c, "faster", &["n1", "n1", "n1"]).await;
+    assert_eq!(disks_of(&rs), ["n1/nvme", "n1/nvme", "n1/nvme"]);
+    condition(&c, "faster", "True").await;
+
+    // No selector, five replicas: every node first (the disk with most
+    // space of each), then the other disks of n1 and n2.
+    create_volume(&c, "any", json!({"size": "1Gi", "numberOfReplicas": 5})).await?;
+    let rs = placed(&c, "any", &["n1", "n1", "n2", "n2", "n3"]).await;
+    let mut got = disks_of(&rs);
+    got.sort();
+    assert_eq!(got, ["n1/default", "n1/nvme", "n2/default", "n2/sata", "n3/small"]);
+
+    // A node that reports no disks keeps its replicas in its replica root
+    // (no diskName); a disk selector never picks it.
+    c.add_node("old", "4", "8Gi", true).await?;
+    create_volume(&c, "legacy", json!({"size": "1Gi", "numberOfReplicas": 4})).await?;
+    let rs = placed(&c, "legacy", &["n1", "n2", "n3", "old"]).await;
+    assert_eq!(rs[3].spec.disk_name, None);
+    let out = c.api.get(Gvr::of::<Replica>(), Some("default"), &rname(&rs[3])).await?.unwrap_or_default();
+    assert!(out.pointer("/spec/diskName").is_none(), "{out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_fitting_disk_the_condition_says_what_is_missing() -> anyhow::Result<()> {
+    let c = storage().await?;
+    c.add_node("n1", "4", "8Gi", true).await?;
+    add_disk(&c, "n1", "default", &[], 100, true).await?;
+    add_disk(&c, "n1", "ro", &["archive"], 100, false).await?;
+
+    // No disk with the tag.
+    create_volume(&c, "tagged", json!({"size": "10Gi", "numberOfReplicas": 1, "diskSelector": ["ssd"]})).await?;
+    let (reason, message) = condition(&c, "tagged", "False").await;
+    assert_eq!(reason, "NoDisk");
+    assert!(
+        message.starts_with("no disk with tags [ssd] on a Ready node: ")
+            && message.contains("sheaf server --disk NAME=PATH,tags=ssd"),
+        "{message}"
+    );
+    // A disk with the tag that cannot take replicas: why.
+    create_volume(&c, "cold", json!({"size": "10Gi", "numberOfReplicas": 1, "diskSelector": ["archive"]})).await?;
+    let (reason, message) = condition(&c, "cold", "False").await;
+    assert_eq!(reason, "NoDisk");
+    assert!(
+        message.contains("no schedulable disk with tags [archive] on a Ready node")
+            && message.contains("disk ro of node n1: the file system at /srv/ro is mounted read-only"),
+        "{message}"
+    );
+    // Too big for every disk: the size asked and the most there is.
+    create_volume(&c, "huge", json!({"size": "200Gi", "numberOfReplicas": 1})).await?;
+    let (reason, message) = condition(&c, "huge", "False").await;
+    assert_eq!(reason, "NoSpace");
+    assert!(
+        message
+            .starts_with("no disk with 200Gi available on a Ready node (the most is 100Gi on disk default of node n1)"),
+        "{message}"
+    );
+    assert!(replicas(&c, "tagged").await.is_empty() && replicas(&c, "huge").await.is_empty());
+
+    // A node gets an ssd disk: the replica goes there.
+    c.add_node("n2", "4", "8Gi", true).await?;
+    add_disk(&c, "n2", "fast", &["ssd"], 50, true).await?;
+    let rs = placed(&c, "tagged", &["n2"]).await;
+    assert_eq!(disks_of(&rs), ["n2/fast"]);
+    let (reason, _) = condition(&c, "tagged", "True").await;
+    assert_eq!(reason, "Scheduled");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_replica_is_replaced_only_on_a_disk_with_the_tags() -> anyhow::Result<()> {
+    let c = storage().await?;
+    for n in ["n1", "n2", "n3"] {
+        c.add_node(n, "4", "8Gi", true).await?;
+        add_disk(&c, n, "default", &[], 100, true).await?;
+    }
+    add_disk(&c, "n1", "fast", &["ssd"], 50, true).await?;
+    add_disk(&c, "n2", "fast", &["ssd"], 50, true).await?;
+    create_volume(&c, "data", json!({"numberOfReplicas": 2, "diskSelector": ["ssd"]})).await?;
+    let rs = placed(&c, "data", &["n1", "n2"]).await;
+    assert_eq!(disks_of(&rs), ["n1/fast", "n2/fast"]);
+    for r in &rs {
+        report_running(&c, r).await?;
+    }
+    // n2 is down too long; n3 is free but has no ssd disk.
+    set_ready(&c, "n2", "False", 11 * 60).await?;
+    let (reason, message) = condition(&c, "data", "False").await;
+    assert_eq!(reason, "NoDisk");
+    assert!(
+        message.contains(&format!("replica {} on node n2", rname(&rs[1])))
+            && message.contains(
+                "cannot be replaced: no other Ready node free of this volume's replicas has a disk with tags [ssd]"
+            ),
+        "{message}"
+    );
+    keeps(&c, &rs.iter().map(rname).collect::<Vec<_>>(), Duration::from_millis(300)).await;
+    // n3 gets one: the replacement goes there.
+    add_disk(&c, "n3", "fast", &["ssd"], 50, true).await?;
+    let rs = placed(&c, "data", &["n1", "n2", "n3"]).await;
+    assert_eq!(disks_of(&rs)[2], "n3/fast");
     Ok(())
 }

@@ -18,5 +18,6 @@ pub fn all() -> Vec<ResourceType> {
         ResourceType::of::<storage::Volume>(),
         ResourceType::of::<storage::Replica>(),
         ResourceType::of::<storage::VolumeSnapshot>(),
+        ResourceType::of::<storage::Disk>(),
     ]
 }

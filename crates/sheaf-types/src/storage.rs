@@ -1,5 +1,6 @@
 //! Sheaf's storage kinds (`sheaf.io/v1alpha1`): replicated block volumes,
-//! their replicas and their snapshots. See docs/design/storage-engine.md.
+//! their replicas and their snapshots, and the nodes' disks that hold the
+//! replicas. See docs/design/storage-engine.md.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,6 +29,11 @@ pub const FRONTENDS: &[&str] = &["nbd", "vhost-user"];
 pub const REPLICA_FINALIZER: &str = "sheaf.io/replica-data";
 /// Held by a VolumeSnapshot until its layer is merged away.
 pub const SNAPSHOT_FINALIZER: &str = "sheaf.io/snapshot-data";
+/// The disk a node has when its agent is given no `--disk`: the node's
+/// replica root. A Replica without `spec.diskName` is on it.
+pub const DEFAULT_DISK: &str = "default";
+/// The label that ties a Disk to its node.
+pub const NODE_LABEL: &str = "sheaf.io/node";
 /// Most replicas a volume may ask for.
 pub const MAX_REPLICAS: u32 = 16;
 /// Volume sizes are whole 4 KiB blocks.
@@ -82,6 +88,11 @@ pub struct VolumeSpec {
     /// such as `10m` (the default), `90s` or `1h30m`; at least `1m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_replica_timeout: Option<String>,
+    /// Replicas only go to disks that have all these tags (a node's disks
+    /// and their tags are its Disk objects, `kubectl get disks`). Changing
+    /// it places new replicas only; existing ones stay where they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disk_selector: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -150,6 +161,47 @@ fn object_name(errs: &mut Vec<FieldError>, field: &str, v: &str) {
     } else if let Err(e) = validation::dns1123_subdomain(v) {
         errs.push(FieldError::invalid(field, e));
     }
+}
+
+/// Checks a disk tag: a word as in a label value (alphanumerics, `-`, `_`
+/// and `.`, starting and ending with an alphanumeric, at most 63
+/// characters).
+pub fn validate_tag(tag: &str) -> Result<(), String> {
+    if tag.is_empty() {
+        return Err("a tag must not be empty".into());
+    }
+    validation::label_value(tag).map_err(|_| {
+        "a tag must consist of alphanumeric characters, '-', '_' or '.', start and end with an alphanumeric \
+         character and be at most 63 characters (e.g. 'ssd', 'fast', 'nvme-1')"
+            .to_string()
+    })
+}
+
+fn check_tags(errs: &mut Vec<FieldError>, field: &str, tags: &[String]) {
+    for (i, t) in tags.iter().enumerate() {
+        if let Err(e) = validate_tag(t) {
+            errs.push(FieldError::invalid(format!("{field}[{i}]"), e));
+        } else if tags[..i].contains(t) {
+            errs.push(FieldError::duplicate(format!("{field}[{i}]"), t));
+        }
+    }
+}
+
+/// Bytes for people: `10Gi`, `3.5Gi`, `512Mi`, `700` (binary units, one
+/// decimal at most).
+pub fn format_bytes(bytes: i64) -> String {
+    const UNITS: [(&str, i64); 5] =
+        [("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes.abs() >= size {
+            if bytes % size == 0 {
+                return format!("{}{unit}", bytes / size);
+            }
+            let tenths = (bytes as i128 * 10 / size as i128) as i64;
+            return format!("{}.{}{unit}", tenths / 10, (tenths % 10).abs());
+        }
+    }
+    bytes.to_string()
 }
 
 /// Parses a duration written as Kubernetes and Go do (`10m`, `90s`,
@@ -303,6 +355,7 @@ impl Kind for Volume {
                 Some(_) => {}
             }
         }
+        check_tags(&mut errs, "spec.diskSelector", &self.spec.disk_selector);
         if let Some(old) = old {
             let (new_size, old_size) = (self.size_bytes(), old.size_bytes());
             if new_size < old_size {
@@ -359,6 +412,10 @@ pub struct ReplicaSpec {
     /// The node that keeps this copy.
     #[serde(default)]
     pub node_name: String,
+    /// The disk of that node (a Disk's `spec.diskName`) that holds the
+    /// data; unset: the node's `default` disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_name: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -370,7 +427,7 @@ pub struct ReplicaStatus {
     /// Where engines reach it: `unix:PATH` or `tcp:HOST:PORT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    /// The directory on the node's disk.
+    /// The directory on the node's disk (`<disk path>/<replica uid>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -394,8 +451,13 @@ impl Kind for Replica {
         let mut errs = Vec::new();
         object_name(&mut errs, "spec.volumeName", &self.spec.volume_name);
         object_name(&mut errs, "spec.nodeName", &self.spec.node_name);
+        if let Some(d) = &self.spec.disk_name {
+            if let Err(e) = validation::dns1123_label(d) {
+                errs.push(FieldError::invalid("spec.diskName", e));
+            }
+        }
         if old.is_some_and(|o| o.spec != self.spec) {
-            errs.push(FieldError::forbidden("spec", "a replica's volume and node cannot change"));
+            errs.push(FieldError::forbidden("spec", "a replica's volume, node and disk cannot change"));
         }
         errs
     }
@@ -404,11 +466,146 @@ impl Kind for Replica {
             Column::new("Volume", "string", ".spec.volumeName"),
             Column::new("Node", "string", ".spec.nodeName"),
             Column::new("State", "string", ".status.state"),
+            Column::new("Disk", "string", ".spec.diskName").wide(),
             Column::new("Address", "string", ".status.address").wide(),
+            Column::new("Data-Dir", "string", ".status.dataDir").wide(),
         ]
     }
     fn description() -> &'static str {
         "One copy of a Volume's data on a node, served by a replica process that node's agent runs."
+    }
+}
+
+impl Replica {
+    /// The disk of its node that holds the data ([`DEFAULT_DISK`] when
+    /// `spec.diskName` is unset).
+    pub fn disk_name(&self) -> &str {
+        self.spec.disk_name.as_deref().filter(|d| !d.is_empty()).unwrap_or(DEFAULT_DISK)
+    }
+}
+
+/// A disk of a node, where its agent keeps replicas (`sheaf server --disk
+/// NAME=PATH[,tags=...]`; one named `default` at the replica root when no
+/// `--disk` is given). The agent creates it, keeps its status current and
+/// deletes it when the disk leaves its configuration; it is named
+/// `<node>.<disk>` and owned by its Node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Disk {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: DiskSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DiskStatus>,
+}
+
+/// What the node's agent was configured with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskSpec {
+    /// The node the disk belongs to.
+    #[serde(default)]
+    pub node_name: String,
+    /// The disk's name on its node (what a Replica's `spec.diskName` says).
+    #[serde(default)]
+    pub disk_name: String,
+    /// The directory replicas go under (`<path>/<replica uid>/`).
+    #[serde(default)]
+    pub path: String,
+    /// What a Volume's `spec.diskSelector` matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// What the node's agent measures, at each heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskStatus {
+    /// Whether new replicas may go here (the directory exists and its file
+    /// system is writable); `message` says why not.
+    #[serde(default)]
+    pub schedulable: bool,
+    /// Size of the file system, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<i64>,
+    /// Bytes free for new data (what an unprivileged writer may use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Disk {
+    /// The object name of disk `disk` of node `node`. Unambiguous: a disk
+    /// name has no dot, so the node is what comes before the last one.
+    pub fn object_name(node: &str, disk: &str) -> String {
+        format!("{node}.{disk}")
+    }
+    pub fn schedulable(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.schedulable)
+    }
+    pub fn available(&self) -> Option<i64> {
+        self.status.as_ref().and_then(|s| s.available)
+    }
+    /// Whether it has every tag of `selector`.
+    pub fn matches(&self, selector: &[String]) -> bool {
+        selector.iter().all(|t| self.spec.tags.contains(t))
+    }
+}
+
+impl Kind for Disk {
+    const GROUP: &'static str = GROUP;
+    const VERSION: &'static str = VERSION;
+    const KIND: &'static str = "Disk";
+    const PLURAL: &'static str = "disks";
+    const CATEGORIES: &'static [&'static str] = &["sheaf"];
+    const NAMESPACED: bool = false;
+    const HAS_STATUS: bool = true;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn validate(&self, old: Option<&Self>) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        object_name(&mut errs, "spec.nodeName", &self.spec.node_name);
+        if self.spec.disk_name.is_empty() {
+            errs.push(FieldError::required("spec.diskName"));
+        } else if let Err(e) = validation::dns1123_label(&self.spec.disk_name) {
+            errs.push(FieldError::invalid("spec.diskName", e));
+        }
+        let want = Disk::object_name(&self.spec.node_name, &self.spec.disk_name);
+        if let Some(name) = self.metadata.name.as_deref().filter(|n| *n != want) {
+            errs.push(FieldError::invalid(
+                "metadata.name",
+                format!("{name:?} is not <spec.nodeName>.<spec.diskName> ({want:?})"),
+            ));
+        }
+        if !self.spec.path.starts_with('/') {
+            errs.push(FieldError::invalid("spec.path", format!("{:?} is not an absolute path", self.spec.path)));
+        }
+        check_tags(&mut errs, "spec.tags", &self.spec.tags);
+        if let Some(old) = old {
+            if (&old.spec.node_name, &old.spec.disk_name) != (&self.spec.node_name, &self.spec.disk_name) {
+                errs.push(FieldError::forbidden("spec", "a disk's node and name cannot change"));
+            }
+        }
+        errs
+    }
+    fn columns() -> Vec<Column> {
+        vec![
+            Column::new("Node", "string", ".spec.nodeName"),
+            Column::new("Disk", "string", ".spec.diskName"),
+            Column::new("Tags", "string", ".spec.tags"),
+            Column::new("Schedulable", "boolean", ".status.schedulable"),
+            Column::new("Available", "integer", ".status.available"),
+            Column::new("Capacity", "integer", ".status.capacity"),
+            Column::new("Path", "string", ".spec.path").wide(),
+            Column::new("Message", "string", ".status.message").wide(),
+        ]
+    }
+    fn description() -> &'static str {
+        "A disk of a node that holds replicas, with its tags (what a Volume's diskSelector matches) and free \
+         space, kept current by the node's agent."
     }
 }
 
@@ -590,6 +787,67 @@ mod tests {
             s.state = Some("Detached".into());
         }
         assert!(users_of(&detached, &other).is_empty());
+    }
+
+    #[test]
+    fn disk_selectors_and_disks() {
+        let mut v = vol("1Gi");
+        v.spec.disk_selector = vec!["ssd".into(), "fast.1".into()];
+        assert!(v.validate(None).is_empty());
+        v.spec.disk_selector = vec!["ssd".into(), "".into(), "a+b".into(), "ssd".into()];
+        let e = v.validate(None);
+        let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.diskSelector[1]", "spec.diskSelector[2]", "spec.diskSelector[3]"], "{e:?}");
+        assert!(e[1].message.contains("e.g. 'ssd'"), "{e:?}");
+
+        let disk = |node: &str, name: &str, path: &str| Disk {
+            metadata: ObjectMeta { name: Some(Disk::object_name(node, name)), ..Default::default() },
+            spec: DiskSpec {
+                node_name: node.into(),
+                disk_name: name.into(),
+                path: path.into(),
+                tags: vec!["ssd".into()],
+            },
+            status: None,
+        };
+        let d = disk("n1.example.com", "fast", "/srv/fast");
+        assert_eq!(d.metadata.name.as_deref(), Some("n1.example.com.fast"));
+        assert!(d.validate(None).is_empty());
+        assert!(d.matches(&["ssd".into()]) && d.matches(&[]) && !d.matches(&["ssd".into(), "nvme".into()]));
+        let mut bad = disk("n1", "Fast", "srv");
+        bad.metadata.name = Some("n1-fast".into());
+        let fields: Vec<String> = bad.validate(None).iter().map(|e| e.field.clone()).collect();
+        assert_eq!(fields, ["spec.diskName", "metadata.name", "spec.path"]);
+        // Path and tags may change (new flags); node and name may not.
+        let mut moved = d.clone();
+        moved.spec.path = "/srv/other".into();
+        moved.spec.tags.clear();
+        assert!(moved.validate(Some(&d)).is_empty());
+        let mut renamed = disk("n1.example.com", "slow", "/srv/fast");
+        renamed.metadata.name = d.metadata.name.clone();
+        assert!(renamed.validate(Some(&d)).iter().any(|e| e.message.contains("cannot change")));
+
+        // A replica's disk: the default one when unset; never changed.
+        let mut r = Replica::default();
+        r.spec.volume_name = "v".into();
+        r.spec.node_name = "n1".into();
+        assert_eq!(r.disk_name(), DEFAULT_DISK);
+        let mut on_fast = r.clone();
+        on_fast.spec.disk_name = Some("fast".into());
+        assert_eq!(on_fast.disk_name(), "fast");
+        assert!(on_fast.validate(Some(&r))[0].message.contains("disk cannot change"));
+        on_fast.spec.disk_name = Some("no_such".into());
+        assert_eq!(on_fast.validate(None)[0].field, "spec.diskName");
+    }
+
+    #[test]
+    fn bytes_for_people() {
+        assert_eq!(format_bytes(10 << 30), "10Gi");
+        assert_eq!(format_bytes((7 << 30) / 2), "3.5Gi");
+        assert_eq!(format_bytes(512 << 20), "512Mi");
+        assert_eq!(format_bytes(1536), "1.5Ki");
+        assert_eq!(format_bytes(700), "700");
+        assert_eq!(format_bytes(0), "0");
     }
 
     #[test]

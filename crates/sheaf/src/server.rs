@@ -74,6 +74,25 @@ pub struct ServerArgs {
     /// The management network's subnet; the bridge takes the first address.
     #[arg(long, default_value = "10.53.0.0/20")]
     pub mgmt_cidr: sheaf_agent::network::Subnet,
+    /// A disk for replica data, NAME=PATH[,tags=TAG+TAG]; repeat for more
+    /// (for example --disk fast=/srv/nvme0,tags=ssd+fast). Volumes choose
+    /// disks by tag (spec.diskSelector). Default: one disk named `default`
+    /// at DATA_DIR/replicas; replicas made before disks existed are on
+    /// `default`, so keep a disk of that name at that path when adding
+    /// others.
+    #[arg(long = "disk", value_name = "NAME=PATH[,tags=TAG+TAG]")]
+    pub disks: Vec<sheaf_agent::disks::DiskConfig>,
+}
+
+impl ServerArgs {
+    /// The node's disks: those given, or the default one.
+    pub fn node_disks(&self) -> Vec<sheaf_agent::disks::DiskConfig> {
+        if self.disks.is_empty() {
+            vec![sheaf_agent::disks::DiskConfig::default_at(&self.data_dir.join("replicas"))]
+        } else {
+            self.disks.clone()
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -154,6 +173,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // The store holds Secrets and the directory holds the admin token.
     std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict the data directory {}", args.data_dir.display()))?;
+    let disks = args.node_disks();
+    if !args.no_agent {
+        sheaf_agent::disks::prepare(&disks).context("bad --disk")?;
+    }
     let store: Arc<dyn Store> = match args.store {
         StoreKind::Sqlite => {
             let path = args.data_dir.join("state.db");
@@ -201,7 +224,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             image_root: args.image_dir.clone().unwrap_or_else(|| args.data_dir.join("images")),
             qemu: args.qemu.clone(),
             management: (args.mgmt_network == MgmtNetwork::Bridge).then(|| (args.mgmt_bridge.clone(), args.mgmt_cidr)),
-            replica_root: args.data_dir.join("replicas"),
+            disks,
         };
         api.set_node_dialer(Arc::new(LocalDialer { node: cfg.node_name.clone(), run_root: cfg.run_root.clone() }));
         tokio::spawn(sheaf_agent::run(local.clone(), cfg));
@@ -218,4 +241,47 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("terminated; stopping"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServerArgs, String> {
+        Cmd::try_parse_from(std::iter::once("server").chain(args.iter().copied()))
+            .map(|c| c.server)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn disk_flags() {
+        // None: the default disk at DATA_DIR/replicas, as before disks.
+        let a = parse(&["--data-dir", "/var/lib/x"]).expect("no disks");
+        let d = a.node_disks();
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].name.as_str(), d[0].path.as_path()), ("default", Path::new("/var/lib/x/replicas")));
+        assert!(d[0].tags.is_empty());
+
+        let a = parse(&["--disk", "default=/var/lib/sheaf/replicas", "--disk", "fast=/srv/nvme0,tags=ssd+fast"])
+            .expect("two disks");
+        let d = a.node_disks();
+        assert_eq!(d.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["default", "fast"]);
+        assert_eq!(d[1].path, Path::new("/srv/nvme0"));
+        assert_eq!(d[1].tags, ["ssd", "fast"]);
+
+        // Errors name the flag and what is expected.
+        let e = parse(&["--disk", "fast:/srv/x"]).expect_err("bad syntax");
+        assert!(e.contains("--disk") && e.contains("expected NAME=PATH[,tags=TAG+TAG]"), "{e}");
+        let e = parse(&["--disk", "fast=relative/dir"]).expect_err("relative");
+        assert!(e.contains("not absolute"), "{e}");
+    }
 }

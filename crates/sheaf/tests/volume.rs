@@ -3,7 +3,9 @@
 //! it, a replica server is killed and comes back rebuilt, the replica set
 //! shrinks and grows while the VM runs, snapshots are taken attached and
 //! detached, deleting the volume in use is refused, the volume is
-//! reverted, cloned and grown, and bad requests get clear errors.
+//! reverted, cloned and grown, and bad requests get clear errors. A
+//! vhost-user volume on a tagged second disk (`--disk`, `--disk-selector`)
+//! serves a guest and grows under it.
 
 mod support;
 
@@ -280,20 +282,39 @@ fn engine_log(blk: &Path) -> String {
 const WATCH_SCRIPT: &str = "          userData: |\n            #!/bin/sh\n            for s in /sys/block/vd*; do [ \"$(cat $s/size)\" -ge 131072 ] && dev=$(basename $s); done\n            printf SHEAF-VHOST-DATA | dd of=/dev/$dev bs=512 seek=2048 conv=fsync 2>/dev/null\n            echo 3 > /proc/sys/vm/drop_caches\n            echo \"SHEAF-GUEST roundtrip=$(dd if=/dev/$dev bs=512 skip=2048 count=1 2>/dev/null | head -c 16)\"\n            ( while true; do echo \"SHEAF-GUEST vsize=$(cat /sys/block/$dev/size)\"; sleep 1; done ) &\n";
 
 #[test]
-fn a_vhost_user_volume_serves_a_guest_and_grows_while_it_runs() {
+fn a_vhost_user_volume_on_a_tagged_disk_serves_a_guest_and_grows_while_it_runs() {
     let root = tempfile::tempdir().expect("tempdir");
     let _reaper = QemuReaper(root.path().to_path_buf());
-    let s = tiny_server(root.path(), &[]);
+    // Two disks: the default one and a second one tagged ssd.
+    let (default_disk, ssd) = (root.path().join("replicas"), root.path().join("ssd1"));
+    let default_flag = format!("default={}", default_disk.display());
+    let ssd_flag = format!("ssd1={},tags=ssd+fast", ssd.display());
+    let s = tiny_server(root.path(), &["--disk", &default_flag, "--disk", &ssd_flag]);
+    let disks = s.kubectl_ok(&["get", "disks", "-o", "wide"]);
+    assert!(disks.contains("default") && disks.contains("ssd,fast") && disks.contains("true"), "{disks}");
 
     let e = cli_err(&s, &["volume", "create", "bad", "--size", "64Mi", "--frontend", "iscsi"]);
     assert!(e.contains("spec.frontend") && e.contains("vhost-user"), "{e}");
-    cli(&s, &["volume", "create", "fast", "--size", "64Mi", "--replicas", "2", "--frontend", "vhost-user"]);
+    // No disk has the tag: said at once, naming what is missing.
+    let e = cli_err(&s, &["volume", "create", "nowhere", "--size", "64Mi", "--disk-selector", "nvme"]);
+    assert!(e.contains("cannot be placed: no disk with tags [nvme] on a Ready node"), "{e}");
+    cli(&s, &["volume", "delete", "nowhere"]);
+    let args = ["volume", "create", "fast", "--size", "64Mi", "--replicas", "2", "--frontend", "vhost-user"];
+    cli(&s, &[&args[..], &["--disk-selector", "ssd"]].concat());
     assert!(
         eventually(Duration::from_secs(30), || all_path(&s, "replicas", "{.items[*].status.state}")
             == "Running Running"),
         "replicas: {}",
         s.kubectl_ok(&["get", "replicas", "-o", "wide"])
     );
+    // Both on the ssd disk: its name in the replicas, their data under it.
+    assert_eq!(all_path(&s, "replicas", "{.items[*].spec.diskName}"), "ssd1 ssd1");
+    let dirs = all_path(&s, "replicas", "{.items[*].status.dataDir}");
+    let uids = all_path(&s, "replicas", "{.items[*].metadata.uid}");
+    let want: Vec<String> = uids.split_whitespace().map(|u| ssd.join(u).display().to_string()).collect();
+    assert_eq!(dirs.split_whitespace().collect::<Vec<_>>(), want);
+    assert!(want.iter().all(|d| Path::new(d).join("replica.json").exists()), "{want:?}");
+    assert!(s.kubectl_ok(&["get", "replicas", "-o", "wide"]).contains("ssd1"));
     let vm = vm_with_volume("vu", "fast").replace(SCRIPT, WATCH_SCRIPT);
     assert!(vm.contains("vsize"), "{vm}");
     apply(&s, &vm);

@@ -40,6 +40,10 @@ pub enum VolumeAction {
         /// guest sees it grow; no live migration yet). Default: nbd.
         #[arg(long)]
         frontend: Option<String>,
+        /// Replicas only on disks with all these tags (`--disk-selector
+        /// ssd,fast`; see `kubectl get disks`).
+        #[arg(long, value_delimiter = ',', value_name = "TAG,...")]
+        disk_selector: Vec<String>,
     },
     /// List volumes with their state and snapshots.
     List,
@@ -60,6 +64,9 @@ pub enum VolumeAction {
         size: Option<String>,
         #[arg(long, default_value = "3")]
         replicas: u32,
+        /// Replicas only on disks with all these tags.
+        #[arg(long, value_delimiter = ',', value_name = "TAG,...")]
+        disk_selector: Vec<String>,
     },
     /// Grow a volume: `sheaf volume expand data --size 20Gi`.
     Expand {
@@ -163,18 +170,38 @@ fn s<'a>(v: &'a Value, p: &str) -> &'a str {
     v.pointer(p).and_then(Value::as_str).unwrap_or("")
 }
 
-fn volume_body(name: &str, size: &str, replicas: u32, from: Option<&str>) -> Value {
+fn volume_body(name: &str, size: &str, replicas: u32, from: Option<&str>, disk_selector: &[String]) -> Value {
     let mut spec = json!({"size": size, "numberOfReplicas": replicas});
     if let Some(f) = from {
         spec["fromSnapshot"] = json!(f);
     }
+    if !disk_selector.is_empty() {
+        spec["diskSelector"] = json!(disk_selector);
+    }
     json!({"apiVersion": "sheaf.io/v1alpha1", "kind": "Volume", "metadata": {"name": name}, "spec": spec})
+}
+
+/// Why the Volume controller cannot place the replicas of `v` for lack of
+/// a disk (tags, space), if that is the case. A missing Ready node is not
+/// reported: nodes come and go, and the command keeps waiting for one.
+fn unplaceable(v: &Value) -> Option<String> {
+    let conditions = v.pointer("/status/conditions").and_then(Value::as_array)?;
+    let c = conditions.iter().find(|c| s(c, "/type") == "ReplicasScheduled")?;
+    (s(c, "/status") == "False" && matches!(s(c, "/reason"), "NoDisk" | "NoSpace")).then(|| {
+        let name = s(v, "/metadata/name");
+        format!(
+            "volume {name} was created, but its replicas cannot be placed: {}. It stays without replicas \
+             until they can (kubectl get disks shows the nodes' disks); change it with kubectl edit volume {name}, \
+             or delete it with sheaf volume delete {name}",
+            s(c, "/message")
+        )
+    })
 }
 
 fn settled(v: &Value) -> Option<Result<(), String>> {
     match s(v, "/status/state") {
         "Detached" | "Attached" => Some(Ok(())),
-        _ => None,
+        _ => unplaceable(v).map(Err),
     }
 }
 
@@ -183,8 +210,8 @@ pub async fn run(a: VolumeArgs) -> anyhow::Result<()> {
     let ns = a.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| client.namespace.clone());
     let cx = Ctx { client, ns, timeout: Duration::from_secs(a.timeout) };
     match a.action {
-        VolumeAction::Create { name, size, replicas, frontend } => {
-            let mut body = volume_body(&name, &size, replicas, None);
+        VolumeAction::Create { name, size, replicas, frontend, disk_selector } => {
+            let mut body = volume_body(&name, &size, replicas, None, &disk_selector);
             if let Some(f) = frontend {
                 body["spec"]["frontend"] = json!(f);
             }
@@ -275,7 +302,7 @@ pub async fn run(a: VolumeArgs) -> anyhow::Result<()> {
             .await?;
             println!("volume {volume} reverted to snapshot {snapshot}");
         }
-        VolumeAction::Clone { snapshot, new_volume, size, replicas } => {
+        VolumeAction::Clone { snapshot, new_volume, size, replicas, disk_selector } => {
             let snap = cx.get("volumesnapshots", &snapshot).await.with_context(|| format!("snapshot {snapshot}"))?;
             let size = match size {
                 Some(s) => s,
@@ -285,9 +312,12 @@ pub async fn run(a: VolumeArgs) -> anyhow::Result<()> {
                     .map(|b| b.to_string())
                     .with_context(|| format!("snapshot {snapshot} is not ready yet"))?,
             };
-            cx.create("volumes", volume_body(&new_volume, &size, replicas, Some(&snapshot))).await?;
+            cx.create("volumes", volume_body(&new_volume, &size, replicas, Some(&snapshot), &disk_selector)).await?;
             cx.wait("volumes", &new_volume, "the copy of the snapshot", |v| {
-                (!s(v, "/status/restoredFrom").is_empty()).then_some(Ok(()))
+                if !s(v, "/status/restoredFrom").is_empty() {
+                    return Some(Ok(()));
+                }
+                unplaceable(v).map(Err)
             })
             .await?;
             println!("volume {new_volume} created from snapshot {snapshot}");
