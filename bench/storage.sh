@@ -7,6 +7,11 @@
 #       through qemu-nbd (QEMU's NBD server; same transport and page-cache
 #       use as Sheaf) — ratios are against this one;
 #   (b) a Sheaf volume with 1 replica; (c) with 3 replicas (all local here).
+# Each Sheaf engine serves its volume over NBD (fio's nbd engine) and over
+# vhost-user-blk at the same time; the -vu columns drive the vhost-user
+# socket from the host with sheaf-bench-vhost-user (bench/vhost-user: the
+# QEMU + guest driver side, one queue like one fio job, same workloads,
+# ramp and size), so the vhost-user path is measured without a guest.
 # Usage: bench/storage.sh [--runtime SECONDS] [--size 1G]   (fio sizes: K/M/G are binary)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,8 +34,9 @@ if [[ ${#need[@]} -gt 0 ]]; then
 fi
 fio --enghelp 2>/dev/null | grep -qw nbd || { echo "this fio has no nbd engine" >&2; exit 1; }
 
-(cd "$ROOT" && cargo build --release --locked -q -p sheaf)
+(cd "$ROOT" && cargo build --release --locked -q -p sheaf -p sheaf-bench-vhost-user)
 SHEAF="$ROOT/target/release/sheaf"
+VU="$ROOT/target/release/sheaf-bench-vhost-user"
 
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/sheaf-bench-storage.XXXXXX")
 PIDS=()
@@ -57,6 +63,14 @@ run_fio() {
   fio "${args[@]}" | sed -n '/^{/,$p' | jq -r '.jobs[0] | [(.read.iops + .write.iops), ((.read.bw + .write.bw) / 1024), ((.read.lat_ns.mean + .write.lat_ns.mean) / 1000)] | @tsv'
 }
 
+# vhost-user job: socket rw bs iodepth → prints IOPS, bandwidth MB/s (MiB/s,
+# as fio's bw/1024 above), mean latency µs. Any error status stops the script.
+run_vu() {
+  local out
+  out=$("$VU" --socket "$1" --rw "$2" --bs "$3" --iodepth "$4" --runtime "$RUNTIME" --ramp 2 --size "$SIZE") || return 1
+  sed -n 's/^iops=\([0-9.]*\) mbps=\([0-9.]*\) lat_us=\([0-9.]*\).*/\1\t\2\t\3/p' <<<"$out"
+}
+
 prefill() {  # target export
   if [[ $1 == file ]]; then
     fio --name=fill --rw=write --bs=1M --iodepth=8 --ioengine=libaio --direct=1 --size="$SIZE" --filename="$WORK/raw.img" >/dev/null
@@ -78,10 +92,18 @@ done
 kill "${PIDS[-1]}"; unset 'PIDS[-1]'; rm -rf "$WORK/r-d" "$WORK/r-d.sock"
 "$SHEAF" blk replica --dir "$WORK/r-d" --volume one --size "${SIZE}i" --listen "unix:$WORK/r-d.sock" 2>"$WORK/r-d.log" & PIDS+=($!)
 wait_sock "$WORK/r-d.sock"
-"$SHEAF" blk engine --volume one --replica "unix:$WORK/r-d.sock" --nbd "$WORK/one.sock" 2>"$WORK/e1.log" & PIDS+=($!)
-wait_sock "$WORK/one.sock"
-"$SHEAF" blk engine --volume v --replica "unix:$WORK/r-a.sock" --replica "unix:$WORK/r-b.sock" --replica "unix:$WORK/r-c.sock" --nbd "$WORK/three.sock" 2>"$WORK/e3.log" & PIDS+=($!)
-wait_sock "$WORK/three.sock"
+"$SHEAF" blk engine --volume one --replica "unix:$WORK/r-d.sock" --nbd "$WORK/one.sock" --vhost-user "$WORK/one.vhost" 2>"$WORK/e1.log" & PIDS+=($!)
+wait_sock "$WORK/one.sock"; wait_sock "$WORK/one.vhost"
+"$SHEAF" blk engine --volume v --replica "unix:$WORK/r-a.sock" --replica "unix:$WORK/r-b.sock" --replica "unix:$WORK/r-c.sock" --nbd "$WORK/three.sock" --vhost-user "$WORK/three.vhost" 2>"$WORK/e3.log" & PIDS+=($!)
+wait_sock "$WORK/three.sock"; wait_sock "$WORK/three.vhost"
+
+# Self-check of the vhost-user path: a pattern written, flushed, read back
+# and compared (16 MiB, or the whole volume if smaller), before the prefill.
+vsize=$(( $(numfmt --from=iec "$SIZE") < 16777216 ? $(numfmt --from=iec "$SIZE") : 16777216 ))
+for v in one three; do
+  check=$("$VU" --socket "$WORK/$v.vhost" --verify --size "$vsize" --iodepth 16)
+  echo "# vhost-user self-check ($v): $check"
+done
 
 echo "# prefilling $SIZE on every target"
 prefill file; prefill "$WORK/qemu-nbd.sock" bench; prefill "$WORK/one.sock" one; prefill "$WORK/three.sock" v
@@ -94,12 +116,16 @@ private_kb() { awk '/^Private_(Clean|Dirty):/{s+=$2} END{print s}' "/proc/$1/sma
 
 declare -A R
 workloads=("randread 4k 64 iops" "randwrite 4k 64 iops" "read 128k 16 bw" "write 128k 16 bw" "randread 4k 1 lat" "randwrite 4k 1 lat")
-printf '%-22s %12s %12s %12s %12s %9s %9s\n' workload file-direct qemu-nbd sheaf-1r sheaf-3r "1r/nbd" "3r/nbd"
+row='%-22s %12s %12s %12s %12s %9s %9s %12s %12s %10s %10s\n'
+printf "$row" workload file-direct qemu-nbd sheaf-1r sheaf-3r "1r/nbd" "3r/nbd" sheaf-1r-vu sheaf-3r-vu "1r-vu/nbd" "3r-vu/nbd"
 for w in "${workloads[@]}"; do
   read -r rw bs depth metric <<<"$w"
   line=()
-  for t in file "$WORK/qemu-nbd.sock:bench" "$WORK/one.sock:one" "$WORK/three.sock:v"; do
-    if [[ $t == file ]]; then out=$(run_fio file "$rw" "$bs" "$depth"); else out=$(run_fio "${t%%:*}" "$rw" "$bs" "$depth" "${t##*:}"); fi
+  for t in file "$WORK/qemu-nbd.sock:bench" "$WORK/one.sock:one" "$WORK/three.sock:v" "vu:$WORK/one.vhost" "vu:$WORK/three.vhost"; do
+    if [[ $t == file ]]; then out=$(run_fio file "$rw" "$bs" "$depth")
+    elif [[ $t == vu:* ]]; then out=$(run_vu "${t#vu:}" "$rw" "$bs" "$depth")
+    else out=$(run_fio "${t%%:*}" "$rw" "$bs" "$depth" "${t##*:}"); fi
+    [[ -n $out ]] || { echo "no result from $t ($rw $bs qd$depth)" >&2; exit 1; }
     read -r iops bw lat <<<"$out"
     case $metric in iops) v=$iops ;; bw) v=$bw ;; lat) v=$lat ;; esac
     line+=("$(printf '%.0f' "$v")")
@@ -107,7 +133,9 @@ for w in "${workloads[@]}"; do
   unit=$([[ $metric == iops ]] && echo IOPS || ([[ $metric == bw ]] && echo MB/s || echo µs))
   r1=$(awk -v a="${line[2]}" -v b="${line[1]}" 'BEGIN{printf "%.2f", a/b}')
   r3=$(awk -v a="${line[3]}" -v b="${line[1]}" 'BEGIN{printf "%.2f", a/b}')
-  printf '%-22s %12s %12s %12s %12s %9s %9s\n' "$rw $bs qd$depth ($unit)" "${line[@]}" "$r1" "$r3"
+  r1vu=$(awk -v a="${line[4]}" -v b="${line[1]}" 'BEGIN{printf "%.2f", a/b}')
+  r3vu=$(awk -v a="${line[5]}" -v b="${line[1]}" 'BEGIN{printf "%.2f", a/b}')
+  printf "$row" "$rw $bs qd$depth ($unit)" "${line[@]:0:4}" "$r1" "$r3" "${line[4]}" "${line[5]}" "$r1vu" "$r3vu"
 done
 echo "# latency rows: lower is better; added latency = sheaf minus qemu-nbd"
 echo "# memory after the run (KiB): RSS, PSS (shared binary pages divided among processes), private"
