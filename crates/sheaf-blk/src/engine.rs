@@ -230,6 +230,8 @@ fn reply_error(address: &Address, rep: &Reply) -> EngineError {
 
 /// Blocks compared per rebuild step (4 MiB).
 const REBUILD_CHUNK: u64 = 1024;
+/// Rebuild writes sent to the target before the oldest must be answered.
+const PUTS_IN_FLIGHT: usize = 2;
 /// Bytes of one block's checksum entry.
 const ENTRY: u64 = 8;
 /// Differing blocks at most this far apart are copied in one request
@@ -707,9 +709,11 @@ impl Engine {
                 return;
             }
             for a in missing {
+                let started = std::time::Instant::now();
                 match self.rebuild(&a).await {
                     Ok(stats) => tracing::info!(volume = %self.volume, replica = %a, copied_mib = stats.0 / (1 << 20),
-                        compared_mib = stats.1 / (1 << 20), "replica rebuilt; back in service"),
+                        compared_mib = stats.1 / (1 << 20), seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+                        "replica rebuilt; back in service"),
                     Err(e) => {
                         tracing::debug!(volume = %self.volume, replica = %a, error = %e, "rebuild not possible yet")
                     }
@@ -767,21 +771,37 @@ impl Engine {
                     message: "failed during the snapshot".into(),
                 });
             }
+            tracing::debug!(volume = %self.volume, replica = %a, "rebuild: snapshot taken");
             let chain: Vec<String> = serde_json::from_slice(&self.ask(&source, Op::Chain, Vec::new()).await?)
                 .map_err(|e| EngineError::Invalid(format!("bad chain: {e}")))?;
             self.ask(&target, Op::SetChain, serde_json::to_vec(&chain).unwrap_or_default()).await?;
             let blocks = self.size() / crate::store::BLOCK;
             let (mut copied, mut compared) = (0u64, 0u64);
+            // Writes to the target are pipelined with the next reads from
+            // the source: a few are in flight, answered in order.
+            let mut puts: std::collections::VecDeque<oneshot::Receiver<Reply>> = std::collections::VecDeque::new();
+            let settle = |r: Reply| if r.code == code::OK { Ok(()) } else { Err(reply_error(a, &r)) };
+            // The checksums of the next chunk are asked for before this
+            // chunk's writes go out, so the target's answer does not wait
+            // behind them on its connection.
+            let sums_of = |snap: &str, block: u64| {
+                let count = REBUILD_CHUNK.min(blocks - block);
+                let range = LayerRange { snapshot: snap.to_string(), block, count };
+                let range = serde_json::to_vec(&range).unwrap_or_default();
+                let ask = |c: &Conn| c.send(&self.request(Op::LayerSums, 0, 0, range.clone()));
+                (ask(&source), ask(&target), count)
+            };
+            let payload_of =
+                |c: &Conn, r: Reply| if r.code == code::OK { Ok(r.payload) } else { Err(reply_error(&c.address, &r)) };
             for snap in &chain {
                 let mut block = 0;
-                while block < blocks {
-                    let count = REBUILD_CHUNK.min(blocks - block);
-                    let range =
-                        serde_json::to_vec(&LayerRange { snapshot: snap.clone(), block, count }).unwrap_or_default();
-                    let (want, have) = tokio::try_join!(
-                        self.ask(&source, Op::LayerSums, range.clone()),
-                        self.ask(&target, Op::LayerSums, range.clone())
-                    )?;
+                let mut next = (blocks > 0).then(|| sums_of(snap, 0));
+                while let Some((from_source, from_target, count)) = next.take() {
+                    if block + count < blocks {
+                        next = Some(sums_of(snap, block + count));
+                    }
+                    let want = payload_of(&source, answer(&source, from_source).await?)?;
+                    let have = payload_of(&target, answer(&target, from_target).await?)?;
                     compared += count * crate::store::BLOCK;
                     for (start, n) in differing_runs(&want, &have) {
                         let sub = LayerRange { snapshot: snap.clone(), block: block + start, count: n };
@@ -794,11 +814,20 @@ impl Engine {
                         payload.extend_from_slice(&sub);
                         payload.extend_from_slice(entries);
                         payload.extend_from_slice(&data);
-                        self.ask(&target, Op::PutLayer, payload).await?;
+                        puts.push_back(target.send(&self.request(Op::PutLayer, 0, 0, payload)));
+                        while puts.len() > PUTS_IN_FLIGHT {
+                            if let Some(rx) = puts.pop_front() {
+                                settle(answer(&target, rx).await?)?;
+                            }
+                        }
                     }
                     block += count;
                 }
             }
+            while let Some(rx) = puts.pop_front() {
+                settle(answer(&target, rx).await?)?;
+            }
+            tracing::debug!(volume = %self.volume, replica = %a, copied, "rebuild: layers copied");
             Ok((copied, compared))
         }
         .await;
@@ -815,6 +844,7 @@ impl Engine {
                 // Every replica, the rebuilt one included, now records the
                 // same flush number.
                 self.flush().await?;
+                tracing::debug!(volume = %self.volume, replica = %a, "rebuild: flushed");
                 // The rebuild snapshot is merged back (data moves up into
                 // the heads); a failure here leaves it listed, harmlessly.
                 if let Err(e) = self.broadcast(Op::DeleteSnapshot, 0, 0, name.as_bytes().to_vec()).await {
