@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::blk::{qemu_io, Procs};
+
 /// Two namespaces and their veth pairs; removed on drop.
 struct Nodes {
     names: Vec<String>,
@@ -93,17 +96,6 @@ impl Drop for Nodes {
     }
 }
 
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn spawn(prefix: &[&str], args: &[&str], log: &Path) -> Child {
     // Appended to, so a restarted process's lines add to the count.
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log");
@@ -156,19 +148,6 @@ fn replica(dir: &Path, name: &str, ns: Option<&str>, listen: &str) -> Child {
         std::thread::sleep(Duration::from_millis(200));
     }
     c
-}
-
-fn qemu_io(nbd: &Path, cmds: &[String]) -> (bool, String) {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    c.arg(format!("nbd+unix:///vol?socket={}", nbd.display()));
-    let out = c.output().expect("qemu-io (apt-get install qemu-utils)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let done = text.lines().filter(|l| l.starts_with("wrote ") || l.starts_with("read ")).count();
-    (out.status.success() && done == cmds.len() && !text.contains("Pattern verification failed"), text)
 }
 
 fn write(mib: u64, p: u8) -> String {

@@ -16,29 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+mod support;
+use support::blk::{qemu_io, wait_for, Procs};
 
 fn sheaf(args: &[String], log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("log");
     Command::new(env!("CARGO_BIN_EXE_sheaf")).args(args).stdout(Stdio::null()).stderr(log).spawn().expect("spawn sheaf")
-}
-
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "{} did not appear", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
 }
 
 fn replica(dir: &Path, name: &str) -> Child {
@@ -103,20 +86,6 @@ fn log_has_n(path: &Path, needles: &[&str], times: usize, timeout: Duration) -> 
 
 fn log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// Runs qemu-io commands against an NBD export; every command must succeed.
-fn qemu_io(nbd: &Path, cmds: &[&str]) -> (bool, String) {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    c.arg(format!("nbd+unix:///vol?socket={}", nbd.display()));
-    let out = c.output().expect("qemu-io (apt-get install qemu-utils)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let done = text.lines().filter(|l| l.starts_with("wrote ") || l.starts_with("read ")).count();
-    (out.status.success() && done == cmds.len() && !text.contains("Pattern verification failed"), text)
 }
 
 /// The patterns the guest writes, as qemu-io checks (0xab = octal 253,

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod blk;
 pub mod guest;
 
 use std::path::PathBuf;
