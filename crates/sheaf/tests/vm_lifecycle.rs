@@ -87,7 +87,9 @@ fn vm_runs_stops_restarts_and_survives_agent_restart() {
         jsonpath(&s, "vm", "{.status}")
     );
     assert!(eventually(Duration::from_secs(20), || !pid_alive(pid2)), "QEMU stopped");
-    assert!(vmi_uid(&s).is_none(), "VMI deleted");
+    // The VMI goes once the agent has removed its finalizer, a moment after
+    // QEMU is gone.
+    assert!(eventually(Duration::from_secs(20), || vmi_uid(&s).is_none()), "VMI deleted");
     assert!(eventually(Duration::from_secs(10), || !dir2.exists()), "runtime directory removed");
 
     // The start/restart/stop subresources, through the CLI.

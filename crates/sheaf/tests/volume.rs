@@ -290,8 +290,15 @@ fn a_vhost_user_volume_on_a_tagged_disk_serves_a_guest_and_grows_while_it_runs()
     let default_flag = format!("default={}", default_disk.display());
     let ssd_flag = format!("ssd1={},tags=ssd+fast", ssd.display());
     let s = tiny_server(root.path(), &["--disk", &default_flag, "--disk", &ssd_flag]);
-    let disks = s.kubectl_ok(&["get", "disks", "-o", "wide"]);
-    assert!(disks.contains("default") && disks.contains("ssd,fast") && disks.contains("true"), "{disks}");
+    // The agent publishes its disks with its first heartbeat.
+    let mut disks = String::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            disks = s.kubectl_ok(&["get", "disks", "-o", "wide"]);
+            disks.contains("default") && disks.contains("ssd,fast") && disks.contains("true")
+        }),
+        "{disks}"
+    );
 
     let e = cli_err(&s, &["volume", "create", "bad", "--size", "64Mi", "--frontend", "iscsi"]);
     assert!(e.contains("spec.frontend") && e.contains("vhost-user"), "{e}");
