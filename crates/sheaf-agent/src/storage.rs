@@ -228,6 +228,21 @@ struct EnginePaths {
     args: PathBuf,
 }
 
+impl EnginePaths {
+    /// The files of an engine named by `base` (`<blk dir>/e-<volume uid>`).
+    fn at(base: &Path) -> EnginePaths {
+        EnginePaths {
+            nbd: base.with_extension("nbd"),
+            vhost: base.with_extension("vhost"),
+            ctl: base.with_extension("ctl"),
+            pid: base.with_extension("pid"),
+            log: base.with_extension("log"),
+            vmi: base.with_extension("vmi"),
+            args: base.with_extension("args"),
+        }
+    }
+}
+
 impl Storage {
     pub fn new(api: Arc<dyn Api>, node: &str, disks: &[DiskConfig], run_root: &Path) -> Storage {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sheaf"));
@@ -306,16 +321,7 @@ impl Storage {
     }
 
     fn engine_paths(&self, volume_uid: &str) -> EnginePaths {
-        let base = self.blk_dir.join(format!("e-{volume_uid}"));
-        EnginePaths {
-            nbd: base.with_extension("nbd"),
-            vhost: base.with_extension("vhost"),
-            ctl: base.with_extension("ctl"),
-            pid: base.with_extension("pid"),
-            log: base.with_extension("log"),
-            vmi: base.with_extension("vmi"),
-            args: base.with_extension("args"),
-        }
+        EnginePaths::at(&self.blk_dir.join(format!("e-{volume_uid}")))
     }
 
     /// Starts `sheaf <args>` detached, logging to `log`; records its pid.
@@ -1232,15 +1238,7 @@ mod tests {
     fn the_engine_command_line_follows_the_replica_set() {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = dir.path().join("e-u1");
-        let p = EnginePaths {
-            nbd: base.with_extension("nbd"),
-            vhost: base.with_extension("vhost"),
-            ctl: base.with_extension("ctl"),
-            pid: base.with_extension("pid"),
-            log: base.with_extension("log"),
-            vmi: base.with_extension("vmi"),
-            args: base.with_extension("args"),
-        };
+        let p = EnginePaths::at(&base);
         let replicas = ["unix:/run/r-a.sock".to_string(), "tcp:10.0.0.2:7001".to_string()];
         let args = Storage::engine_args("u1", &replicas, &p, "a-serial-longer-than-twenty");
         let (nbd, ctl, vhost) =

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::blk::{qemu_io, wait_for, Procs};
+use support::blk::{log_has_n, qemu_io, wait_for, Procs};
 
 fn sheaf(args: &[&str], log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("log");
@@ -66,21 +66,6 @@ fn dir() -> (tempfile::TempDir, PathBuf) {
     let t = tempfile::tempdir().expect("tempdir");
     let p = t.path().to_path_buf();
     (t, p)
-}
-
-/// Waits until `times` lines of the log contain all of `needles`.
-fn log_has_n(path: &Path, needles: &[&str], times: usize, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = std::fs::read_to_string(path).unwrap_or_default();
-        if log.lines().filter(|l| needles.iter().all(|n| l.contains(n))).count() >= times {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn log_has(path: &Path, needles: &[&str], timeout: Duration) -> bool {

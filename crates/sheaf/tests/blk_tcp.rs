@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::blk::{qemu_io, Procs};
+use support::blk::{log_count, log_has_n, qemu_io, Procs};
 
 /// Two namespaces and their veth pairs; removed on drop.
 struct Nodes {
@@ -110,22 +110,6 @@ fn spawn(prefix: &[&str], args: &[&str], log: &Path) -> Child {
     c.args(args).stdout(Stdio::null()).stderr(log).spawn().expect("spawn sheaf")
 }
 
-fn log_count(path: &Path, needles: &[&str]) -> usize {
-    let log = std::fs::read_to_string(path).unwrap_or_default();
-    log.lines().filter(|l| needles.iter().all(|n| l.contains(n))).count()
-}
-
-fn wait_log(path: &Path, needles: &[&str], times: usize, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if log_count(path, needles) >= times {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 /// A replica of volume `vol`, here (`ns` None, on a unix socket) or in a
 /// namespace on TCP port 7001.
 fn replica(dir: &Path, name: &str, ns: Option<&str>, listen: &str) -> Child {
@@ -137,7 +121,7 @@ fn replica(dir: &Path, name: &str, ns: Option<&str>, listen: &str) -> Child {
         Some(ns) => spawn(&["ip", "netns", "exec", ns], &args, &log),
         None => spawn(&[], &args, &log),
     };
-    assert!(wait_log(&log, &["replica serving"], before + 1, Duration::from_secs(20)), "replica {name} did not start");
+    assert!(log_has_n(&log, &["replica serving"], before + 1, Duration::from_secs(20)), "replica {name} did not start");
     if let Some(p) = listen.strip_prefix("unix:") {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !Path::new(p).exists() && Instant::now() < deadline {
@@ -195,7 +179,7 @@ fn remote_replicas_over_tcp_survive_a_partition_and_a_kill() {
     let elog = d.join("engine.log");
     procs.0.push(engine(&d, &nbd, &[local.clone(), b.clone(), c.clone()], "engine.log"));
     for r in [&b, &c] {
-        assert!(wait_log(&elog, &["replica rebuilt", r], 1, Duration::from_secs(30)), "{r} not in service over TCP");
+        assert!(log_has_n(&elog, &["replica rebuilt", r], 1, Duration::from_secs(30)), "{r} not in service over TCP");
     }
     let (ok, out) = qemu_io(&nbd, &[write(0, 1), write(1, 2), verify(0, 1), verify(1, 2)]);
     assert!(ok, "{out}");
@@ -214,7 +198,7 @@ fn remote_replicas_over_tcp_survive_a_partition_and_a_kill() {
     // MiB written meanwhile), not the whole volume.
     nodes.partition(0, false);
     assert!(
-        wait_log(&elog, &["replica rebuilt", &b], 2, Duration::from_secs(60)),
+        log_has_n(&elog, &["replica rebuilt", &b], 2, Duration::from_secs(60)),
         "b not rebuilt after the partition: {}",
         std::fs::read_to_string(&elog).unwrap_or_default()
     );
@@ -228,7 +212,7 @@ fn remote_replicas_over_tcp_survive_a_partition_and_a_kill() {
     let (ok, out) = qemu_io(&nbd, &[write(3, 4)]);
     assert!(ok, "{out}");
     procs.0[2] = replica(&d, "c", Some(&nodes.names[1]), &c);
-    assert!(wait_log(&elog, &["replica rebuilt", &c], 2, Duration::from_secs(60)), "c not rebuilt after its kill");
+    assert!(log_has_n(&elog, &["replica rebuilt", &c], 2, Duration::from_secs(60)), "c not rebuilt after its kill");
     let (ok, out) = qemu_io(&nbd, &[write(4, 5)]);
     assert!(ok, "{out}");
 

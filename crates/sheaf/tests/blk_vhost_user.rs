@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::blk::{qemu_io, wait_for, Procs};
+use support::blk::{log_has_n, qemu_io, wait_for, Procs};
 
 fn sheaf(args: &[String], log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("log");
@@ -68,20 +68,6 @@ fn engine(dir: &Path, name: &str, replicas: &[&str], vhost: Option<&Path>) -> Ch
         wait_for(v);
     }
     c
-}
-
-fn log_has_n(path: &Path, needles: &[&str], times: usize, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = std::fs::read_to_string(path).unwrap_or_default();
-        if log.lines().filter(|l| needles.iter().all(|n| l.contains(n))).count() >= times {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn log(path: &Path) -> String {

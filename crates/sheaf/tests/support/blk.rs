@@ -45,3 +45,23 @@ pub fn qemu_io<S: AsRef<str>>(nbd: &Path, cmds: &[S]) -> (bool, String) {
     let done = text.lines().filter(|l| l.starts_with("wrote ") || l.starts_with("read ")).count();
     (out.status.success() && done == cmds.len() && !text.contains("Pattern verification failed"), text)
 }
+
+/// How many lines of the log at `path` contain all of `needles`.
+pub fn log_count(path: &Path, needles: &[&str]) -> usize {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    log.lines().filter(|l| needles.iter().all(|n| l.contains(n))).count()
+}
+
+/// Waits until `times` lines of the log contain all of `needles`.
+pub fn log_has_n(path: &Path, needles: &[&str], times: usize, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if log_count(path, needles) >= times {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
