@@ -199,6 +199,51 @@ pub struct Engine {
     dispatch: Mutex<()>,
     /// How long a replica may lag behind its peers before it is failed.
     timeout: Duration,
+    /// The base image every replica must have (volumes made from an image).
+    base: Option<String>,
+}
+
+/// Reads one snapshot of a replica as the volume was when it was taken
+/// (its base image included), while the replica goes on serving its own
+/// engine: what clones and image exports read.
+pub struct SnapshotReader {
+    conn: Conn,
+    snapshot: String,
+    /// The replica's size in bytes.
+    pub size: u64,
+}
+
+impl SnapshotReader {
+    pub async fn open(source: &Address, snapshot: &str) -> Result<SnapshotReader, EngineError> {
+        let conn = Conn::connect(source)
+            .await
+            .map_err(|e| EngineError::Replica { replica: source.to_string(), message: e.to_string() })?;
+        let info = Request { op: Op::Info, id: 0, epoch: 0, offset: 0, len: 0, payload: Bytes::new() };
+        let r = answer(&conn, conn.send(&info)).await?;
+        let info: Info = serde_json::from_slice(&r.payload)
+            .map_err(|e| EngineError::Replica { replica: source.to_string(), message: format!("bad info: {e}") })?;
+        if !info.snapshots.iter().any(|s| s == snapshot) {
+            return Err(EngineError::Invalid(format!("the source has no snapshot {snapshot:?}")));
+        }
+        Ok(SnapshotReader { conn, snapshot: snapshot.to_string(), size: info.size })
+    }
+
+    /// `len` bytes at `offset`.
+    pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, EngineError> {
+        let req = Request {
+            op: Op::ReadSnapshot,
+            id: 0,
+            epoch: 0,
+            offset,
+            len,
+            payload: Bytes::copy_from_slice(self.snapshot.as_bytes()),
+        };
+        let r = answer(&self.conn, self.conn.send(&req)).await?;
+        if r.code != code::OK {
+            return Err(reply_error(&self.conn.address, &r));
+        }
+        Ok(r.payload)
+    }
 }
 
 /// The default for [`Engine::with_replica_timeout`] (Longhorn's engine
@@ -290,7 +335,15 @@ impl Engine {
         };
         let mut size = 0;
         let mut current = Vec::new();
+        let mut base = None;
         for (c, info) in claimed {
+            if !current.is_empty() && info.base != base {
+                problems.push(format!(
+                    "replica {} is on base image {:?}, the volume's other replicas on {base:?}",
+                    c.address, info.base
+                ));
+                continue;
+            }
             if info.flush_generation < freshest {
                 problems.push(format!(
                     "replica {} is behind (flush generation {} < {freshest}); it needs a rebuild",
@@ -300,6 +353,7 @@ impl Engine {
             }
             size = info.size;
             if current.is_empty() {
+                base = info.base.clone();
                 current.push(Arc::new(c));
             } else {
                 // Current too, but writes after the last flush may differ
@@ -322,6 +376,7 @@ impl Engine {
             flush_gen: AtomicU64::new(freshest),
             dispatch: Mutex::new(()),
             timeout: REPLICA_TIMEOUT,
+            base,
         })
     }
 
@@ -606,40 +661,39 @@ impl Engine {
 
     /// Fills this (new, empty) volume with snapshot `snapshot` of another
     /// volume, read from its replica at `source` (which keeps serving its
-    /// own engine meanwhile). Zero ranges are skipped: the copy stays
-    /// thin. Returns the bytes written.
+    /// own engine meanwhile). Blocks this volume already reads the same
+    /// (zeros, or its base image's) are skipped: the copy stays thin.
+    /// Returns the bytes written.
     pub async fn copy_from_snapshot(&self, source: &Address, snapshot: &str) -> Result<u64, EngineError> {
-        let conn = Conn::connect(source)
-            .await
-            .map_err(|e| EngineError::Replica { replica: source.to_string(), message: e.to_string() })?;
-        let info = Request { op: Op::Info, id: 0, epoch: 0, offset: 0, len: 0, payload: Bytes::new() };
-        let r = answer(&conn, conn.send(&info)).await?;
-        let info: Info = serde_json::from_slice(&r.payload)
-            .map_err(|e| EngineError::Replica { replica: source.to_string(), message: format!("bad info: {e}") })?;
-        if !info.snapshots.iter().any(|s| s == snapshot) {
-            return Err(EngineError::Invalid(format!("the source has no snapshot {snapshot:?}")));
-        }
+        let reader = SnapshotReader::open(source, snapshot).await?;
         let chunk = REBUILD_CHUNK * crate::store::BLOCK;
-        let size = self.size().min(info.size);
+        let size = self.size().min(reader.size);
         let mut written = 0;
         let mut offset = 0;
         while offset < size {
             let len = chunk.min(size - offset) as u32;
-            let req = Request {
-                op: Op::ReadSnapshot,
-                id: 0,
-                epoch: 0,
-                offset,
-                len,
-                payload: Bytes::copy_from_slice(snapshot.as_bytes()),
+            let data = reader.read(offset, len).await?;
+            // Only the blocks that differ from what this volume reads
+            // already: zeros on a blank volume, the shared base image's
+            // blocks on a volume made from the same image (the copy stays
+            // thin either way).
+            let own = match self.base {
+                Some(_) => self.read(offset, len).await?,
+                None => vec![0u8; data.len()],
             };
-            let r = answer(&conn, conn.send(&req)).await?;
-            if r.code != code::OK {
-                return Err(reply_error(source, &r));
-            }
-            if r.payload.iter().any(|b| *b != 0) {
-                written += r.payload.len() as u64;
-                self.write(offset, r.payload).await?;
+            let block = crate::store::BLOCK as usize;
+            let differs: Vec<bool> = data.chunks(block).zip(own.chunks(block)).map(|(a, b)| a != b).collect();
+            let mut k = 0;
+            while k < differs.len() {
+                if !differs[k] {
+                    k += 1;
+                    continue;
+                }
+                let run = differs[k..].iter().take_while(|d| **d).count();
+                let (from, to) = (k * block, ((k + run) * block).min(data.len()));
+                written += (to - from) as u64;
+                self.write(offset + from as u64, data[from..to].to_vec()).await?;
+                k += run;
             }
             offset += u64::from(len);
         }
@@ -736,6 +790,15 @@ impl Engine {
             .ok_or_else(|| EngineError::NoReplica("no healthy replica to rebuild from".into()))?;
         let (conn, info) = Self::probe(&self.volume, a).await?;
         let size = self.size();
+        if info.base != self.base {
+            return Err(EngineError::Replica {
+                replica: a.to_string(),
+                message: format!(
+                    "is on base image {:?}, the volume on {:?}: it cannot be rebuilt into this volume",
+                    info.base, self.base
+                ),
+            });
+        }
         if info.size > size {
             return Err(EngineError::Replica {
                 replica: a.to_string(),

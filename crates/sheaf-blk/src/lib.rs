@@ -1,5 +1,7 @@
 //! Sheaf's replicated block storage (see docs/design/storage-engine.md).
 //!
+//! - [`base`]: read-only base images that volumes made from an image
+//!   share below their own layers.
 //! - [`store`]: a replica's blocks on a node disk: a chain of sparse layers
 //!   (snapshots and the live head) with per-block checksums.
 //! - [`proto`] and [`replica_server`]: the engine ↔ replica protocol and
@@ -12,6 +14,7 @@
 //!   queues, and size changes shown to the running guest.
 //! - [`control`]: the engine's control socket for the node agent.
 
+pub mod base;
 pub mod control;
 pub mod engine;
 pub mod nbd;

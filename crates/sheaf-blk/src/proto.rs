@@ -125,6 +125,9 @@ pub struct Info {
     pub epoch: u64,
     pub flush_generation: u64,
     pub snapshots: Vec<String>,
+    /// The id of the replica's base image, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -48,6 +48,7 @@ fn info(r: &Replica) -> Info {
         epoch: r.epoch(),
         flush_generation: r.flush_generation(),
         snapshots: r.snapshots().into_iter().map(|s| s.name).collect(),
+        base: r.base().map(|b| b.id.clone()),
     }
 }
 

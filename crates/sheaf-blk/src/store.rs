@@ -17,14 +17,14 @@ use serde::{Deserialize, Serialize};
 
 /// Bytes per block: the unit of checksums, presence and snapshots.
 pub const BLOCK: u64 = 4096;
-const HEADER: u64 = 4096;
-const ENTRY: u64 = 8;
+pub(crate) const HEADER: u64 = 4096;
+pub(crate) const ENTRY: u64 = 8;
 const MAGIC: &[u8; 8] = b"SHEAFSUM";
 const FORMAT: u32 = 1;
 
-const ABSENT: u32 = 0;
-const DATA: u32 = 1;
-const ZERO: u32 = 2;
+pub(crate) const ABSENT: u32 = 0;
+pub(crate) const DATA: u32 = 1;
+pub(crate) const ZERO: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,7 +40,7 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     let what = what.into();
     move |source| StoreError::Io { what, source }
 }
@@ -94,6 +94,20 @@ pub struct Meta {
     /// against their data when the replica opens.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rebuilding: bool,
+    /// The read-only base image under the chain (a volume made from an
+    /// image), shared with other replicas on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRef>,
+}
+
+/// Where a replica's base image is and which it must be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRef {
+    /// The base's id (`base.json`): a directory holding another base is
+    /// refused.
+    pub id: String,
+    pub dir: PathBuf,
+    pub size: u64,
 }
 
 /// A snapshot of the replica.
@@ -161,6 +175,8 @@ pub struct Replica {
     dir: PathBuf,
     meta: Meta,
     layers: Vec<Layer>,
+    /// The base image, below `layers[0]` (never written).
+    base: Option<Layer>,
     flush_gen: u64,
     writable: bool,
 }
@@ -172,7 +188,10 @@ fn sum_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("layer-{id}.sum"))
 }
 
-fn header(id: u64, flush_gen: u64, epoch: u64) -> [u8; 40] {
+pub(crate) use entry as entry_bytes;
+pub(crate) use header as header_bytes;
+
+pub(crate) fn header(id: u64, flush_gen: u64, epoch: u64) -> [u8; 40] {
     let mut h = [0u8; 40];
     h[..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&FORMAT.to_le_bytes());
@@ -182,7 +201,7 @@ fn header(id: u64, flush_gen: u64, epoch: u64) -> [u8; 40] {
     h
 }
 
-fn entry(crc: u32, state: u32) -> [u8; 8] {
+pub(crate) fn entry(crc: u32, state: u32) -> [u8; 8] {
     let mut e = [0u8; 8];
     e[..4].copy_from_slice(&crc.to_le_bytes());
     e[4..].copy_from_slice(&state.to_le_bytes());
@@ -207,6 +226,27 @@ impl Replica {
     /// Creates an empty replica of `size` bytes in `dir` (which must not
     /// hold one yet).
     pub fn create(dir: &Path, volume: &str, size: u64) -> Result<Replica> {
+        Self::create_on(dir, volume, size, None)
+    }
+
+    /// Creates an empty replica of `size` bytes on the base image in
+    /// `base_dir` (built by [`crate::base::build`]): reads of blocks the
+    /// replica has not written come from the base. `size` must hold the
+    /// whole base.
+    pub fn create_on_base(dir: &Path, volume: &str, size: u64, base_dir: &Path) -> Result<Replica> {
+        let meta = crate::base::read_meta(base_dir)?
+            .ok_or_else(|| StoreError::Invalid(format!("{} holds no finished base image", base_dir.display())))?;
+        if size < meta.size {
+            return Err(StoreError::Invalid(format!(
+                "a volume of {size} bytes cannot hold its image of {} bytes; make it at least that large",
+                meta.size
+            )));
+        }
+        let base = BaseRef { id: meta.id, dir: base_dir.to_path_buf(), size: meta.size };
+        Self::create_on(dir, volume, size, Some(base))
+    }
+
+    fn create_on(dir: &Path, volume: &str, size: u64, base: Option<BaseRef>) -> Result<Replica> {
         if size == 0 || !size.is_multiple_of(BLOCK) {
             return Err(StoreError::Invalid(format!("size must be a positive multiple of {BLOCK} bytes, not {size}")));
         }
@@ -223,10 +263,12 @@ impl Replica {
             layers: vec![head.clone()],
             dirty: true,
             rebuilding: false,
+            base,
         };
+        let base = meta.base.as_ref().map(|b| open_base(dir, b)).transpose()?;
         let layer = Self::new_layer_files(dir, &head, size, 0, 0)?;
         write_meta(dir, &meta)?;
-        Ok(Replica { dir: dir.to_path_buf(), meta, layers: vec![layer], flush_gen: 0, writable: true })
+        Ok(Replica { dir: dir.to_path_buf(), meta, layers: vec![layer], base, flush_gen: 0, writable: true })
     }
 
     fn new_layer_files(dir: &Path, meta: &LayerMeta, size: u64, flush_gen: u64, epoch: u64) -> Result<Layer> {
@@ -304,30 +346,15 @@ impl Replica {
                 zero: Bits::new(blocks),
                 unsynced: false,
             };
-            // Presence from the checksum file, a megabyte at a time.
-            let chunk = 128 * 1024;
-            let mut buf = vec![0u8; (chunk * ENTRY) as usize];
-            let mut b = 0;
-            while b < blocks {
-                let n = chunk.min(blocks - b);
-                let bytes = &mut buf[..(n * ENTRY) as usize];
-                layer.sum.read_exact_at(bytes, HEADER + b * ENTRY).map_err(io("reading layer checksums"))?;
-                for (k, e) in bytes.chunks_exact(ENTRY as usize).enumerate() {
-                    let state = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
-                    if state > ZERO {
-                        return Err(StoreError::Corrupt {
-                            dir: dir.display().to_string(),
-                            message: format!("layer {} block {} has state {state}", lm.id, b + k as u64),
-                        });
-                    }
-                    layer.mark(b + k as u64, state);
-                }
-                b += n;
-            }
+            load_states(&mut layer, blocks).map_err(|e| match e {
+                StoreError::Corrupt { message, .. } => StoreError::Corrupt { dir: dir.display().to_string(), message },
+                e => e,
+            })?;
             layers.push(layer);
         }
         remove_stray_layers(dir, &meta);
-        let mut r = Replica { dir: dir.to_path_buf(), meta, layers, flush_gen, writable: true };
+        let base = meta.base.as_ref().map(|b| open_base(dir, b)).transpose()?;
+        let mut r = Replica { dir: dir.to_path_buf(), meta, layers, base, flush_gen, writable: true };
         if r.meta.dirty {
             r.recover_head()?;
         }
@@ -437,8 +464,30 @@ impl Replica {
     }
 
     /// The topmost layer up to `top` holding block `b`, if any.
+    /// The layer that serves block `b` as seen from layer `top`:
+    /// an index into `layers`, or [`BASE`] for the base image.
     fn owner(&self, top: usize, b: u64) -> Option<usize> {
-        self.layers[..=top].iter().rposition(|l| l.present.get(b))
+        self.layers[..=top]
+            .iter()
+            .rposition(|l| l.present.get(b))
+            .or_else(|| self.base.as_ref().filter(|l| l.present.get(b)).map(|_| BASE))
+    }
+
+    fn layer(&self, i: usize) -> &Layer {
+        match (i, &self.base) {
+            (BASE, Some(base)) => base,
+            _ => &self.layers[i],
+        }
+    }
+
+    /// Whether a layer below `i` (or the base) holds block `b`.
+    fn below(&self, i: usize, b: u64) -> bool {
+        self.layers[..i].iter().any(|l| l.present.get(b)) || self.base.as_ref().is_some_and(|l| l.present.get(b))
+    }
+
+    /// The base image's id, when the replica has one.
+    pub fn base(&self) -> Option<&BaseRef> {
+        self.meta.base.as_ref()
     }
 
     /// Reads `buf.len()` bytes at `offset`, verifying checksums.
@@ -460,12 +509,12 @@ impl Replica {
             let in_block = (at % BLOCK) as usize;
             // A run of blocks served by the same layer in the same state.
             let owner = self.owner(top, b);
-            let state = owner.map(|o| self.layers[o].state(b)).unwrap_or(ABSENT);
+            let state = owner.map(|o| self.layer(o).state(b)).unwrap_or(ABSENT);
             let mut run = 1u64;
             let last = (offset + buf.len() as u64 - 1) / BLOCK;
             while b + run <= last {
                 let o = self.owner(top, b + run);
-                if o != owner || o.map(|o| self.layers[o].state(b + run)).unwrap_or(ABSENT) != state {
+                if o != owner || o.map(|o| self.layer(o).state(b + run)).unwrap_or(ABSENT) != state {
                     break;
                 }
                 run += 1;
@@ -483,7 +532,7 @@ impl Replica {
     }
 
     fn read_verified(&self, o: usize, b: u64, run: u64, skip: usize, out: &mut [u8]) -> Result<()> {
-        let l = &self.layers[o];
+        let l = self.layer(o);
         let mut data = vec![0u8; (run * BLOCK) as usize];
         l.data.read_exact_at(&mut data, b * BLOCK).map_err(io("reading layer data"))?;
         let mut sums = vec![0u8; (run * ENTRY) as usize];
@@ -573,8 +622,7 @@ impl Replica {
         let mut sums = Vec::with_capacity(((last_full - first_full) * ENTRY) as usize);
         let mut states = Vec::with_capacity((last_full - first_full) as usize);
         for b in first_full..last_full {
-            let below = self.layers[..head_i].iter().any(|l| l.present.get(b));
-            let state = if below { ZERO } else { ABSENT };
+            let state = if self.below(head_i, b) { ZERO } else { ABSENT };
             states.push(state);
             sums.extend_from_slice(&entry(0, state));
         }
@@ -691,7 +739,8 @@ impl Replica {
                 dst.sum.write_all_at(&e, HEADER + b * ENTRY).map_err(io("writing layer checksums"))?;
             } else {
                 // A zero block only matters if something below it exists.
-                let below = lower[..i].iter().any(|l| l.present.get(b));
+                let below =
+                    lower[..i].iter().any(|l| l.present.get(b)) || self.base.as_ref().is_some_and(|l| l.present.get(b));
                 if !below {
                     continue;
                 }
@@ -738,7 +787,7 @@ impl Replica {
                 _ => {
                     // Zero in the head: the merged layer masks what is below
                     // it only if something below has the block.
-                    let below = self.layers[..i].iter().any(|l| l.present.get(b));
+                    let below = self.below(i, b);
                     let dst = &mut self.layers[i];
                     if dst.state(b) == DATA {
                         punch(&dst.data, b * BLOCK, BLOCK)?;
@@ -988,6 +1037,75 @@ impl Replica {
     pub fn stored_bytes(&self) -> u64 {
         self.layers.iter().map(|l| (l.present.count() - l.zero.count()) * BLOCK).sum()
     }
+}
+
+/// [`Replica::owner`]'s index of the base image.
+const BASE: usize = usize::MAX;
+
+/// Opens a replica's base image read-only and loads which blocks it has.
+fn open_base(dir: &Path, b: &BaseRef) -> Result<Layer> {
+    let corrupt = |message: String| StoreError::Corrupt { dir: dir.display().to_string(), message };
+    let meta = crate::base::read_meta(&b.dir)?
+        .ok_or_else(|| corrupt(format!("its base image {} is missing or unfinished", b.dir.display())))?;
+    if meta.id != b.id || meta.size != b.size {
+        return Err(corrupt(format!(
+            "its base image {} is {:?} of {} bytes, not {:?} of {} bytes",
+            b.dir.display(),
+            meta.id,
+            meta.size,
+            b.id,
+            b.size
+        )));
+    }
+    let open = |name: &str| {
+        let p = b.dir.join(name);
+        File::open(&p).map_err(io(format!("opening {}", p.display())))
+    };
+    let data = open(crate::base::DATA_FILE)?;
+    let sum = open(crate::base::SUM_FILE)?;
+    let mut h = [0u8; 40];
+    sum.read_exact_at(&mut h, 0).map_err(io("reading the base image's checksum header"))?;
+    if &h[..8] != MAGIC {
+        return Err(corrupt(format!("its base image {} has a bad checksum header", b.dir.display())));
+    }
+    let blocks = b.size / BLOCK;
+    let mut layer = Layer {
+        meta: LayerMeta { id: 0, snapshot: None, created: meta.created },
+        data,
+        sum,
+        present: Bits::new(blocks),
+        zero: Bits::new(blocks),
+        unsynced: false,
+    };
+    load_states(&mut layer, blocks).map_err(|e| match e {
+        StoreError::Corrupt { message, .. } => corrupt(format!("base image: {message}")),
+        e => e,
+    })?;
+    Ok(layer)
+}
+
+/// Presence of a layer's blocks from its checksum file, a megabyte at a time.
+fn load_states(layer: &mut Layer, blocks: u64) -> Result<()> {
+    let chunk = 128 * 1024;
+    let mut buf = vec![0u8; (chunk * ENTRY) as usize];
+    let mut b = 0;
+    while b < blocks {
+        let n = chunk.min(blocks - b);
+        let bytes = &mut buf[..(n * ENTRY) as usize];
+        layer.sum.read_exact_at(bytes, HEADER + b * ENTRY).map_err(io("reading layer checksums"))?;
+        for (k, e) in bytes.chunks_exact(ENTRY as usize).enumerate() {
+            let state = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+            if state > ZERO {
+                return Err(StoreError::Corrupt {
+                    dir: String::new(),
+                    message: format!("layer {} block {} has state {state}", layer.meta.id, b + k as u64),
+                });
+            }
+            layer.mark(b + k as u64, state);
+        }
+        b += n;
+    }
+    Ok(())
 }
 
 fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {

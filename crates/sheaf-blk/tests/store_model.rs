@@ -33,13 +33,35 @@ fn check(r: &Replica, m: &Model, step: usize, op: &str) {
     }
 }
 
-fn run(seed: u64, steps: usize) {
+/// A base image of `blocks` blocks, a third of them data, in `dir`.
+fn base_image(dir: &std::path::Path, blocks: u64, rng: &mut StdRng) -> Vec<u8> {
+    let mut img = vec![0u8; (blocks * BLOCK) as usize];
+    for b in 0..blocks {
+        if rng.random_range(0..3) == 0 {
+            let at = (b * BLOCK) as usize;
+            rng.fill(&mut img[at..at + BLOCK as usize]);
+        }
+    }
+    std::fs::create_dir_all(dir).expect("base dir");
+    std::fs::write(dir.join(sheaf_blk::base::DATA_FILE), &img).expect("write base");
+    sheaf_blk::base::build(dir, "image-1", |_, _| {}).expect("build base");
+    img
+}
+
+fn run(seed: u64, steps: usize, with_base: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("r");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut size = 64 * BLOCK;
-    let mut r = Replica::create(&path, "vol", size).expect("create");
-    let mut m = Model { live: vec![0; size as usize], snaps: Vec::new() };
+    let (mut r, live) = if with_base {
+        // The base is smaller than the volume: the rest reads as zeros.
+        let mut live = base_image(&dir.path().join("base"), 48, &mut rng);
+        live.resize(size as usize, 0);
+        (Replica::create_on_base(&path, "vol", size, &dir.path().join("base")).expect("create"), live)
+    } else {
+        (Replica::create(&path, "vol", size).expect("create"), vec![0; size as usize])
+    };
+    let mut m = Model { live, snaps: Vec::new() };
     let mut next_snap = 0;
     let mut ops = BTreeMap::<&str, usize>::new();
     for step in 0..steps {
@@ -131,8 +153,63 @@ fn run(seed: u64, steps: usize) {
 #[test]
 fn random_operations_match_the_model() {
     for seed in 0..32 {
-        run(seed, 400);
+        run(seed, 400, false);
     }
+}
+
+#[test]
+fn random_operations_on_a_base_image_match_the_model() {
+    for seed in 100..124 {
+        run(seed, 400, true);
+    }
+}
+
+#[test]
+fn a_base_image_is_shared_and_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(7);
+    let img = base_image(&dir.path().join("base"), 32, &mut rng);
+    let base = dir.path().join("base");
+    // Too small a volume is refused; two replicas share one base.
+    assert!(Replica::create_on_base(&dir.path().join("small"), "v", 16 * BLOCK, &base).is_err());
+    let mut a = Replica::create_on_base(&dir.path().join("a"), "v", 64 * BLOCK, &base).expect("a");
+    let b = Replica::create_on_base(&dir.path().join("b"), "w", 64 * BLOCK, &base).expect("b");
+    a.write(0, &[0xAB; 4096]).expect("write");
+    let mut got = vec![0u8; img.len()];
+    b.read(0, &mut got).expect("read b");
+    assert_eq!(got, img, "b reads the base");
+    a.read(0, &mut got).expect("read a");
+    assert_eq!(&got[..4096], &[0xAB; 4096][..]);
+    assert_eq!(&got[4096..], &img[4096..]);
+    assert_eq!(a.stored_bytes(), BLOCK, "the base is not counted in the replica");
+    // Zeroing a block the base has masks it.
+    a.write_zeroes(0, 32 * BLOCK).expect("zero");
+    a.read(0, &mut got).expect("read a");
+    assert!(got.iter().all(|&x| x == 0));
+    a.close().expect("close");
+    b.close().expect("close");
+    // A replica whose base was replaced by another image is refused.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).expect("dir");
+    std::fs::write(other.join(sheaf_blk::base::DATA_FILE), &img).expect("write");
+    sheaf_blk::base::build(&other, "image-2", |_, _| {}).expect("build");
+    std::fs::remove_dir_all(&base).expect("rm");
+    std::fs::rename(&other, &base).expect("mv");
+    let err = Replica::open(&dir.path().join("a")).err().expect("refused").to_string();
+    assert!(err.contains("image-2"), "{err}");
+    // A corrupted base block is an error, not wrong data.
+    std::fs::remove_dir_all(&base).expect("rm");
+    base_image(&base, 32, &mut StdRng::seed_from_u64(7));
+    let c = Replica::open(&dir.path().join("b")).expect("open b");
+    let data_block = (0..32u64).find(|b| img[(b * BLOCK) as usize..][..BLOCK as usize].iter().any(|&x| x != 0));
+    let bad = data_block.expect("a data block") * BLOCK;
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new().write(true).open(base.join(sheaf_blk::base::DATA_FILE)).expect("open");
+        f.write_all_at(&[0x55; 16], bad).expect("corrupt");
+    }
+    let mut buf = vec![0u8; BLOCK as usize];
+    assert!(c.read(bad, &mut buf).is_err(), "a corrupt base block fails its checksum");
 }
 
 #[test]

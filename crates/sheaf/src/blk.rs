@@ -58,6 +58,10 @@ pub struct ReplicaArgs {
     /// Size when the replica is created (bytes, or with Ki/Mi/Gi/Ti).
     #[arg(long)]
     pub size: Option<String>,
+    /// When the replica is created: the base image directory it reads
+    /// through (a volume made from an image).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
     /// unix:PATH or tcp:HOST:PORT.
     #[arg(long)]
     pub listen: Address,
@@ -175,9 +179,12 @@ pub fn run(a: BlkArgs) -> anyhow::Result<()> {
                 );
                 rep
             } else {
-                let size = r.size.as_deref().context("--size is needed to create a new replica")?;
-                Replica::create(&r.dir, &r.volume, parse_size(size)?)
-                    .with_context(|| format!("cannot create replica {}", r.dir.display()))?
+                let size = parse_size(r.size.as_deref().context("--size is needed to create a new replica")?)?;
+                match &r.base {
+                    Some(base) => Replica::create_on_base(&r.dir, &r.volume, size, base),
+                    None => Replica::create(&r.dir, &r.volume, size),
+                }
+                .with_context(|| format!("cannot create replica {}", r.dir.display()))?
             };
             tracing::info!(dir = %r.dir.display(), volume = %r.volume, listen = %r.listen, "replica serving");
             sheaf_blk::replica_server::serve(replica, &r.listen).with_context(|| format!("serving on {}", r.listen))
