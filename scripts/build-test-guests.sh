@@ -95,7 +95,7 @@ build_tiny() {
   install -m 0755 "$SRC/udhcpc-script.sh" "$rootfs/bin/udhcpc-script"
 
   # The modules the init loads, with their dependencies.
-  local mods="virtio_pci virtio_blk virtio_net virtio_scsi sr_mod ahci isofs vfat nls_cp437 nls_iso8859_1 nls_utf8 virtio_console virtio_rng button evdev"
+  local mods="virtio_pci virtio_blk virtio_net virtio_scsi sd_mod sr_mod ahci isofs vfat nls_cp437 nls_iso8859_1 nls_utf8 virtio_console virtio_rng button evdev"
   local kmods="$work/k/lib/modules/$kver"
   local -A want=()
   local m dep f rel

@@ -9,7 +9,7 @@ mkdir -p /proc /sys /dev /tmp /run /seed /mnt
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-for m in virtio_pci virtio_blk virtio_net virtio_scsi sr_mod ahci isofs vfat nls_cp437 nls_iso8859_1 nls_utf8 virtio_console virtio_rng; do
+for m in virtio_pci virtio_blk virtio_net virtio_scsi sd_mod sr_mod ahci isofs vfat nls_cp437 nls_iso8859_1 nls_utf8 virtio_console virtio_rng; do
   modprobe "$m" 2>/dev/null
 done
 sleep 0.5

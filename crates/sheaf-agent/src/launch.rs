@@ -196,6 +196,11 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
             volume: disk.name.clone(),
             message: "no volume of this name".into(),
         })?;
+        if vol.hotpluggable() {
+            // Added by the VMI's runner once QEMU runs (crate::hotplug), on
+            // a hotplug port, so that it can be removed again.
+            continue;
+        }
         let (cdrom, bus_name, readonly) = if let Some(c) = &disk.cdrom {
             (true, c.bus.as_deref(), true)
         } else if let Some(d) = &disk.disk {
@@ -261,6 +266,14 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
                 volume: vol.name.clone(),
                 message: "the volume is not attached to this node".into(),
             })?;
+            if cdrom && attached.format == "vhost-user" {
+                return Err(LaunchError::Volume {
+                    volume: vol.name.clone(),
+                    message: "a cdrom cannot be served over the vhost-user frontend (it is a virtio block \
+                              device); use a Volume with frontend nbd for it"
+                        .into(),
+                });
+            }
             if vol.persistent_volume_claim.as_ref().and_then(|p| p.read_only) == Some(true) {
                 if attached.format == "vhost-user" {
                     return Err(LaunchError::Volume {
@@ -358,6 +371,11 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
         kernel_boot,
         run_dir: ctx.run_dir.to_path_buf(),
         vnc: domain.devices.autoattach_graphics_device != Some(false),
+        hotplug_ports: if domain.devices.disable_hotplug == Some(true) {
+            0
+        } else {
+            sheaf_qemu::machine::DEFAULT_HOTPLUG_PORTS
+        },
     })
 }
 

@@ -9,6 +9,9 @@
 
 pub mod accel;
 pub mod disks;
+pub mod hotplug;
+pub mod image_format;
+pub mod images;
 pub mod launch;
 pub mod network;
 pub mod node;
@@ -46,6 +49,9 @@ pub struct AgentConfig {
     /// [`disks::prepare`]. `sheaf server` gives one named `default` at its
     /// replica root when no `--disk` is given.
     pub disks: Vec<disks::DiskConfig>,
+    /// Gets the node's image store once the agent has made it (the API
+    /// server's upload and download of images go through it).
+    pub images_ready: Option<tokio::sync::watch::Sender<Option<Arc<images::Images>>>>,
 }
 
 struct Runner {
@@ -89,6 +95,11 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
     };
     let storage = Arc::new(storage::Storage::new(api.clone(), &cfg.node_name, &cfg.disks, &cfg.run_root));
     tokio::spawn(storage::run(storage.clone()));
+    let images = Arc::new(images::Images::new(api.clone(), &cfg.node_name, &storage.images_root()));
+    if let Some(tx) = &cfg.images_ready {
+        let _ = tx.send(Some(images.clone()));
+    }
+    tokio::spawn(images::run(images));
     let env = Arc::new(RunnerEnv {
         api: api.clone(),
         node: cfg.node_name.clone(),

@@ -401,6 +401,8 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
     let mut agent: Option<GuestInfo> = None;
     patch_status(&env, &vmi, running_status(paused, None)).await;
     let mut requests_seen = RequestState::default();
+    // Hotplugged disks: their own task, fed every version of the VMI.
+    let hotplug = crate::hotplug::Hotplug::spawn(env.clone(), qmp.clone(), &vmi);
     requests_seen.apply(&env, &qmp, &dir, &vmi, paused, agent.is_some()).await;
     // The guest agent is polled, and the VMI re-read, every so often.
     let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -452,6 +454,7 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
                 }
                 Some(Request::Sync(cur)) => {
                     if deleting.is_none() {
+                        hotplug.sync(&cur);
                         requests_seen.apply(&env, &qmp, &dir, &cur, paused, agent.is_some()).await;
                     }
                 }
@@ -470,6 +473,7 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
                 if let Ok(Some(cur)) = env.api.get(Gvr::of::<VirtualMachineInstance>(), Some(&ns), &name).await {
                     if let Ok(cur) = serde_json::from_value::<VirtualMachineInstance>(cur) {
                         if cur.metadata.uid == vmi.metadata.uid {
+                            hotplug.sync(&cur);
                             requests_seen.apply(&env, &qmp, &dir, &cur, paused, agent.is_some()).await;
                         }
                     }

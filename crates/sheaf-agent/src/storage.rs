@@ -260,6 +260,29 @@ impl Storage {
         }
     }
 
+    /// This node's images (base images of volumes made from an image).
+    pub fn images_root(&self) -> PathBuf {
+        self.disks.first().map(|d| d.path.join("images")).unwrap_or_else(|| self.run_root.join("images"))
+    }
+
+    /// The base image directory of image `reference` (`NAMESPACE/NAME`) on
+    /// this node, or why there is none.
+    async fn image_base(&self, reference: &str) -> Result<PathBuf, String> {
+        let (ns, name) = sheaf_types::storage::image_ref(reference)?;
+        let img = Typed::<sheaf_types::harvester::VirtualMachineImage>::new(self.api.as_ref())
+            .get(Some(ns), name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the volume's image {reference} does not exist"))?;
+        let uid = img.metadata.uid.clone().unwrap_or_default();
+        let dir = self.images_root().join(&uid);
+        match sheaf_blk::base::read_meta(&dir) {
+            Ok(Some(_)) => Ok(dir),
+            Ok(None) => Err(format!("waiting for the volume's image {reference} to be imported on this node")),
+            Err(e) => Err(format!("the volume's image {reference} is damaged on this node: {e}")),
+        }
+    }
+
     fn lock(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut l = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         l.entry(uid.to_string()).or_default().clone()
@@ -447,20 +470,39 @@ impl Storage {
         AttachedDisk { socket: p.nbd.clone(), format: "nbd" }
     }
 
-    /// Starts the engines for the volumes `vmi` uses and returns their
-    /// sockets by VMI volume name. Waits (bounded) for a clone to finish
-    /// and for the replicas to run.
+    /// Starts the engines for the volumes `vmi` boots with and returns
+    /// their sockets by VMI volume name. Waits (bounded) for a clone to
+    /// finish and for the replicas to run. Hotpluggable volumes are left to
+    /// the VMI's runner, which adds them once QEMU runs
+    /// ([`Self::attach_volume`]).
     pub async fn attach(&self, vmi: &VirtualMachineInstance) -> Result<HashMap<String, AttachedDisk>, LaunchError> {
+        let mut out = HashMap::new();
+        for v in vmi.spec.volumes.iter().filter(|v| !v.hotpluggable()) {
+            if let Some(disk) = self.attach_volume(vmi, v).await? {
+                out.insert(v.name.clone(), disk);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts (or finds running) the engine of one volume of `vmi` and
+    /// returns its socket; None when `v` is not a Sheaf volume. Waits
+    /// (bounded) for a clone to finish and for the replicas to run.
+    pub async fn attach_volume(
+        &self,
+        vmi: &VirtualMachineInstance,
+        v: &sheaf_types::kubevirt::Volume,
+    ) -> Result<Option<AttachedDisk>, LaunchError> {
         let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let vmi_uid = vmi.metadata.uid.clone().unwrap_or_default();
-        let mut out = HashMap::new();
-        for v in &vmi.spec.volumes {
-            let Some(claim) = claim_of(v) else { continue };
-            let volumes = Typed::<Volume>::new(self.api.as_ref());
+        {
+            let Some(claim) = claim_of(v) else { return Ok(None) };
             let deadline = Instant::now() + Duration::from_secs(120);
             let vol = loop {
-                let vol = volumes.get(Some(&ns), &claim).await.map_err(|e| msg(&v.name, e.to_string()))?.ok_or_else(
-                    || {
+                let vol = sheaf_client::claims::volume_for_claim(self.api.as_ref(), &ns, &claim)
+                    .await
+                    .map_err(|e| msg(&v.name, e.to_string()))?
+                    .ok_or_else(|| {
                         msg(
                             &v.name,
                             format!(
@@ -468,8 +510,7 @@ impl Storage {
                                  (sheaf volume create {claim} --size 10Gi)"
                             ),
                         )
-                    },
-                )?;
+                    })?;
                 if vol.metadata.deletion_timestamp.is_some() {
                     return Err(msg(
                         &v.name,
@@ -520,8 +561,7 @@ impl Storage {
                     return Err(msg(&v.name, format!("Volume {ns}/{claim} is in use by another virtual machine")));
                 }
                 let _ = std::fs::write(&p.vmi, &vmi_uid);
-                out.insert(v.name.clone(), Self::attached_disk(&vol, &p));
-                continue;
+                return Ok(Some(Self::attached_disk(&vol, &p)));
             }
             let replicas = self.replicas_of(&vol).await.map_err(|e| msg(&v.name, e))?;
             let serial = vmi
@@ -561,9 +601,49 @@ impl Storage {
                 ));
             }
             tracing::info!(volume = %format!("{ns}/{claim}"), vmi = %vmi_uid, "volume attached");
-            out.insert(v.name.clone(), Self::attached_disk(&vol, &p));
+            Ok(Some(Self::attached_disk(&vol, &p)))
         }
-        Ok(out)
+    }
+
+    /// Stops the engines serving VMI `vmi` whose volumes its spec no
+    /// longer has (hotplugged disks that were removed); returns the
+    /// stopped engines' volume uids. Nothing is stopped when a claim of
+    /// the spec cannot be resolved right now.
+    pub async fn detach_unused(&self, vmi: &VirtualMachineInstance) -> Result<Vec<String>, LaunchError> {
+        let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let vmi_uid = vmi.metadata.uid.clone().unwrap_or_default();
+        let mut keep = HashSet::new();
+        for v in &vmi.spec.volumes {
+            let Some(claim) = claim_of(v) else { continue };
+            let vol = sheaf_client::claims::volume_for_claim(self.api.as_ref(), &ns, &claim)
+                .await
+                .map_err(|e| msg(&v.name, e.to_string()))?;
+            keep.extend(vol.and_then(|vol| vol.metadata.uid));
+        }
+        let mut stopped = Vec::new();
+        let Ok(d) = std::fs::read_dir(&self.blk_dir) else { return Ok(stopped) };
+        for f in d.flatten() {
+            let path = f.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("vmi")
+                || std::fs::read_to_string(&path).unwrap_or_default().trim() != vmi_uid
+            {
+                continue;
+            }
+            let Some(uid) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.strip_prefix("e-")) else {
+                continue;
+            };
+            if keep.contains(uid) {
+                continue;
+            }
+            let lock = self.lock(uid);
+            let _held = lock.lock_owned().await;
+            // Read again under the lock: an attach may have taken it.
+            if std::fs::read_to_string(&path).unwrap_or_default().trim() == vmi_uid {
+                self.stop_engine(uid);
+                stopped.push(uid.to_string());
+            }
+        }
+        Ok(stopped)
     }
 
     /// Stops the engines serving VMI `vmi_uid` (its QEMU is gone).
@@ -659,9 +739,22 @@ impl Storage {
                     None
                 }
             };
-            if let (Some(dir), None) = (&dir, alive(&pid, &needle)) {
+            // A volume made from an image reads through the image's base
+            // on this node.
+            let base = match &vol.spec.image {
+                Some(image) if dir.is_some() => match self.image_base(image).await {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        message = Some(e);
+                        None
+                    }
+                },
+                _ => None,
+            };
+            let base_ok = vol.spec.image.is_none() || base.is_some();
+            if let (Some(dir), None, true) = (&dir, alive(&pid, &needle), base_ok) {
                 let size = vol.status.as_ref().and_then(|s| s.size).unwrap_or(vol.size_bytes());
-                let args = vec![
+                let mut args = vec![
                     "blk".to_string(),
                     "replica".into(),
                     "--dir".into(),
@@ -673,6 +766,9 @@ impl Storage {
                     "--listen".into(),
                     format!("unix:{needle}"),
                 ];
+                if let Some(b) = &base {
+                    args.extend(["--base".into(), b.display().to_string()]);
+                }
                 let _ = std::fs::remove_file(&sock);
                 match self.spawn(&args, &log, &pid) {
                     Ok(_) => {

@@ -5,17 +5,23 @@
 //!  HTTPS ─▶ server (auth, routing, body decoding)
 //!             ├─ discovery, openapi      what is served, and its schemas
 //!             ├─ objects                 create/get/list/update/patch/delete
-//!             │    ├─ protection         refuses deleting a Volume a VM uses
+//!             │    ├─ protection         refuses deleting a Volume or claim a VM uses
+//!             │    ├─ templates          VMs from template versions (createvm); the default version kept
+//!             │    ├─ vm_claims          the claims that go with a deleted VM
+//!             │    ├─ claim_resize       claims grow only when their class allows
 //!             │    └─ patch              merge, JSON, strategic, apply
 //!             ├─ watch                   event streams with resume
 //!             └─ table                   kubectl's server-side printing
 //!  gc: garbage collector and namespace finalizer (background task)
 //! ```
 
+pub mod claim_resize;
 pub mod console;
 pub mod discovery;
 pub mod error;
 pub mod gc;
+pub mod hotplug;
+pub mod image_transfer;
 pub mod local_api;
 pub mod objects;
 pub mod openapi;
@@ -28,6 +34,8 @@ pub mod selector;
 pub mod server;
 pub mod subresources;
 pub mod table;
+pub mod templates;
+pub mod vm_claims;
 pub mod watch;
 
 use std::sync::Arc;
@@ -77,7 +85,8 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ap
     }
 }
 
-/// Creates the objects every cluster has (the `default` namespace).
+/// Creates the objects every cluster has: the `default` and `sheaf-system`
+/// namespaces and the default StorageClass `sheaf`.
 pub async fn bootstrap(server: &ApiServer) -> ApiResult<()> {
     let Some(rt) = server.registry.find("", "v1", "namespaces").cloned() else {
         return Ok(());
@@ -85,6 +94,18 @@ pub async fn bootstrap(server: &ApiServer) -> ApiResult<()> {
     for ns in ["default", "sheaf-system"] {
         let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
         match server.objects.create(&rt, None, body, &Default::default()).await {
+            Ok(_) => {}
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // The default StorageClass, unless one of that name exists (a user's
+    // change to it is kept).
+    if let Some(sc) = server.registry.find("storage.k8s.io", "v1", "storageclasses").cloned() {
+        let mut body = serde_json::to_value(sheaf_types::claim::default_class()).unwrap_or_default();
+        body["apiVersion"] = "storage.k8s.io/v1".into();
+        body["kind"] = "StorageClass".into();
+        match server.objects.create(&sc, None, body, &Default::default()).await {
             Ok(_) => {}
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(e) => return Err(e),

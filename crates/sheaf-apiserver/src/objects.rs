@@ -584,6 +584,9 @@ impl Objects {
         }
         let mut warnings = Vec::new();
         let mut obj = self.decode(rt, &body, Some(&old), opts.field_validation, &mut warnings)?;
+        if !status_only {
+            crate::claim_resize::check_update(self, rt, &obj, &old).await?;
+        }
         let old_gen = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
         let gen = if desired_state(&obj) != desired_state(&old) { old_gen + 1 } else { old_gen };
         meta_mut(&mut obj).insert("generation".into(), json!(gen));
@@ -739,6 +742,9 @@ impl Objects {
             let hold = !finalizers.is_empty() || (is_namespace && namespace_finalizers_left(&obj));
             if opts.dry_run {
                 return Ok(if hold { Deleted::Pending(obj) } else { Deleted::Now(obj) });
+            }
+            if !already_deleting {
+                crate::vm_claims::before_delete(self, rt, &obj).await?;
             }
             if !hold {
                 return match self.store.delete(&kv.key, Some(kv.mod_revision)).await {

@@ -1,8 +1,33 @@
 //! Deletion protection: the DELETE of an object that something still uses
 //! is refused with a 409 `Status` that names the user and says what to do,
-//! and nothing is changed. Today one kind is protected: a Sheaf Volume
-//! (`sheaf.io`) while a VirtualMachineInstance uses it, by its spec or as
-//! the instance its engine serves ([`sheaf_types::storage::users_of`]).
+//! and nothing is changed. Two kinds are protected:
+//!
+//! - a Sheaf Volume (`sheaf.io`) while a VirtualMachineInstance uses it, by
+//!   its spec or as the instance its engine serves
+//!   ([`sheaf_types::storage::users_of`]);
+//! - a PersistentVolumeClaim while a VirtualMachineInstance uses it (the
+//!   same check, on the claim's Volume, which has the claim's name), and
+//!   while the Volume that would go with it (one the claim owns: not a
+//!   `reclaimPolicy: Retain` one) has VolumeSnapshots. Deleting the claim
+//!   would delete the Volume through the garbage collector, and the
+//!   snapshots' data lives in the Volume's replicas: the snapshots would
+//!   be left as objects whose data is gone. The refusal lists them and the
+//!   command that deletes them; snapshots already being deleted do not
+//!   count. When a claim goes with its VM (a claim of the VM's
+//!   `dataVolumeTemplates`, or one listed for removal), the garbage
+//!   collector meets the same refusal and retries: the claim, its Volume
+//!   and the snapshots stay until the snapshots are deleted.
+//!
+//! Why: VolumeSnapshots are not owned by their Volume (they name it by
+//! `spec.volumeName` and the `sheaf.io/volume` label). When a Volume goes,
+//! the cascade removes its Replicas and with them every snapshot's data,
+//! but the VolumeSnapshot objects stay, still `readyToUse`: a clone or a
+//! revert from one fails later, and a new Volume of the same name would
+//! seem to have them. So the claim's deletion is refused up front.
+//!
+//! A Volume deleted directly (`kubectl delete volume`) with snapshots is
+//! not refused here: `sheaf volume delete` asks for `--with-snapshots`
+//! first, and deletes them in order.
 //!
 //! Why a refusal and not Kubernetes' pvc-protection finalizer (the delete
 //! is accepted, the Volume shows Terminating and goes when its user is
@@ -25,9 +50,10 @@
 //! before the Volume does.
 
 use serde_json::Value;
+use sheaf_types::claim::PersistentVolumeClaim;
 use sheaf_types::kubevirt::VirtualMachineInstance;
 use sheaf_types::meta::{StatusCause, StatusDetails};
-use sheaf_types::storage::{self, users_of, Volume};
+use sheaf_types::storage::{self, users_of, Volume, VolumeSnapshot};
 use sheaf_types::{Kind, ResourceType};
 
 use crate::error::{ApiError, ApiResult};
@@ -39,6 +65,12 @@ pub async fn check_delete(objects: &Objects, rt: &ResourceType, obj: &Value) -> 
     if rt.group == storage::GROUP && rt.kind == Volume::KIND {
         return check_volume(objects, obj).await;
     }
+    if rt.group.is_empty() && rt.kind == PersistentVolumeClaim::KIND {
+        return check_claim(objects, obj).await;
+    }
+    if rt.group == "harvesterhci.io" && rt.kind == "VirtualMachineTemplateVersion" {
+        return crate::templates::check_version_delete(objects, obj).await;
+    }
     Ok(())
 }
 
@@ -49,27 +81,104 @@ pub fn protects_dependents(rt: &ResourceType) -> bool {
     rt.group == storage::GROUP && rt.kind == Volume::KIND
 }
 
+/// Every object of kind `K` in `ns`, decoded.
+async fn list_of<K: Kind>(objects: &Objects, ns: Option<&str>) -> ApiResult<Vec<K>> {
+    let Some(rt) = objects.registry.find(K::GROUP, K::VERSION, K::PLURAL) else { return Ok(Vec::new()) };
+    let (items, _, _) = objects.list(rt, ns, &ListParams::default()).await?;
+    Ok(items.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect())
+}
+
 async fn check_volume(objects: &Objects, obj: &Value) -> ApiResult<()> {
     let Ok(vol) = serde_json::from_value::<Volume>(obj.clone()) else { return Ok(()) };
-    let vmi = (VirtualMachineInstance::GROUP, VirtualMachineInstance::VERSION, VirtualMachineInstance::PLURAL);
-    let Some(vmi_rt) = objects.registry.find(vmi.0, vmi.1, vmi.2) else { return Ok(()) };
     let ns = namespace_of(obj);
-    let (items, _, _) = objects.list(vmi_rt, ns, &ListParams::default()).await?;
-    let vmis: Vec<VirtualMachineInstance> = items.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect();
+    let vmis: Vec<VirtualMachineInstance> = list_of(objects, ns).await?;
     let users = users_of(&vol, &vmis);
     if users.is_empty() {
         return Ok(());
     }
-    Err(in_use(&vol, ns, &users))
+    Err(in_use(&vol, Volume::KIND, ns, &users))
 }
 
-/// The 409 for a volume in use by `users`.
-fn in_use(vol: &Volume, ns: Option<&str>, users: &[&VirtualMachineInstance]) -> ApiError {
-    let name = vol.metadata.name.clone().unwrap_or_default();
-    let ns_flag = match ns {
+/// A claim: refused while its volume is in use, or while the volume that
+/// would go with it has snapshots.
+async fn check_claim(objects: &Objects, obj: &Value) -> ApiResult<()> {
+    let Ok(pvc) = serde_json::from_value::<PersistentVolumeClaim>(obj.clone()) else { return Ok(()) };
+    let ns = namespace_of(obj);
+    let name = pvc.metadata.name.clone().unwrap_or_default();
+    let Some(vol_rt) = objects.registry.find(storage::GROUP, storage::VERSION, Volume::PLURAL) else { return Ok(()) };
+    let vol = match objects.get(vol_rt, ns, &name).await {
+        Ok(v) => serde_json::from_value::<Volume>(v).ok(),
+        Err(e) if e.code == http::StatusCode::NOT_FOUND => None,
+        Err(e) => return Err(e),
+    };
+    // No Volume yet: instances naming the claim still hold it.
+    let vol = vol.unwrap_or_else(|| Volume {
+        metadata: sheaf_types::ObjectMeta { name: Some(name.clone()), ..Default::default() },
+        ..Default::default()
+    });
+    let vmis: Vec<VirtualMachineInstance> = list_of(objects, ns).await?;
+    let users = users_of(&vol, &vmis);
+    if !users.is_empty() {
+        return Err(in_use(&vol, PersistentVolumeClaim::KIND, ns, &users));
+    }
+    let uid = pvc.metadata.uid.as_deref().unwrap_or_default();
+    let goes_with_it = vol.metadata.owner_references.iter().any(|o| o.uid == uid && !uid.is_empty());
+    if !goes_with_it {
+        return Ok(());
+    }
+    let snaps: Vec<VolumeSnapshot> = list_of(objects, ns).await?;
+    let mut kept: Vec<String> = snaps
+        .iter()
+        .filter(|s| s.spec.volume_name == name && s.metadata.deletion_timestamp.is_none())
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    if kept.is_empty() {
+        return Ok(());
+    }
+    kept.sort();
+    Err(has_snapshots(&name, ns, &kept))
+}
+
+fn ns_flag(ns: Option<&str>) -> String {
+    match ns {
         Some(n) if n != "default" => format!(" -n {n}"),
         _ => String::new(),
-    };
+    }
+}
+
+/// The 409 for a claim whose volume has `snapshots`.
+fn has_snapshots(name: &str, ns: Option<&str>, snapshots: &[String]) -> ApiError {
+    let message = format!(
+        "claim {name} cannot be deleted: its volume has {} snapshot(s) ({}), whose data would go with it;          delete them first (kubectl delete volumesnapshot {}{}), or clone what you want to keep (a claim with          dataSource kind PersistentVolumeClaim, or one with dataSource apiGroup sheaf.io kind VolumeSnapshot);          nothing was deleted",
+        snapshots.len(),
+        snapshots.join(", "),
+        snapshots.join(" "),
+        ns_flag(ns)
+    );
+    let causes = snapshots
+        .iter()
+        .map(|s| StatusCause {
+            reason: Some("VolumeHasSnapshots".into()),
+            message: Some(format!("VolumeSnapshot {s}")),
+            field: None,
+        })
+        .collect();
+    ApiError {
+        details: Some(Box::new(StatusDetails {
+            name: Some(name.to_string()),
+            kind: Some(PersistentVolumeClaim::PLURAL.into()),
+            causes,
+            ..Default::default()
+        })),
+        ..ApiError::new(http::StatusCode::CONFLICT, "Conflict", message)
+    }
+}
+
+/// The 409 for a volume (or claim: `kind`) in use by `users`.
+fn in_use(vol: &Volume, kind: &str, ns: Option<&str>, users: &[&VirtualMachineInstance]) -> ApiError {
+    let name = vol.metadata.name.clone().unwrap_or_default();
+    let claim = kind == PersistentVolumeClaim::KIND;
+    let ns_flag = ns_flag(ns);
     let mut who = Vec::new();
     let mut todo = Vec::new();
     for vmi in users {
@@ -86,9 +195,10 @@ fn in_use(vol: &Volume, ns: Option<&str>, users: &[&VirtualMachineInstance]) -> 
         });
     }
     let plural = if users.len() > 1 { "VirtualMachineInstances" } else { "VirtualMachineInstance" };
+    let what = if claim { "claim" } else { "volume" };
     let message = format!(
-        "volume {name} is in use by {plural} {}: stop or delete the virtual machine first ({}), then delete \
-         the volume; nothing was deleted",
+        "{what} {name} is in use by {plural} {}: stop or delete the virtual machine first ({}), then delete \
+         the {what}; nothing was deleted",
         who.join(", "),
         todo.join("; ")
     );
@@ -106,8 +216,8 @@ fn in_use(vol: &Volume, ns: Option<&str>, users: &[&VirtualMachineInstance]) -> 
     ApiError {
         details: Some(Box::new(StatusDetails {
             name: Some(name),
-            group: Some(storage::GROUP.into()),
-            kind: Some(Volume::PLURAL.into()),
+            group: Some(if claim { String::new() } else { storage::GROUP.into() }),
+            kind: Some(if claim { PersistentVolumeClaim::PLURAL } else { Volume::PLURAL }.into()),
             causes,
             ..Default::default()
         })),
@@ -130,7 +240,7 @@ mod tests {
         .expect("vmi");
         let bare: VirtualMachineInstance =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "test"}})).expect("vmi");
-        let e = in_use(&vol, Some("team"), &[&owned, &bare]);
+        let e = in_use(&vol, Volume::KIND, Some("team"), &[&owned, &bare]);
         assert_eq!(e.code, http::StatusCode::CONFLICT);
         assert_eq!(
             e.message,
@@ -138,7 +248,13 @@ mod tests {
              machine first (sheaf vm stop web -n team; kubectl delete vmi test -n team), then delete the volume; \
              nothing was deleted"
         );
-        let e = in_use(&vol, Some("default"), &[&owned]);
+        let e = in_use(&vol, Volume::KIND, Some("default"), &[&owned]);
         assert!(e.message.contains("(sheaf vm stop web)"), "{}", e.message);
+        let e = in_use(&vol, PersistentVolumeClaim::KIND, Some("default"), &[&owned]);
+        assert!(e.message.starts_with("claim data is in use by VirtualMachineInstance web"), "{}", e.message);
+        assert!(e.message.contains("then delete the claim"), "{}", e.message);
+        let e = has_snapshots("data", Some("team"), &["s1".into(), "s2".into()]);
+        assert_eq!(e.code, http::StatusCode::CONFLICT);
+        assert!(e.message.contains("(kubectl delete volumesnapshot s1 s2 -n team)"), "{}", e.message);
     }
 }

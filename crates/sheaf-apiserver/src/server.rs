@@ -42,6 +42,7 @@ pub struct ApiServer {
     ready: AtomicBool,
     dialer: std::sync::OnceLock<Arc<dyn NodeDialer>>,
     consoles: Arc<Consoles>,
+    images: std::sync::OnceLock<Arc<dyn crate::image_transfer::ImageTransfer>>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -60,12 +61,18 @@ impl ApiServer {
             ready: AtomicBool::new(false),
             dialer: std::sync::OnceLock::new(),
             consoles: Arc::default(),
+            images: std::sync::OnceLock::new(),
         })
     }
 
     /// How consoles and VNC of instances are reached (set once, at start).
     pub fn set_node_dialer(&self, dialer: Arc<dyn NodeDialer>) {
         let _ = self.dialer.set(dialer);
+    }
+
+    /// Where image uploads and downloads go (set once, at start).
+    pub fn set_image_transfer(&self, t: Arc<dyn crate::image_transfer::ImageTransfer>) {
+        let _ = self.images.set(t);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -119,7 +126,7 @@ async fn authenticate(State(s): State<Arc<ApiServer>>, req: Request, next: Next)
     }
 }
 
-fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
+pub(crate) fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
     let mut resp = (code, body).into_response();
     resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -342,6 +349,20 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
             };
             let method = parts.method.clone();
             match (rp.plural.as_str(), action, method) {
+                (
+                    plural @ ("virtualmachines" | "virtualmachineinstances"),
+                    "addvolume" | "removevolume",
+                    Method::PUT,
+                ) => {
+                    let bytes = read_body(body).await?;
+                    let on_vm = plural == "virtualmachines";
+                    if action == "addvolume" {
+                        crate::hotplug::add_volume(&s.objects, ns, name, on_vm, &bytes).await?;
+                    } else {
+                        crate::hotplug::remove_volume(&s.objects, ns, name, on_vm, &bytes).await?;
+                    }
+                    Ok((StatusCode::ACCEPTED, "").into_response())
+                }
                 ("virtualmachines", _, Method::PUT) => {
                     subresources::vm_action(&s.objects, ns, name, action).await?;
                     Ok((StatusCode::ACCEPTED, "").into_response())
@@ -359,8 +380,8 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
                     crate::console::connect(&s.objects, s.dialer.get(), &s.consoles, ns, name, channel, upgrade).await
                 }
                 ("virtualmachines" | "virtualmachineinstances", _, m) => Err(ApiError::method_not_allowed(format!(
-                    "{m} is not allowed on {}/{action}: use PUT for start, stop, restart, pause, unpause and \
-                     softreboot, GET for console, vnc and guestosinfo",
+                    "{m} is not allowed on {}/{action}: use PUT for start, stop, restart, pause, unpause, \
+                     softreboot, addvolume and removevolume, GET for console, vnc and guestosinfo",
                     rp.plural
                 ))),
                 (plural, _, _) => Err(ApiError::not_found_msg(format!(
@@ -404,6 +425,23 @@ async fn resource(
         return Err(ApiError::not_found_msg(format!("{} are cluster-scoped, not in a namespace", rt.plural)));
     }
     let ns = rp.namespace.as_deref();
+    if rt.group == "harvesterhci.io" && rt.plural == "virtualmachineimages" {
+        if let (Some(sub @ ("upload" | "download")), Some(name), Some(ns)) = (rp.sub.as_deref(), rp.name.as_deref(), ns)
+        {
+            return crate::image_transfer::handle(s.images.get(), ns, name, sub, method, body).await;
+        }
+    }
+    if rt.group == "harvesterhci.io" && rt.plural == "virtualmachinetemplateversions" {
+        let target = (rp.sub.as_deref(), rp.name.as_deref(), ns);
+        if let (Some(crate::templates::SUBRESOURCE), Some(name), Some(ns)) = target {
+            if *method != Method::POST {
+                return Err(ApiError::method_not_allowed(format!("use POST on {}/NAME/createvm", rt.plural)));
+            }
+            let body = parse_body(headers, &read_body(body).await?)?;
+            let vm = crate::templates::create_vm(objects, ns, name, body).await?;
+            return Ok(json_response(StatusCode::CREATED, &vm, &[]));
+        }
+    }
     let status_only = match rp.sub.as_deref() {
         None => false,
         Some("status") if rt.has_status => true,
@@ -494,6 +532,10 @@ async fn resource(
         }
         (Method::DELETE, Some(name)) => {
             let opts = delete_options(q, headers, body).await?;
+            if !opts.dry_run {
+                let removed = q.get(crate::vm_claims::REMOVED_DISKS_PARAM);
+                crate::vm_claims::record_removed_disks(objects, rt, ns, name, removed).await?;
+            }
             match objects.delete(rt, ns, name, &opts).await? {
                 Deleted::Now(obj) => Ok(json_response(StatusCode::OK, &obj, &[])),
                 Deleted::Pending(obj) => Ok(json_response(StatusCode::OK, &obj, &[])),

@@ -16,6 +16,8 @@
 //! running the instance carries it out and reports it (the `Paused`
 //! condition, or the id of the soft reboot done), and the call returns once
 //! it has, or fails with a timeout.
+//!
+//! `addvolume` and `removevolume` (on both kinds) are in [`crate::hotplug`].
 
 use std::time::Duration;
 
@@ -41,8 +43,9 @@ pub fn discovery() -> Value {
     json!({
         "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{GROUP}/v1"),
         "resources": [
-            vm("start"), vm("stop"), vm("restart"),
+            vm("start"), vm("stop"), vm("restart"), vm("addvolume"), vm("removevolume"),
             vmi("pause", "update"), vmi("unpause", "update"), vmi("softreboot", "update"),
+            vmi("addvolume", "update"), vmi("removevolume", "update"),
             vmi("console", "get"), vmi("vnc", "get"), vmi("guestosinfo", "get"),
         ],
     })
@@ -134,7 +137,7 @@ pub async fn vm_action(objects: &Objects, ns: &str, name: &str, action: &str) ->
         }
         other => {
             return Err(ApiError::not_found_msg(format!(
-                "virtualmachines has no subresource {other:?}; use start, stop or restart"
+                "virtualmachines has no subresource {other:?}; use start, stop, restart, addvolume or removevolume"
             )))
         }
     };
@@ -187,7 +190,10 @@ pub async fn vmi_action(objects: &Objects, ns: &str, name: &str, action: &str) -
             if !paused && annotation(&vmi, vmi_requests::PAUSED).is_none() {
                 return Err(conflict(format!("VMI {name:?} is not paused")));
             }
-            (annotate(vmi_requests::PAUSED, Value::Null), Box::new(|v| (!condition_true(v, "Paused")).then_some(Ok(()))))
+            (
+                annotate(vmi_requests::PAUSED, Value::Null),
+                Box::new(|v| (!condition_true(v, "Paused")).then_some(Ok(()))),
+            )
         }
         "softreboot" => {
             if paused {
@@ -210,7 +216,8 @@ pub async fn vmi_action(objects: &Objects, ns: &str, name: &str, action: &str) -
         }
         other => {
             return Err(ApiError::not_found_msg(format!(
-                "virtualmachineinstances has no subresource {other:?}; use pause, unpause, softreboot, console, vnc or guestosinfo"
+                "virtualmachineinstances has no subresource {other:?}; use pause, unpause, softreboot, addvolume, \
+                 removevolume, console, vnc or guestosinfo"
             )))
         }
     };

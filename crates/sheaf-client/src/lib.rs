@@ -5,6 +5,8 @@
 //! nodes use HTTPS. Tests run controllers against the in-process one over a
 //! real store in a temporary directory.
 
+pub mod claims;
+
 use std::pin::Pin;
 
 use futures::Stream;

@@ -14,16 +14,23 @@
 //! - [`volume`]: keeps each Volume's Replica objects placed on nodes, and
 //!   replaces those of nodes that have been down too long.
 //! - [`node`]: marks nodes whose agent stopped posting status `Unknown`.
+//! - [`claim`]: provisions each PersistentVolumeClaim as the Volume of its
+//!   name, from its StorageClass (image, clone, expansion, status).
+//! - [`template`]: numbers VM template versions, keeps each template's
+//!   default and latest version, and creates the default templates.
 //! - [`events`]: core `v1` Events about what they did.
 //!
 //! The server starts them all with [`run_all`]; they keep no state of their
 //! own, so they can be stopped and started at any time.
 
+pub mod claim;
 pub mod events;
 pub mod node;
 pub mod runtime;
 pub mod scheduler;
+pub mod template;
 pub mod vm;
+pub mod vm_claims;
 pub mod volume;
 
 use std::sync::Arc;
@@ -42,6 +49,8 @@ pub async fn run_all(api: Arc<dyn Api>) {
         vm::run(api.clone(), vm::Config::default()),
         scheduler::run(api.clone()),
         volume::run(api.clone()),
+        claim::run(api.clone()),
+        template::run(api.clone()),
         node::run(api, node::Config::default()),
     );
 }

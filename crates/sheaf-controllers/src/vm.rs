@@ -55,6 +55,11 @@
 //! VM is deleted with the orphan policy) and none is created. Because the
 //! VMI carries a controller owner reference, the garbage collector removes
 //! it as well once the VM is gone.
+//!
+//! Disks: the claims of `spec.dataVolumeTemplates` and of Harvester's
+//! `harvesterhci.io/volumeClaimTemplates` annotation are created, and the
+//! VMI waits until every claim its volumes name is Bound (`Provisioning`,
+//! condition `DataVolumesReady`); see [`crate::vm_claims`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +76,8 @@ use uuid::Uuid;
 
 use crate::events::{reference_to, EventRecorder, EventType};
 use crate::runtime::{Action, Controller, ObjectKey, Reconciler};
+use crate::vm_claims::ClaimsState;
+use sheaf_types::claim::PersistentVolumeClaim;
 
 /// `source.component` of the controller's Events.
 pub const COMPONENT: &str = "virtualmachine-controller";
@@ -95,8 +102,9 @@ const RESTART_REQUIRED: &str = "RestartRequired";
 const PAUSED: &str = "Paused";
 const POD_SCHEDULED: &str = "PodScheduled";
 const SYNCHRONIZED: &str = "Synchronized";
+const DATA_VOLUMES_READY: &str = "DataVolumesReady";
 /// Conditions the VM controller owns; the others are copied from the VMI.
-const VM_OWNED_CONDITIONS: [&str; 4] = [READY, FAILURE, INITIALIZED, RESTART_REQUIRED];
+const VM_OWNED_CONDITIONS: [&str; 5] = [READY, FAILURE, INITIALIZED, RESTART_REQUIRED, DATA_VOLUMES_READY];
 
 // Event and Failure-condition reasons, as KubeVirt's.
 const SUCCESSFUL_CREATE: &str = "SuccessfulCreate";
@@ -162,6 +170,12 @@ pub enum VmError {
         #[source]
         source: ClientError,
     },
+    #[error("cannot make or read the claims of VirtualMachine {key}: {source}")]
+    Claims {
+        key: ObjectKey,
+        #[source]
+        source: ClientError,
+    },
     /// An action failed; also reported in the VM's `Failure` condition.
     #[error("VirtualMachine {key}: {reason}: {message}")]
     Sync { key: ObjectKey, reason: &'static str, message: String },
@@ -180,6 +194,7 @@ pub async fn run(api: Arc<dyn Api>, config: Config) {
     let reconciler = Arc::new(VmController::new(api.clone(), config));
     Controller::new("virtualmachine", api, Gvr::of::<VirtualMachine>())
         .watches(Gvr::of::<VirtualMachineInstance>(), |_, vmi, _| owner_vm_key(vmi).into_iter().collect())
+        .watches(Gvr::of::<PersistentVolumeClaim>(), |_, pvc, store| vms_using_claim(pvc, store))
         .workers(workers)
         .resync_every(RESYNC)
         .run(reconciler)
@@ -202,6 +217,21 @@ fn owner_vm_key(vmi: &serde_json::Value) -> Option<ObjectKey> {
     }
 }
 
+/// The VMs a claim's change concerns: those whose volumes name it.
+fn vms_using_claim(pvc: &serde_json::Value, store: &crate::runtime::Store) -> Vec<ObjectKey> {
+    let Some(key) = ObjectKey::of(pvc) else { return Vec::new() };
+    store.keys_where(|vm| {
+        let ns = vm.pointer("/metadata/namespace").and_then(serde_json::Value::as_str);
+        let vols = vm.pointer("/spec/template/spec/volumes").and_then(serde_json::Value::as_array);
+        ns == key.namespace()
+            && vols.into_iter().flatten().any(|v| {
+                [v.pointer("/persistentVolumeClaim/claimName"), v.pointer("/dataVolume/name")]
+                    .iter()
+                    .any(|n| n.and_then(serde_json::Value::as_str) == Some(key.name.as_str()))
+            })
+    })
+}
+
 /// An action that failed in this pass.
 #[derive(Debug)]
 struct SyncFailure {
@@ -217,6 +247,8 @@ struct Pass {
     /// The VM's spec was changed: its new version brings another pass.
     spec_changed: bool,
     failure: Option<SyncFailure>,
+    /// What the VM's claims wait for: no instance is created meanwhile.
+    claims: ClaimsState,
 }
 
 enum Found {
@@ -242,7 +274,16 @@ impl Reconciler for VmController {
             // Gone: its VMI is the garbage collector's.
             return Ok(Action::Done);
         };
-        let mut pass = Pass { now: now(), acted: false, spec_changed: false, failure: None };
+        let mut pass =
+            Pass { now: now(), acted: false, spec_changed: false, failure: None, claims: Default::default() };
+        if vm.metadata.deletion_timestamp.is_none() {
+            pass.claims = crate::vm_claims::sync(self.api.as_ref(), &vm)
+                .await
+                .map_err(|source| VmError::Claims { key: key.clone(), source })?;
+            for p in &pass.claims.problems {
+                self.events.record(&reference_to(&vm), EventType::Warning, "DataVolumeError", p.clone()).await;
+            }
+        }
         let strategy = vm.spec.effective_run_strategy();
         let vmi = match self.find_vmi(key, &vm).await? {
             Found::Missing => None,
@@ -290,6 +331,7 @@ impl Reconciler for VmController {
         status.ready = vmi.as_ref().filter(|v| has_condition(v, READY, "True")).map(|_| true);
         trim_first_request(&mut status, vmi.as_ref());
         sync_conditions(&mut status, vmi.as_ref(), pass.failure.as_ref(), pass.now);
+        sync_claims_condition(&mut status, &vm.status, &pass.claims, pass.now);
         status.printable_status = Some(printable_status(&vm, vmi.as_ref(), &status, strategy, pass.now).to_string());
         status.run_strategy = Some(strategy.as_str().to_string());
         if let Some(g) = vmi.as_ref().and_then(created_from_generation) {
@@ -447,6 +489,10 @@ impl VmController {
     }
 
     async fn start(&self, vm: &VirtualMachine, paused: bool, pass: &mut Pass) {
+        if !pass.claims.ready() {
+            // The claims' changes bring the pass that starts it.
+            return;
+        }
         let vmi = vmi_from_vm(vm, paused);
         let vmis = Typed::<VirtualMachineInstance>::new(self.api.as_ref());
         let involved = reference_to(vm);
@@ -850,6 +896,30 @@ fn sync_conditions(
     status.conditions = out;
 }
 
+/// `DataVolumesReady`, for a VM that uses claims: False while one is not
+/// Bound (reason `Provisioning`) or a template cannot be made into one
+/// (`DataVolumeError`), with what each waits for.
+fn sync_claims_condition(
+    status: &mut VirtualMachineStatus,
+    old: &Option<VirtualMachineStatus>,
+    claims: &ClaimsState,
+    now: Time,
+) {
+    status.conditions.retain(|c| c.type_ != DATA_VOLUMES_READY);
+    if !claims.uses_claims && claims.problems.is_empty() {
+        return;
+    }
+    let c = if !claims.problems.is_empty() {
+        derived(DATA_VOLUMES_READY, "False", "DataVolumeError", &claims.problems.join("; "))
+    } else if !claims.waiting.is_empty() {
+        derived(DATA_VOLUMES_READY, "False", "Provisioning", &claims.waiting.join("; "))
+    } else {
+        derived(DATA_VOLUMES_READY, "True", "AllDataVolumesReady", "every claim is Bound")
+    };
+    let prev = old.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == DATA_VOLUMES_READY));
+    status.conditions.push(with_transition(c, prev, now));
+}
+
 /// Whether a start is being held back by crash-loop backoff.
 fn crash_looping(status: &VirtualMachineStatus, strategy: RunStrategy, now: Time) -> bool {
     let wants_start = match strategy {
@@ -900,6 +970,11 @@ fn printable_status(
     }
     if crash_looping(status, strategy, now) {
         return "CrashLoopBackOff";
+    }
+    match status.conditions.iter().find(|c| c.type_ == DATA_VOLUMES_READY && c.status == "False") {
+        Some(c) if c.reason.as_deref() == Some("DataVolumeError") => return "DataVolumeError",
+        Some(_) => return "Provisioning",
+        None => {}
     }
     "Stopped"
 }

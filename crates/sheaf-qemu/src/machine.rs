@@ -101,6 +101,11 @@ pub struct MachineConfig {
     /// The VM's runtime directory: sockets, pidfile and logs live here.
     pub run_dir: PathBuf,
     pub vnc: bool,
+    /// Room for disks added while the machine runs ([`crate::hotplug`]):
+    /// on q35 this many empty `pcie-root-port`s (native PCIe hotplug),
+    /// and a virtio-scsi controller for SCSI disks. 0 (KubeVirt's
+    /// `devices.disableHotplug`): neither.
+    pub hotplug_ports: u32,
 }
 
 /// Files in the runtime directory.
@@ -133,6 +138,27 @@ pub const VHOST_USER_BLK_MAX_QUEUES: u32 = 4;
 /// The id of the memory backend that holds guest RAM when a disk uses
 /// vhost-user (the engine maps it).
 const SHARED_RAM: &str = "ram0";
+
+/// Empty PCIe root ports a machine gets for hotplugged disks unless
+/// hotplug is disabled.
+pub const DEFAULT_HOTPLUG_PORTS: u32 = 4;
+
+/// The id of the `n`th (from 0) PCIe root port kept free for hotplug.
+pub fn hotplug_port(n: u32) -> String {
+    format!("{HOTPLUG_PORT_PREFIX}{n}")
+}
+
+/// Ids of the root ports for hotplug start with this.
+pub const HOTPLUG_PORT_PREFIX: &str = "hotplug-port";
+
+/// The id of the virtio-scsi controller; its bus is `scsi0.0`.
+pub const SCSI_CONTROLLER: &str = "scsi0";
+
+/// Whether `machine_type` is a q35 (PCIe) machine: `q35`, `pc-q35-7.2`.
+/// Other machines (`pc`, i440fx) hotplug on their root PCI bus.
+pub fn is_q35(machine_type: &str) -> bool {
+    machine_type.contains("q35")
+}
 
 fn path(p: &Path) -> String {
     // QEMU option values separate with ','; a literal comma is doubled.
@@ -208,8 +234,8 @@ impl MachineConfig {
         }
         push(&["-device", "virtio-rng-pci"]);
         let has_scsi = self.disks.iter().any(|x| x.bus == DiskBus::Scsi);
-        if has_scsi {
-            push(&["-device", "virtio-scsi-pci,id=scsi0"]);
+        if has_scsi || self.hotplug_ports > 0 {
+            push(&["-device", &format!("virtio-scsi-pci,id={SCSI_CONTROLLER}")]);
         }
         let has_sata = self.disks.iter().any(|x| x.bus == DiskBus::Sata);
         let sata_bus = if has_sata && self.machine_type.starts_with("pc") && !self.machine_type.contains("q35") {
@@ -297,6 +323,16 @@ impl MachineConfig {
             }
             push(&["-device", &dev]);
         }
+        if is_q35(&self.machine_type) && self.hotplug_ports > 0 {
+            // Native PCIe hotplug (the guest's pciehp): QEMU 6.1+ would
+            // otherwise signal hotplug on q35 bridges through ACPI.
+            push(&["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"]);
+            for n in 0..self.hotplug_ports {
+                // Chassis numbers must be unique; no I/O window is needed
+                // (virtio devices use memory BARs).
+                push(&["-device", &format!("pcie-root-port,id={},chassis={},io-reserve=0", hotplug_port(n), n + 1)]);
+            }
+        }
         push(&["-daemonize", "-pidfile", &path(&pid_file(d))]);
         push(&["-D", &path(&qemu_log(d))]);
         a
@@ -340,6 +376,7 @@ mod tests {
             kernel_boot: None,
             run_dir: "/run/sheaf/vmi/u1".into(),
             vnc: true,
+            hotplug_ports: 0,
         }
     }
 
@@ -421,6 +458,38 @@ mod tests {
         m.cores = 1;
         let joined = m.argv().join(" ");
         assert!(joined.contains("num-queues=1 "), "{joined}");
+    }
+
+    #[test]
+    fn hotplug_room_is_free_root_ports_and_a_scsi_controller() {
+        let mut m = base();
+        m.hotplug_ports = 3;
+        let argv = m.argv();
+        let joined = argv.join(" ");
+        let has = |pair: [&str; 2]| argv.windows(2).any(|w| w[0] == pair[0] && w[1] == pair[1]);
+        assert!(has(["-device", "virtio-scsi-pci,id=scsi0"]), "{joined}");
+        assert!(has(["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"]), "{joined}");
+        for (n, chassis) in [(0, 1), (1, 2), (2, 3)] {
+            let port = format!("pcie-root-port,id=hotplug-port{n},chassis={chassis},io-reserve=0");
+            assert!(has(["-device", &port]), "{joined}");
+        }
+        assert_eq!(joined.matches("pcie-root-port").count(), 3, "{joined}");
+        // The boot devices come first, so their PCI addresses do not move.
+        let first_port = argv.iter().position(|a| a.starts_with("pcie-root-port")).unwrap_or(0);
+        let last_boot = argv.iter().rposition(|a| a.starts_with("virtio-net-pci")).unwrap_or(usize::MAX);
+        assert!(last_boot < first_port, "{joined}");
+
+        // i440fx hotplugs on its root bus: a controller for SCSI, no ports.
+        m.machine_type = "pc-i440fx-7.2".into();
+        let joined = m.argv().join(" ");
+        assert!(joined.contains("virtio-scsi-pci,id=scsi0") && !joined.contains("pcie-root-port"), "{joined}");
+        assert!(!joined.contains("acpi-pci-hotplug"), "{joined}");
+
+        // disableHotplug: nothing extra.
+        m.machine_type = "q35".into();
+        m.hotplug_ports = 0;
+        let joined = m.argv().join(" ");
+        assert!(!joined.contains("pcie-root-port") && !joined.contains("virtio-scsi-pci"), "{joined}");
     }
 
     #[test]

@@ -524,6 +524,59 @@ impl Qmp {
         self.execute_as("human-monitor-command", Some(serde_json::json!({ "command-line": command_line }))).await
     }
 
+    /// `blockdev-add`: adds a block node (`args` as QEMU's BlockdevOptions).
+    pub async fn blockdev_add(&self, args: Value) -> Result<(), QmpError> {
+        self.execute("blockdev-add", Some(args)).await.map(drop)
+    }
+
+    /// `blockdev-del`: removes a block node no device uses.
+    pub async fn blockdev_del(&self, node_name: &str) -> Result<(), QmpError> {
+        self.execute("blockdev-del", Some(serde_json::json!({ "node-name": node_name }))).await.map(drop)
+    }
+
+    /// `device_add`: adds a device (`args`: `driver`, `id` and its properties).
+    pub async fn device_add(&self, args: Value) -> Result<(), QmpError> {
+        self.execute("device_add", Some(args)).await.map(drop)
+    }
+
+    /// `device_del`: asks for a device's removal. Returns at once; the
+    /// device is gone at its `DEVICE_DELETED` event (PCI devices wait for
+    /// the guest).
+    pub async fn device_del(&self, id: &str) -> Result<(), QmpError> {
+        self.execute("device_del", Some(serde_json::json!({ "id": id }))).await.map(drop)
+    }
+
+    /// `chardev-add`: `args` with `id` and `backend` (ChardevBackend).
+    pub async fn chardev_add(&self, args: Value) -> Result<(), QmpError> {
+        self.execute("chardev-add", Some(args)).await.map(drop)
+    }
+
+    /// `chardev-remove`.
+    pub async fn chardev_remove(&self, id: &str) -> Result<(), QmpError> {
+        self.execute("chardev-remove", Some(serde_json::json!({ "id": id }))).await.map(drop)
+    }
+
+    /// `query-pci`: PCI buses and devices, bridges with what is behind
+    /// them (QEMU's shape, undecoded).
+    pub async fn query_pci(&self) -> Result<Value, QmpError> {
+        self.execute("query-pci", None).await
+    }
+
+    /// `query-named-block-nodes`: every named block node (undecoded).
+    pub async fn query_named_block_nodes(&self) -> Result<Value, QmpError> {
+        self.execute("query-named-block-nodes", Some(serde_json::json!({ "flat": true }))).await
+    }
+
+    /// `qom-list`: the properties of the QOM object at `path` (undecoded).
+    pub async fn qom_list(&self, path: &str) -> Result<Value, QmpError> {
+        self.execute("qom-list", Some(serde_json::json!({ "path": path }))).await
+    }
+
+    /// `query-memdev`: memory backends, with `share` (undecoded).
+    pub async fn query_memdev(&self) -> Result<Value, QmpError> {
+        self.execute("query-memdev", None).await
+    }
+
     /// `query-version`: the QEMU version.
     pub async fn query_version(&self) -> Result<QemuVersion, QmpError> {
         self.execute_as("query-version", None).await

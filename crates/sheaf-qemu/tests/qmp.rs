@@ -575,3 +575,155 @@ async fn real_qemu_prelaunch_queries_and_quit() {
     let after = qmp.query_status().await;
     assert!(matches!(after, Err(QmpError::Disconnected)), "after quit: {after:?}");
 }
+
+/// Waits for the `DEVICE_DELETED` of device `id`.
+async fn device_deleted(events: &mut tokio::sync::broadcast::Receiver<sheaf_qemu::qmp::QmpEvent>, id: &str) -> bool {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(ev) if sheaf_qemu::hotplug::is_device_deleted(&ev.event, &ev.data, id) => return true,
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return false,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), wait).await.unwrap_or(false)
+}
+
+async fn inventory(qmp: &Qmp) -> sheaf_qemu::hotplug::Inventory {
+    use sheaf_qemu::hotplug::Inventory;
+    let mut inv = Inventory::from_qemu(
+        &qmp.query_pci().await.expect("query-pci"),
+        &qmp.query_block().await.expect("query-block"),
+        &qmp.query_named_block_nodes().await.expect("query-named-block-nodes"),
+        &serde_json::to_value(qmp.query_chardev().await.expect("query-chardev")).expect("chardevs"),
+    );
+    inv.add_peripherals(&qmp.qom_list("/machine/peripheral").await.expect("qom-list"));
+    for port in inv.free_ports.clone() {
+        let qom = qmp.qom_list(&Inventory::port_bus_path(&port)).await.expect("qom-list");
+        inv.add_port_children(&port, &qom);
+    }
+    inv
+}
+
+/// The hotplug arguments against a real QEMU (q35 with the machine
+/// builder's hotplug port and SCSI controller, no guest) and a real NBD
+/// server: a SCSI disk and a virtio disk on a root port come and go, and
+/// the inventory follows; a second add of the same id is refused by QEMU.
+#[tokio::test]
+async fn real_qemu_hotplugs_nbd_disks_on_scsi_and_a_root_port() {
+    use sheaf_qemu::hotplug::{Backend, HotplugDisk};
+    use sheaf_qemu::machine::DiskBus;
+    let qemu = Path::new("/usr/bin/qemu-system-x86_64");
+    if !qemu.exists() || !Path::new("/usr/bin/qemu-nbd").exists() {
+        println!("SKIPPED: qemu-system-x86_64 or qemu-nbd is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("disk.raw");
+    std::fs::File::create(&image).and_then(|f| f.set_len(16 << 20)).expect("image");
+    let nbd = dir.path().join("disk.nbd");
+    let mut server = tokio::process::Command::new("qemu-nbd")
+        .args(["--format", "raw", "--shared", "2", "--persistent", "--socket"])
+        .arg(&nbd)
+        .arg(&image)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start qemu-nbd");
+    let socket = dir.path().join("qmp.sock");
+    let log = dir.path().join("qemu.log");
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let mut child = tokio::process::Command::new(qemu)
+        .args(["-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-S"])
+        .args(["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"])
+        .args(["-device", "virtio-scsi-pci,id=scsi0"])
+        .args([
+            "-device",
+            &format!("pcie-root-port,id={},chassis=1,io-reserve=0", sheaf_qemu::machine::hotplug_port(0)),
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", socket.display()))
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log file"))
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start qemu-system-x86_64");
+    let qmp = connect_to_qemu(&mut child, &socket, &log, Duration::from_secs(30)).await;
+    for _ in 0..100 {
+        if nbd.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = inventory(&qmp).await;
+    assert_eq!(before.free_ports, vec!["hotplug-port0".to_string()], "{before:?}");
+
+    let disk = |id: &str, bus| HotplugDisk {
+        id: id.into(),
+        backend: Backend::Nbd { socket: nbd.clone() },
+        bus,
+        serial: Some(format!("{id}-serial")),
+        readonly: false,
+        vcpus: 1,
+    };
+    let mut events = qmp.events();
+    // SCSI: no port needed; removal is immediate.
+    let scsi = disk("data1", DiskBus::Scsi);
+    for node in scsi.blockdev_add() {
+        qmp.blockdev_add(node).await.expect("blockdev-add");
+    }
+    qmp.device_add(scsi.device_add(None)).await.expect("device_add scsi-hd");
+    let inv = inventory(&qmp).await;
+    assert!(inv.has_device("data1") && inv.nodes.contains("drive-data1") && inv.nodes.contains("drive-data1-file"));
+    assert_eq!(inv.free_ports, before.free_ports, "SCSI takes no port");
+    match qmp.device_add(scsi.device_add(None)).await {
+        Err(QmpError::Command { desc, .. }) => assert!(desc.contains("data1"), "{desc}"),
+        other => panic!("a second device of the same id must be refused: {other:?}"),
+    }
+    // The device's medium is the NBD export, at its size.
+    let block = qmp.query_block().await.expect("query-block");
+    let data1 = block.as_array().into_iter().flatten().find(|b| b["qdev"] == "data1").cloned().unwrap_or_default();
+    let file = data1.pointer("/inserted/image/filename").and_then(Value::as_str).unwrap_or_default();
+    assert!(file.contains(&nbd.display().to_string()), "{data1}");
+    assert_eq!(data1.pointer("/inserted/image/virtual-size"), Some(&json!(16 << 20)), "{data1}");
+
+    // virtio-blk on the free root port.
+    let virtio = disk("data2", DiskBus::Virtio);
+    for node in virtio.blockdev_add() {
+        qmp.blockdev_add(node).await.expect("blockdev-add");
+    }
+    qmp.device_add(virtio.device_add(Some("hotplug-port0"))).await.expect("device_add virtio-blk-pci");
+    let inv = inventory(&qmp).await;
+    assert!(inv.has_device("data2"), "{inv:?}");
+    assert_eq!((inv.free_ports.len(), inv.used_ports.clone()), (0, vec!["hotplug-port0".to_string()]), "{inv:?}");
+
+    qmp.device_del("data1").await.expect("device_del scsi");
+    assert!(device_deleted(&mut events, "data1").await, "no DEVICE_DELETED for the SCSI disk");
+    qmp.blockdev_del("drive-data1").await.expect("blockdev-del raw");
+    qmp.blockdev_del("drive-data1-file").await.expect("blockdev-del nbd");
+    qmp.device_del("data2").await.expect("device_del virtio");
+    assert!(device_deleted(&mut events, "data2").await, "no DEVICE_DELETED for the virtio disk");
+    for node in ["drive-data2", "drive-data2-file"] {
+        qmp.blockdev_del(node).await.expect("blockdev-del");
+    }
+    // A vhost-user backend's chardev (the engine is not there: it keeps
+    // trying to connect), and guest RAM that is not shared.
+    let vhost = HotplugDisk {
+        backend: Backend::VhostUser { socket: dir.path().join("none.vhost") },
+        ..disk("fast", DiskBus::Virtio)
+    };
+    qmp.chardev_add(vhost.chardev_add().expect("chardev args")).await.expect("chardev-add");
+    assert!(inventory(&qmp).await.chardevs.contains("vhost-fast"));
+    qmp.chardev_remove("vhost-fast").await.expect("chardev-remove");
+    assert!(!sheaf_qemu::hotplug::shared_memory(&qmp.query_memdev().await.expect("query-memdev")));
+
+    let after = inventory(&qmp).await;
+    assert!(!after.chardevs.contains("vhost-fast"), "{after:?}");
+    assert!(!after.has_device("data1") && !after.has_device("data2"), "{after:?}");
+    assert!(!after.nodes.iter().any(|n| n.starts_with("drive-data")), "{after:?}");
+    assert_eq!(after.free_ports, before.free_ports);
+    qmp.quit().await.expect("quit");
+    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    let _ = server.kill().await;
+}

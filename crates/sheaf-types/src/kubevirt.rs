@@ -1063,7 +1063,24 @@ pub struct Volume {
     pub container_path: Option<Value>,
 }
 
+/// `spec` without its hotpluggable volumes and the disks that use them.
+fn without_hotplug(spec: &VirtualMachineInstanceSpec) -> VirtualMachineInstanceSpec {
+    let mut out = spec.clone();
+    let hot: Vec<String> = spec.volumes.iter().filter(|v| v.hotpluggable()).map(|v| v.name.clone()).collect();
+    out.volumes.retain(|v| !hot.contains(&v.name));
+    out.domain.devices.disks.retain(|d| !hot.contains(&d.name));
+    out
+}
+
 impl Volume {
+    /// Whether the volume was hotplugged (a `persistentVolumeClaim` or
+    /// `dataVolume` with `hotpluggable: true`): it can be removed from a
+    /// running instance.
+    pub fn hotpluggable(&self) -> bool {
+        self.persistent_volume_claim.as_ref().and_then(|p| p.hotpluggable) == Some(true)
+            || self.data_volume.as_ref().and_then(|d| d.hotpluggable) == Some(true)
+    }
+
     /// The Sheaf Volume this volume refers to: a `persistentVolumeClaim`
     /// or `dataVolume` of that name, in the instance's namespace.
     pub fn claim_name(&self) -> Option<&str> {
@@ -1617,12 +1634,17 @@ impl Kind for VirtualMachineInstance {
     fn validate(&self, old: Option<&Self>) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if let Some(old) = old {
-            if old.spec != self.spec {
+            // Hotplugged volumes (and their disks) come and go on a running
+            // instance (the addvolume/removevolume subresources); nothing
+            // else changes.
+            if without_hotplug(&old.spec) != without_hotplug(&self.spec) {
                 errs.push(FieldError::forbidden(
                     "spec",
-                    "VirtualMachineInstance spec is immutable after creation; change the \
-                     VirtualMachine instead",
+                    "VirtualMachineInstance spec is immutable after creation (only hotplugged volumes \
+                     change, with `sheaf vm addvolume`/`removevolume`); change the VirtualMachine instead",
                 ));
+            } else if old.spec != self.spec {
+                validate_vmi_spec(&self.spec, "spec", &mut errs);
             }
             return errs;
         }
@@ -3254,6 +3276,33 @@ mod tests {
         assert_eq!(errs[0].field, "spec");
         assert_eq!(errs[0].reason, FieldErrorReason::Forbidden);
         assert!(errs[0].message.contains("change the VirtualMachine instead"));
+    }
+
+    #[test]
+    fn hotplugged_volumes_may_come_and_go_on_a_vmi() {
+        let rt = ResourceType::of::<VirtualMachineInstance>();
+        let old = minimal_vmi();
+        let mut added = old.clone();
+        added["spec"]["domain"]["devices"]["disks"]
+            .as_array_mut()
+            .expect("disks")
+            .push(json!({"name": "data", "disk": {"bus": "scsi"}}));
+        added["spec"]["volumes"]
+            .as_array_mut()
+            .expect("volumes")
+            .push(json!({"name": "data", "persistentVolumeClaim": {"claimName": "vol1", "hotpluggable": true}}));
+        assert!(rt.decode(&added, Some(&old)).is_ok(), "added");
+        assert!(rt.decode(&old, Some(&added)).is_ok(), "removed");
+        // Not hotpluggable: the spec is immutable.
+        let mut cold = added.clone();
+        cold["spec"]["volumes"][1]["persistentVolumeClaim"]["hotpluggable"] = json!(false);
+        let errs = rt.decode(&cold, Some(&old)).expect_err("immutable");
+        assert_eq!(errs[0].field, "spec");
+        // A hotplugged volume without its disk is still checked.
+        let mut broken = added.clone();
+        broken["spec"]["volumes"][1]["persistentVolumeClaim"]["claimName"] = json!("");
+        let errs = rt.decode(&broken, Some(&old)).expect_err("invalid");
+        assert!(errs.iter().any(|e| e.field.contains("claimName")), "{errs:?}");
     }
 
     #[test]

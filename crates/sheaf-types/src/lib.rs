@@ -4,6 +4,7 @@
 //! Harvester where those exist, so that existing manifests work unchanged.
 //! This crate does no I/O.
 
+pub mod claim;
 pub mod core;
 pub mod harvester;
 pub mod kubevirt;
@@ -12,6 +13,7 @@ pub mod quantity;
 pub mod registry;
 pub mod resource;
 pub mod storage;
+pub mod template;
 pub mod validation;
 
 pub use meta::{ObjectMeta, Status, Time};

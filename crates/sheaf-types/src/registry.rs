@@ -1,7 +1,7 @@
 //! The kinds Sheaf serves.
 
 use crate::resource::ResourceType;
-use crate::{core, harvester, kubevirt, storage};
+use crate::{claim, core, harvester, kubevirt, storage, template};
 
 /// Every kind the API server serves, in discovery order.
 pub fn all() -> Vec<ResourceType> {
@@ -15,9 +15,14 @@ pub fn all() -> Vec<ResourceType> {
         ResourceType::of::<kubevirt::VirtualMachineInstance>(),
         ResourceType::of::<kubevirt::VirtualMachineInstanceMigration>(),
         ResourceType::of::<harvester::KeyPair>(),
+        ResourceType::of::<harvester::VirtualMachineImage>(),
+        ResourceType::of::<template::VirtualMachineTemplate>(),
+        ResourceType::of::<template::VirtualMachineTemplateVersion>(),
         ResourceType::of::<storage::Volume>(),
         ResourceType::of::<storage::Replica>(),
         ResourceType::of::<storage::VolumeSnapshot>(),
         ResourceType::of::<storage::Disk>(),
+        ResourceType::of::<claim::PersistentVolumeClaim>(),
+        ResourceType::of::<claim::StorageClass>(),
     ]
 }

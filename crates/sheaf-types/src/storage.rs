@@ -76,6 +76,13 @@ pub struct VolumeSpec {
     /// Fill the new volume from this VolumeSnapshot (same namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_snapshot: Option<String>,
+    /// Start from this VirtualMachineImage (`NAMESPACE/NAME`, harvesterhci.io):
+    /// the image is the volume's read-only base layer, shared with every
+    /// other volume made from it (copy-on-write), so the volume is ready at
+    /// once whatever its size. The volume must be at least as large as the
+    /// image's virtual size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// How QEMU reaches the volume: `nbd` (the default) or `vhost-user`
     /// (vhost-user-blk: the engine reads and writes guest memory directly,
     /// and a running guest sees the volume grow; a VM with such a disk
@@ -185,6 +192,16 @@ fn check_tags(errs: &mut Vec<FieldError>, field: &str, tags: &[String]) {
             errs.push(FieldError::duplicate(format!("{field}[{i}]"), t));
         }
     }
+}
+
+/// Splits an image reference `NAMESPACE/NAME` (both DNS-1123 names).
+pub fn image_ref(s: &str) -> Result<(&str, &str), String> {
+    let Some((ns, name)) = s.split_once('/') else {
+        return Err(format!("{s:?} is not NAMESPACE/NAME of a VirtualMachineImage (for example default/debian-12)"));
+    };
+    validation::dns1123_label(ns).map_err(|e| format!("namespace {ns:?}: {e}"))?;
+    validation::dns1123_subdomain(name).map_err(|e| format!("image name {name:?}: {e}"))?;
+    Ok((ns, name))
 }
 
 /// Bytes for people: `10Gi`, `3.5Gi`, `512Mi`, `700` (binary units, one
@@ -332,6 +349,11 @@ impl Kind for Volume {
                 errs.push(FieldError::invalid("spec.fromSnapshot", e));
             }
         }
+        if let Some(i) = &self.spec.image {
+            if let Err(e) = image_ref(i) {
+                errs.push(FieldError::invalid("spec.image", e));
+            }
+        }
         if let Some(f) = &self.spec.frontend {
             if !FRONTENDS.contains(&f.as_str()) {
                 errs.push(FieldError::unsupported("spec.frontend", f, FRONTENDS));
@@ -363,6 +385,9 @@ impl Kind for Volume {
                     "spec.size",
                     format!("a volume cannot shrink (it is {old_size} bytes; asked for {new_size})"),
                 ));
+            }
+            if self.spec.image != old.spec.image {
+                errs.push(FieldError::forbidden("spec.image", "cannot change after the volume is created"));
             }
             if self.spec.from_snapshot != old.spec.from_snapshot {
                 errs.push(FieldError::forbidden("spec.fromSnapshot", "cannot change after the volume is created"));

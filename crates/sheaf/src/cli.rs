@@ -4,8 +4,11 @@
 //! mostly against Kubernetes too).
 
 mod client;
+mod hotplug;
+pub mod image;
 mod manifest;
 mod printer;
+pub mod template;
 pub mod vm;
 pub mod volume;
 
@@ -258,6 +261,14 @@ fn describe(e: &anyhow::Error) -> String {
 /// `sheaf vm ...`.
 pub async fn vm(a: vm::VmArgs) -> anyhow::Result<()> {
     finish(vm::run(a).await)
+}
+
+pub async fn image(a: image::ImageArgs) -> anyhow::Result<()> {
+    finish(image::run(a).await)
+}
+
+pub async fn template(a: template::TemplateArgs) -> anyhow::Result<()> {
+    finish(template::run(a).await)
 }
 
 pub async fn volume(a: volume::VolumeArgs) -> anyhow::Result<()> {

@@ -48,6 +48,10 @@ enum Command {
     Vm(cli::vm::VmArgs),
     /// Replicated volumes and snapshots: `sheaf volume create data --size 10Gi`.
     Volume(cli::volume::VolumeArgs),
+    /// VM images: `sheaf image upload disk.qcow2`, `sheaf image create NAME --url URL`.
+    Image(cli::image::ImageArgs),
+    /// VM templates: `sheaf template list`, `sheaf template show NS/NAME[:VERSION]`.
+    Template(cli::template::TemplateArgs),
     /// Storage processes: replica servers and volume engines.
     Blk(blk::BlkArgs),
 }
@@ -72,6 +76,8 @@ fn main() -> anyhow::Result<()> {
         Command::Delete(a) => rt.block_on(cli::delete(a)),
         Command::Vm(a) => rt.block_on(cli::vm(a)),
         Command::Volume(a) => rt.block_on(cli::volume(a)),
+        Command::Template(a) => rt.block_on(cli::template(a)),
+        Command::Image(a) => rt.block_on(cli::image(a)),
         Command::Blk(a) => {
             drop(rt);
             init_blk_logging();

@@ -11,6 +11,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use sheaf_apiserver::console::{Channel, NodeDialer};
+use sheaf_apiserver::image_transfer::{ImageTransfer, TransferError};
 use sheaf_apiserver::{gc::GarbageCollector, local_api::LocalApi, pki, registry::Registry, ApiServer};
 use sheaf_store::{etcd::EtcdStore, sqlite::SqliteStore, Store};
 
@@ -157,6 +158,67 @@ impl NodeDialer for LocalDialer {
     }
 }
 
+/// Image uploads and downloads through the embedded agent's image store.
+struct LocalImages(tokio::sync::watch::Receiver<Option<Arc<sheaf_agent::images::Images>>>);
+
+impl LocalImages {
+    fn store(&self) -> Result<Arc<sheaf_agent::images::Images>, TransferError> {
+        self.0
+            .borrow()
+            .clone()
+            .ok_or_else(|| TransferError::Unavailable("the node agent is still starting; retry".into()))
+    }
+}
+
+fn transfer_error(e: sheaf_agent::images::UploadError) -> TransferError {
+    use sheaf_agent::images::UploadError as U;
+    match e {
+        U::NotFound(m) => TransferError::NotFound(m),
+        U::Conflict(m) | U::Interrupted(m) => TransferError::Conflict(m),
+        U::Refused(m) => TransferError::Invalid(m),
+        U::Unavailable(m) => TransferError::Unavailable(m),
+    }
+}
+
+#[async_trait::async_trait]
+impl ImageTransfer for LocalImages {
+    async fn upload(
+        &self,
+        ns: &str,
+        name: &str,
+        body: futures::stream::BoxStream<'static, Result<bytes::Bytes, String>>,
+    ) -> Result<serde_json::Value, TransferError> {
+        let img = self.store()?.upload(ns, name, body).await.map_err(transfer_error)?;
+        serde_json::to_value(&img).map_err(|e| TransferError::Unavailable(e.to_string()))
+    }
+
+    async fn download(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<(u64, futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>), TransferError> {
+        use futures::StreamExt as _;
+        use tokio::io::AsyncReadExt as _;
+        let (path, len) = self.store()?.raw_file(ns, name).await.map_err(transfer_error)?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| TransferError::Unavailable(format!("{}: {e}", path.display())))?;
+        let stream = futures::stream::unfold(file, |mut f| async move {
+            let mut buf = vec![0u8; 1 << 20];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(bytes::Bytes::from(buf)), f))
+                }
+                Err(e) => Some((Err(e), f)),
+            }
+        })
+        .boxed();
+        Ok((len, stream))
+    }
+}
+
 /// Writes a file only its owner can read (it holds credentials).
 fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -218,6 +280,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let local: Arc<dyn sheaf_client::Api> = LocalApi::new(api.objects.clone());
     tokio::spawn(sheaf_controllers::run_all(local.clone()));
     if !args.no_agent {
+        let (images_tx, images_rx) = tokio::sync::watch::channel(None);
         let cfg = sheaf_agent::AgentConfig {
             node_name: args.node_name.clone().unwrap_or_else(sheaf_agent::node::hostname),
             run_root: args.run_dir.clone(),
@@ -225,8 +288,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             qemu: args.qemu.clone(),
             management: (args.mgmt_network == MgmtNetwork::Bridge).then(|| (args.mgmt_bridge.clone(), args.mgmt_cidr)),
             disks,
+            images_ready: Some(images_tx),
         };
         api.set_node_dialer(Arc::new(LocalDialer { node: cfg.node_name.clone(), run_root: cfg.run_root.clone() }));
+        api.set_image_transfer(Arc::new(LocalImages(images_rx)));
         tokio::spawn(sheaf_agent::run(local.clone(), cfg));
     }
     tokio::spawn(compactor(store.clone(), Duration::from_secs(args.history_seconds.max(1))));

@@ -42,26 +42,9 @@ fn all_path(s: &Server, kind: &str, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-fn apply(s: &Server, manifest: &str) {
-    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(manifest));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn cli(s: &Server, args: &[&str]) -> String {
-    let (ok, out) = s.sheaf_cli(args);
-    assert!(ok, "sheaf {args:?} failed: {out}\n{}", s.log());
-    out
-}
-
-fn cli_err(s: &Server, args: &[&str]) -> String {
-    let (ok, out) = s.sheaf_cli(args);
-    assert!(!ok, "sheaf {args:?} should fail: {out}");
-    out
-}
-
 /// Starts VM `name` and waits for its instance to run; returns the uid.
 fn start(s: &Server, name: &str) -> String {
-    cli(s, &["vm", "start", name]);
+    s.cli_ok(&["vm", "start", name]);
     running_uid(s, name, "")
 }
 
@@ -76,7 +59,7 @@ fn running_uid(s: &Server, name: &str, not: &str) -> String {
 }
 
 fn stop(s: &Server, name: &str, volume: &str) {
-    cli(s, &["vm", "stop", name]);
+    s.cli_ok(&["vm", "stop", name]);
     assert!(
         eventually(Duration::from_secs(60), || jsonpath(s, "vmi", name, "{.metadata.name}").is_empty()),
         "VMI {name} did not stop"
@@ -125,24 +108,24 @@ fn volumes_serve_guests_survive_replica_loss_and_snapshot_revert_clone_grow() {
     let s = tiny_server(root.path(), &[]);
 
     // Bad input is refused with a message a person can act on.
-    let e = cli_err(&s, &["volume", "create", "bad", "--size", "1000"]);
+    let e = s.cli_fail(&["volume", "create", "bad", "--size", "1000"]);
     assert!(e.contains("multiple of 4Ki") && e.contains("4096"), "{e}");
-    let e = cli_err(&s, &["volume", "create", "bad", "--size", "1Gi", "--replicas", "0"]);
+    let e = s.cli_fail(&["volume", "create", "bad", "--size", "1Gi", "--replicas", "0"]);
     assert!(e.contains("numberOfReplicas"), "{e}");
 
     // A 3-replica volume: three Replica objects, each served.
-    cli(&s, &["volume", "create", "data", "--size", "64Mi"]);
+    s.cli_ok(&["volume", "create", "data", "--size", "64Mi"]);
     assert!(
         eventually(Duration::from_secs(30), || all_path(&s, "replicas", "{.items[*].status.state}")
             == "Running Running Running"),
         "replicas: {}",
         s.kubectl_ok(&["get", "replicas", "-o", "wide"])
     );
-    let list = cli(&s, &["volume", "list"]);
+    let list = s.cli_ok(&["volume", "list"]);
     assert!(list.contains("data") && list.contains("64Mi") && list.contains("Detached"), "{list}");
 
     // A VM boots with it and writes.
-    apply(&s, &vm_with_volume("writer", "data").replace("runStrategy: Always", "runStrategy: Halted"));
+    s.apply(&vm_with_volume("writer", "data").replace("runStrategy: Always", "runStrategy: Halted"));
     let uid = start(&s, "writer");
     wait_serial(root.path(), &uid, "before=empty wrote=VALUE-ONE", Duration::from_secs(90));
     assert_eq!(jsonpath(&s, "volume", "data", "{.status.state}"), "Attached");
@@ -192,62 +175,62 @@ fn volumes_serve_guests_survive_replica_loss_and_snapshot_revert_clone_grow() {
     );
 
     // A snapshot of the attached volume, in order with the guest's writes.
-    let out = cli(&s, &["volume", "snapshot", "data", "s1"]);
+    let out = s.cli_ok(&["volume", "snapshot", "data", "s1"]);
     assert!(out.contains("snapshot s1 of volume data taken"), "{out}");
-    let e = cli_err(&s, &["volume", "revert", "data", "s1"]);
+    let e = s.cli_fail(&["volume", "revert", "data", "s1"]);
     assert!(e.contains("stop the virtual machine first"), "{e}");
 
     // Deleting the volume while the VM runs is refused, naming the VM, by
     // the CLI (before it deletes any snapshot) and by kubectl.
-    let e = cli_err(&s, &["volume", "delete", "data", "--with-snapshots"]);
+    let e = s.cli_fail(&["volume", "delete", "data", "--with-snapshots"]);
     assert!(e.contains("in use by VirtualMachineInstance writer") && e.contains("sheaf vm stop writer"), "{e}");
     let out = s.kubectl(&["delete", "volume", "data"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("(Conflict)") && err.contains("is in use"), "{err}");
-    assert!(cli(&s, &["volume", "snapshots", "data"]).contains("s1"));
+    assert!(s.cli_ok(&["volume", "snapshots", "data"]).contains("s1"));
     stop(&s, "writer", "data");
 
     // The next run sees VALUE-ONE and writes VALUE-TWO; a detached snapshot.
     let uid = start(&s, "writer");
     wait_serial(root.path(), &uid, "before=VALUE-ONE wrote=VALUE-TWO", Duration::from_secs(90));
     stop(&s, "writer", "data");
-    cli(&s, &["volume", "snapshot", "data", "s2"]);
-    let snaps = cli(&s, &["volume", "snapshots", "data"]);
+    s.cli_ok(&["volume", "snapshot", "data", "s2"]);
+    let snaps = s.cli_ok(&["volume", "snapshots", "data"]);
     assert!(snaps.contains("s1") && snaps.contains("s2") && snaps.contains("true"), "{snaps}");
 
     // Reverting past s2 is refused (s2 would be lost); after deleting s2
     // (its data merges) the revert goes through.
-    let e = cli_err(&s, &["volume", "revert", "data", "s1"]);
+    let e = s.cli_fail(&["volume", "revert", "data", "s1"]);
     assert!(e.contains("newer than"), "{e}");
-    cli(&s, &["volume", "delete-snapshot", "s2"]);
-    cli(&s, &["volume", "revert", "data", "s1"]);
+    s.cli_ok(&["volume", "delete-snapshot", "s2"]);
+    s.cli_ok(&["volume", "revert", "data", "s1"]);
 
     // Grown while attached: the engine grows every replica; the guest sees
     // the new size from its next start.
     let uid = start(&s, "writer");
     wait_serial(root.path(), &uid, "size=131072 before=VALUE-ONE wrote=VALUE-TWO", Duration::from_secs(90));
-    cli(&s, &["volume", "expand", "data", "--size", "128Mi"]);
+    s.cli_ok(&["volume", "expand", "data", "--size", "128Mi"]);
     stop(&s, "writer", "data");
     let uid = start(&s, "writer");
     wait_serial(root.path(), &uid, "size=262144 before=VALUE-TWO", Duration::from_secs(90));
     stop(&s, "writer", "data");
-    let e = cli_err(&s, &["volume", "expand", "data", "--size", "64Mi"]);
+    let e = s.cli_fail(&["volume", "expand", "data", "--size", "64Mi"]);
     assert!(e.contains("cannot shrink"), "{e}");
 
     // A clone of s1 holds VALUE-ONE and boots another VM.
-    cli(&s, &["volume", "clone", "s1", "copy", "--replicas", "2"]);
-    apply(&s, &vm_with_volume("reader", "copy").replace("runStrategy: Always", "runStrategy: Halted"));
+    s.cli_ok(&["volume", "clone", "s1", "copy", "--replicas", "2"]);
+    s.apply(&vm_with_volume("reader", "copy").replace("runStrategy: Always", "runStrategy: Halted"));
     let uid = start(&s, "reader");
     wait_serial(root.path(), &uid, "size=131072 before=VALUE-ONE", Duration::from_secs(90));
     stop(&s, "reader", "copy");
 
     // Deleting a volume with snapshots needs saying so; then its replicas
     // and their data go.
-    let e = cli_err(&s, &["volume", "delete", "data"]);
+    let e = s.cli_fail(&["volume", "delete", "data"]);
     assert!(e.contains("s1") && e.contains("--with-snapshots"), "{e}");
     s.kubectl_ok(&["delete", "vm", "writer", "reader"]);
-    cli(&s, &["volume", "delete", "data", "--with-snapshots"]);
-    cli(&s, &["volume", "delete", "copy"]);
+    s.cli_ok(&["volume", "delete", "data", "--with-snapshots"]);
+    s.cli_ok(&["volume", "delete", "copy"]);
     assert!(
         eventually(Duration::from_secs(30), || all_path(&s, "replicas", "{.items[*].metadata.name}").is_empty()),
         "replicas left: {}",
@@ -300,14 +283,14 @@ fn a_vhost_user_volume_on_a_tagged_disk_serves_a_guest_and_grows_while_it_runs()
         "{disks}"
     );
 
-    let e = cli_err(&s, &["volume", "create", "bad", "--size", "64Mi", "--frontend", "iscsi"]);
+    let e = s.cli_fail(&["volume", "create", "bad", "--size", "64Mi", "--frontend", "iscsi"]);
     assert!(e.contains("spec.frontend") && e.contains("vhost-user"), "{e}");
     // No disk has the tag: said at once, naming what is missing.
-    let e = cli_err(&s, &["volume", "create", "nowhere", "--size", "64Mi", "--disk-selector", "nvme"]);
+    let e = s.cli_fail(&["volume", "create", "nowhere", "--size", "64Mi", "--disk-selector", "nvme"]);
     assert!(e.contains("cannot be placed: no disk with tags [nvme] on a Ready node"), "{e}");
-    cli(&s, &["volume", "delete", "nowhere"]);
+    s.cli_ok(&["volume", "delete", "nowhere"]);
     let args = ["volume", "create", "fast", "--size", "64Mi", "--replicas", "2", "--frontend", "vhost-user"];
-    cli(&s, &[&args[..], &["--disk-selector", "ssd"]].concat());
+    s.cli_ok(&[&args[..], &["--disk-selector", "ssd"]].concat());
     assert!(
         eventually(Duration::from_secs(30), || all_path(&s, "replicas", "{.items[*].status.state}")
             == "Running Running"),
@@ -324,7 +307,7 @@ fn a_vhost_user_volume_on_a_tagged_disk_serves_a_guest_and_grows_while_it_runs()
     assert!(s.kubectl_ok(&["get", "replicas", "-o", "wide"]).contains("ssd1"));
     let vm = vm_with_volume("vu", "fast").replace(SCRIPT, WATCH_SCRIPT);
     assert!(vm.contains("vsize"), "{vm}");
-    apply(&s, &vm);
+    s.apply(&vm);
     let uid = running_uid(&s, "vu", "");
     // QEMU has the vhost-user-blk device on the engine's socket, with
     // guest memory shared.
@@ -344,7 +327,7 @@ fn a_vhost_user_volume_on_a_tagged_disk_serves_a_guest_and_grows_while_it_runs()
 
     // Grow it while the guest runs: the guest sees the new size without a
     // restart (vhost-user-blk config change), in the same VMI.
-    cli(&s, &["volume", "expand", "fast", "--size", "128Mi"]);
+    s.cli_ok(&["volume", "expand", "fast", "--size", "128Mi"]);
     wait_serial(root.path(), &uid, "vsize=262144", Duration::from_secs(30));
     assert_eq!(jsonpath(&s, "vmi", "vu", "{.metadata.uid}"), uid, "the VM was not restarted");
     assert!(

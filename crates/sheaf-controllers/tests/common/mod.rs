@@ -37,6 +37,8 @@ pub enum Run {
     Both,
     /// The Volume controller (and the release of replicas of gone nodes).
     Volume,
+    /// The claim controller and the VM controller.
+    Claims,
 }
 
 impl Cluster {
@@ -49,10 +51,14 @@ impl Cluster {
         let mut tasks = JoinSet::new();
         tasks.spawn(sheaf_apiserver::gc::GarbageCollector::new(server.objects.clone()).run());
         if matches!(run, Run::VmController | Run::Both) {
-            tasks.spawn(vm::run(api.clone(), config));
+            tasks.spawn(vm::run(api.clone(), config.clone()));
         }
         if matches!(run, Run::Scheduler | Run::Both) {
             tasks.spawn(sheaf_controllers::scheduler::run(api.clone()));
+        }
+        if matches!(run, Run::Claims) {
+            tasks.spawn(vm::run(api.clone(), config.clone()));
+            tasks.spawn(sheaf_controllers::claim::run(api.clone()));
         }
         if matches!(run, Run::Volume) {
             tasks.spawn(sheaf_controllers::volume::run(api.clone()));

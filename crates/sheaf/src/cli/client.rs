@@ -472,6 +472,50 @@ impl Client {
             req = req.header(reqwest::header::CONTENT_TYPE, ct).body(bytes);
         }
         let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        self.reply(path, resp).await
+    }
+
+    /// Sends `body` as a stream (no overall timeout: large files), for
+    /// uploads.
+    pub async fn send_stream(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        len: u64,
+        body: reqwest::Body,
+    ) -> anyhow::Result<Reply> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http1
+            .request(method, &url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        self.reply(path, resp).await
+    }
+
+    /// GETs `path` and returns the response to read as a stream (no
+    /// overall timeout), for downloads; errors are the server's Status.
+    pub async fn get_stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http1.get(&url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        self.reply(path, resp).await?;
+        bail!("the server answered {path} without the file")
+    }
+
+    async fn reply(&self, path: &str, resp: reqwest::Response) -> anyhow::Result<Reply> {
         let status = resp.status().as_u16();
         self.print_warnings(resp.headers());
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;

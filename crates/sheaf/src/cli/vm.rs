@@ -1,6 +1,9 @@
 //! `sheaf vm ...`: KubeVirt's subresources. `start|stop|restart` act on
 //! the VirtualMachine; `pause|unpause|softreboot|console|vnc|guestosinfo`
-//! on its running instance (which has the VM's name).
+//! on its running instance (which has the VM's name). `addvolume` and
+//! `removevolume` act on either (see [`super::hotplug`]).
+//! `delete` deletes the VM with the disks (claims) chosen to go with it.
+//! `create` makes a VM from a VM template (see [`super::template`]).
 
 use clap::{Args, Subcommand};
 use futures::{SinkExt, StreamExt};
@@ -39,6 +42,29 @@ pub enum VmAction {
     Vnc(VncArgs),
     /// Print what the guest agent reports (OS, hostname, agent version).
     Guestosinfo(VmTarget),
+    /// Plug a Volume into a running VM as a new disk:
+    /// `sheaf vm addvolume myvm --volume-name=data [--bus=virtio] [--persist]`.
+    Addvolume(Box<super::hotplug::AddVolumeArgs>),
+    /// Unplug a hotplugged Volume from a running VM:
+    /// `sheaf vm removevolume myvm --volume-name=data [--persist]`.
+    Removevolume(Box<super::hotplug::RemoveVolumeArgs>),
+    /// Delete a VM, and those of its disks (claims) that should go with it.
+    /// Claims made from its dataVolumeTemplates always go with it; the
+    /// others are kept unless --remove-disks says (asked on a terminal).
+    Delete(VmDeleteArgs),
+    /// Create a VM from a VM template:
+    /// `sheaf vm create web1 --template harvester-public/linux-cloud-init-template --image default/ubuntu`.
+    Create(Box<super::template::VmCreateArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct VmDeleteArgs {
+    #[command(flatten)]
+    pub target: VmTarget,
+    /// Which of the VM's other claims to delete with it: `all`, `none`, or
+    /// claim names separated by commas.
+    #[arg(long, value_name = "all|none|CLAIM,CLAIM")]
+    pub remove_disks: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +104,10 @@ pub async fn run(a: VmArgs) -> anyhow::Result<()> {
         VmAction::Softreboot(t) => ("softreboot", t),
         VmAction::Console(t) => return console(t).await,
         VmAction::Vnc(v) => return vnc(v).await,
+        VmAction::Addvolume(a) => return super::hotplug::add(a).await,
+        VmAction::Removevolume(a) => return super::hotplug::remove(a).await,
+        VmAction::Delete(d) => return delete(d).await,
+        VmAction::Create(c) => return super::template::create_vm(c).await,
         VmAction::Guestosinfo(t) => {
             let client = Client::connect(&t.conn)?;
             let info = client.get_json(&path(&client, t, "virtualmachineinstances", "guestosinfo")).await?;
@@ -99,6 +129,86 @@ pub async fn run(a: VmArgs) -> anyhow::Result<()> {
         _ => "was asked to reboot",
     };
     println!("VM {} {done}", t.name);
+    Ok(())
+}
+
+/// `sheaf vm delete`: see [`VmAction::Delete`].
+async fn delete(a: &VmDeleteArgs) -> anyhow::Result<()> {
+    let t = &a.target;
+    let client = Client::connect(&t.conn)?;
+    let ns = t.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| client.namespace.clone());
+    let vm_path = format!("/apis/kubevirt.io/v1/namespaces/{}/virtualmachines/{}", encode(&ns), encode(&t.name));
+    let vm = client.get_json(&vm_path).await?;
+    let uid = vm.pointer("/metadata/uid").and_then(serde_json::Value::as_str).unwrap_or_default();
+    let vols = vm.pointer("/spec/template/spec/volumes").and_then(serde_json::Value::as_array).cloned();
+    let mut names: Vec<String> = vols
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| {
+            v.pointer("/persistentVolumeClaim/claimName")
+                .or(v.pointer("/dataVolume/name"))?
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    names.dedup();
+    let (mut owned, mut others) = (Vec::new(), Vec::new());
+    for n in names {
+        let p = format!("/api/v1/namespaces/{}/persistentvolumeclaims/{}", encode(&ns), encode(&n));
+        let Ok(pvc) = client.get_json(&p).await else { continue };
+        let refs = pvc.pointer("/metadata/ownerReferences").and_then(serde_json::Value::as_array);
+        if refs.is_some_and(|r| r.iter().any(|o| o.get("uid").and_then(serde_json::Value::as_str) == Some(uid))) {
+            owned.push(n);
+        } else {
+            others.push(n);
+        }
+    }
+    let pick = |answer: &str| -> anyhow::Result<Vec<String>> {
+        match answer.trim() {
+            "all" => Ok(others.clone()),
+            "" | "none" => Ok(Vec::new()),
+            list => {
+                let chosen: Vec<String> =
+                    list.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_string).collect();
+                if let Some(bad) = chosen.iter().find(|c| !others.contains(c) && !owned.contains(c)) {
+                    anyhow::bail!(
+                        "{bad} is not a disk (claim) of VM {}; its claims are: {}",
+                        t.name,
+                        [owned.clone(), others.clone()].concat().join(", ")
+                    );
+                }
+                Ok(chosen.into_iter().filter(|c| others.contains(c)).collect())
+            }
+        }
+    };
+    let removed = match &a.remove_disks {
+        Some(answer) => pick(answer)?,
+        None if others.is_empty() => Vec::new(),
+        None if rustix::termios::isatty(rustix::stdio::stdin()) => {
+            if !owned.is_empty() {
+                eprintln!("These disks go with the VM (made from its dataVolumeTemplates): {}", owned.join(", "));
+            }
+            eprintln!("These disks of the VM are claims of their own: {}", others.join(", "));
+            eprint!("Delete them with the VM? all, none (the default), or names separated by commas: ");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            pick(&line)?
+        }
+        None => Vec::new(),
+    };
+    let q =
+        if removed.is_empty() { String::new() } else { super::client::query(&[("removedDisks", &removed.join(","))]) };
+    client.request(Method::DELETE, &format!("{vm_path}{q}"), "application/json", None).await?;
+    println!("VM {} deleted", t.name);
+    let gone: Vec<String> = owned.iter().chain(removed.iter()).cloned().collect();
+    if !gone.is_empty() {
+        println!("disks deleted with it (once it has stopped): {}", gone.join(", "));
+    }
+    let kept: Vec<&String> = others.iter().filter(|c| !removed.contains(c)).collect();
+    if !kept.is_empty() {
+        let kept: Vec<&str> = kept.iter().map(|s| s.as_str()).collect();
+        println!("disks kept: {} (delete them with kubectl delete pvc NAME)", kept.join(", "));
+    }
     Ok(())
 }
 

@@ -47,6 +47,11 @@ impl Server {
         panic!("sheaf server did not start on three free ports: {}", s.log());
     }
 
+    /// The server process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -166,7 +171,6 @@ impl Server {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Runs kubectl expecting failure; returns stderr.
     /// Runs the `sheaf` CLI against this server: (success, stdout + stderr).
     pub fn sheaf_cli(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_sheaf"))
@@ -178,6 +182,28 @@ impl Server {
         (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
     }
 
+    /// Runs the `sheaf` CLI and returns its output, panicking with the
+    /// server's log on failure.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let (ok, out) = self.sheaf_cli(args);
+        assert!(ok, "sheaf {args:?} failed: {out}\n{}", self.log());
+        out
+    }
+
+    /// Runs the `sheaf` CLI expecting failure; returns its output.
+    pub fn cli_fail(&self, args: &[&str]) -> String {
+        let (ok, out) = self.sheaf_cli(args);
+        assert!(!ok, "sheaf {args:?} should fail: {out}");
+        out
+    }
+
+    /// `kubectl apply -f -` of `manifest`, panicking on failure.
+    pub fn apply(&self, manifest: &str) {
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], Some(manifest));
+        assert!(out.status.success(), "{}\n{manifest}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Runs kubectl expecting failure; returns stderr.
     pub fn kubectl_err(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.kubectl_stdin(args, stdin);
         assert!(
