@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use serde_json::json;
-use sha2::Digest as _;
 use sheaf_client::{Api, Selectors, Typed};
 use sheaf_types::claim::StorageClass;
 use sheaf_types::harvester::{VirtualMachineImage, VirtualMachineImageStatus};
@@ -121,8 +120,9 @@ impl Drop for Busy {
 
 /// Where a fetch writes, and what it saw.
 struct Sink {
-    file: tokio::fs::File,
-    hash: sha2::Sha512,
+    /// Large writes: a network stream comes in small pieces.
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    hash: ring::digest::Context,
     bytes: u64,
 }
 
@@ -130,7 +130,11 @@ impl Sink {
     async fn create(path: &Path) -> Result<Sink, ImportError> {
         let file =
             tokio::fs::File::create(path).await.map_err(|e| transient(format!("creating {}: {e}", path.display())))?;
-        Ok(Sink { file, hash: sha2::Sha512::new(), bytes: 0 })
+        Ok(Sink {
+            file: tokio::io::BufWriter::with_capacity(1 << 20, file),
+            hash: ring::digest::Context::new(&ring::digest::SHA512),
+            bytes: 0,
+        })
     }
     async fn write(&mut self, data: &[u8]) -> Result<(), ImportError> {
         self.hash.update(data);
@@ -138,9 +142,10 @@ impl Sink {
         self.file.write_all(data).await.map_err(|e| transient(format!("writing the image: {e}")))
     }
     async fn finish(mut self) -> Result<(u64, String), ImportError> {
+        // Not synced: the base built from it is (base::build), and a crash
+        // before that starts the import over.
         self.file.flush().await.map_err(transient)?;
-        self.file.sync_all().await.map_err(transient)?;
-        Ok((self.bytes, hex(&self.hash.finalize())))
+        Ok((self.bytes, hex(self.hash.finish().as_ref())))
     }
 }
 
@@ -565,7 +570,7 @@ impl Images {
             let path = dir.join("source");
             let file = std::fs::File::create(&path).map_err(transient)?;
             file.set_len(reader.size).map_err(transient)?;
-            let mut hash = sha2::Sha512::new();
+            let mut hash = ring::digest::Context::new(&ring::digest::SHA512);
             let mut progress = Progress::new();
             let chunk = 4u64 << 20;
             let mut offset = 0;
@@ -586,7 +591,7 @@ impl Images {
                 }
             }
             file.sync_all().map_err(transient)?;
-            return Ok((reader.size, hex(&hash.finalize())));
+            return Ok((reader.size, hex(hash.finish().as_ref())));
         }
         Err(transient(format!("cannot read the volume's snapshot: {last}")))
     }
@@ -760,10 +765,20 @@ async fn qemu_img(args: &[&str]) -> Result<String, ImportError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Reconciles the node's images every [`PERIOD`].
+/// Reconciles the node's images at once when one changes, and every
+/// [`PERIOD`] in any case.
 pub async fn run(images: Arc<Images>) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(crate::storage::notify_on_change(
+        images.api.clone(),
+        sheaf_client::Gvr::of::<VirtualMachineImage>(),
+        changed.clone(),
+    ));
     loop {
         images.reconcile().await;
-        tokio::time::sleep(PERIOD).await;
+        tokio::select! {
+            _ = tokio::time::sleep(PERIOD) => {}
+            _ = changed.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
 }

@@ -1310,11 +1310,49 @@ impl Storage {
     }
 }
 
-/// Reconciles the node's storage every [`PERIOD`] until dropped.
+/// Reconciles the node's storage until dropped: at once when a Replica or
+/// Volume changes (a new volume's replicas start within a moment), and
+/// every [`PERIOD`] in any case (processes that died, rebuilds).
 pub async fn run(storage: Arc<Storage>) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    for gvr in [sheaf_client::Gvr::of::<Replica>(), sheaf_client::Gvr::of::<Volume>()] {
+        tokio::spawn(notify_on_change(storage.api.clone(), gvr, changed.clone()));
+    }
     loop {
         storage.reconcile().await;
-        tokio::time::sleep(PERIOD).await;
+        tokio::select! {
+            _ = tokio::time::sleep(PERIOD) => {}
+            _ = changed.notified() => {
+                // The pass's own status writes wake it too: a short pause
+                // lets a burst of changes make one pass.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Wakes `changed` on every change of the objects of `gvr`.
+pub(crate) async fn notify_on_change(api: Arc<dyn Api>, gvr: sheaf_client::Gvr, changed: Arc<tokio::sync::Notify>) {
+    use futures::StreamExt as _;
+    loop {
+        let sel = Selectors::default();
+        let rv = match api.list(gvr, None, &sel).await {
+            Ok((_, rv)) => rv,
+            Err(_) => {
+                tokio::time::sleep(PERIOD).await;
+                continue;
+            }
+        };
+        if let Ok(mut events) = api.watch(gvr, None, &sel, &rv).await {
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(sheaf_client::WatchEvent::Bookmark(_)) => {}
+                    Ok(_) => changed.notify_one(),
+                    Err(_) => break,
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
