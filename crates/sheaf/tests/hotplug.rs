@@ -15,7 +15,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::guest::{jsonpath, tiny_server, wait_serial, QemuReaper};
+use support::guest::{jsonpath, tiny_server, tiny_vm_with, wait_serial, ClaimDisk, QemuReaper};
 use support::{eventually, Server};
 
 /// The user data: every disk that appears after boot is reported with its
@@ -47,64 +47,7 @@ for s in /sys/block/vd* /sys/block/sd*; do [ -e "$s" ] && known="$known$(basenam
 /// A VM of the tiny guest with Volume `claim` as its second disk (virtio)
 /// and [`WATCHER`] as its user data.
 fn vm(name: &str, claim: &str) -> String {
-    let script: String = WATCHER.lines().map(|l| format!("            {l}\n")).collect();
-    format!(
-        r#"apiVersion: kubevirt.io/v1
-kind: VirtualMachine
-metadata:
-  name: {name}
-spec:
-  runStrategy: Always
-  template:
-    spec:
-      terminationGracePeriodSeconds: 5
-      domain:
-        cpu:
-          cores: 1
-        memory:
-          guest: 128Mi
-        firmware:
-          kernelBoot:
-            kernelArgs: console=ttyS0 quiet
-            container:
-              image: sheaf/tiny
-              kernelPath: /vmlinuz
-              initrdPath: /initramfs.cpio.gz
-        devices:
-          disks:
-          - name: cloudinit
-            disk:
-              bus: virtio
-          - name: data
-            disk:
-              bus: virtio
-          interfaces:
-          - name: default
-            masquerade: {{}}
-      networks:
-      - name: default
-        pod: {{}}
-      volumes:
-      - name: cloudinit
-        cloudInitNoCloud:
-          userData: |
-{script}      - name: data
-        persistentVolumeClaim:
-          claimName: {claim}
-"#
-    )
-}
-
-fn cli(s: &Server, args: &[&str]) -> String {
-    let (ok, out) = s.sheaf_cli(args);
-    assert!(ok, "sheaf {args:?} failed: {out}\n{}", s.log());
-    out
-}
-
-fn cli_err(s: &Server, args: &[&str]) -> String {
-    let (ok, out) = s.sheaf_cli(args);
-    assert!(!ok, "sheaf {args:?} should fail: {out}");
-    out
+    tiny_vm_with(name, &[ClaimDisk { name: "data", kind: "disk", bus: "virtio", claim }], WATCHER)
 }
 
 fn serial(root: &Path, uid: &str) -> String {
@@ -136,8 +79,8 @@ fn volumes_are_hotplugged_into_and_out_of_a_running_guest() {
     let mut s = tiny_server(root.path(), &[]);
     let r = root.path();
 
-    cli(&s, &["volume", "create", "boot", "--size", "64Mi", "--replicas", "1"]);
-    cli(&s, &["volume", "create", "hot", "--size", "64Mi", "--replicas", "1"]);
+    s.cli_ok(&["volume", "create", "boot", "--size", "64Mi", "--replicas", "1"]);
+    s.cli_ok(&["volume", "create", "hot", "--size", "64Mi", "--replicas", "1"]);
     let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(&vm("hp", "boot")));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut uid = String::new();
@@ -162,25 +105,25 @@ fn volumes_are_hotplugged_into_and_out_of_a_running_guest() {
     );
 
     // Bad requests, refused with what to do.
-    let e = cli_err(&s, &["vm", "addvolume", "hp", "--volume-name=nosuch"]);
+    let e = s.cli_fail(&["vm", "addvolume", "hp", "--volume-name=nosuch"]);
     assert!(e.contains("does not exist") && e.contains("sheaf volume create nosuch"), "{e}");
-    let e = cli_err(&s, &["vm", "addvolume", "hp", "--volume-name=boot"]);
+    let e = s.cli_fail(&["vm", "addvolume", "hp", "--volume-name=boot"]);
     assert!(e.contains("already exists"), "{e}");
-    let e = cli_err(&s, &["vm", "addvolume", "hp", "--volume-name=hot", "--bus=sata"]);
+    let e = s.cli_fail(&["vm", "addvolume", "hp", "--volume-name=hot", "--bus=sata"]);
     assert!(e.contains("possible values: scsi, virtio"), "{e}");
-    let e = cli_err(&s, &["vm", "removevolume", "hp", "--volume-name=data"]);
+    let e = s.cli_fail(&["vm", "removevolume", "hp", "--volume-name=data"]);
     assert!(e.contains("not hotpluggable"), "{e}");
-    let e = cli_err(&s, &["vm", "removevolume", "hp", "--volume-name=hot"]);
+    let e = s.cli_fail(&["vm", "removevolume", "hp", "--volume-name=hot"]);
     assert!(e.contains("does not exist"), "{e}");
-    let e = cli_err(&s, &["vm", "addvolume", "nosuchvm", "--volume-name=hot"]);
+    let e = s.cli_fail(&["vm", "addvolume", "nosuchvm", "--volume-name=hot"]);
     assert!(e.contains("not found"), "{e}");
-    let out = cli(&s, &["vm", "addvolume", "hp", "--volume-name=hot", "--dry-run"]);
+    let out = s.cli_ok(&["vm", "addvolume", "hp", "--volume-name=hot", "--dry-run"]);
     assert!(out.contains("dry run"), "{out}");
     assert!(!jsonpath(&s, "vmi", "hp", "{.spec.volumes[*].name}").contains("hot"));
 
     // Added on virtio: the guest sees a new disk with the serial, writes
     // the marker; the volume is Ready, its engine runs, an Event says so.
-    let out = cli(&s, &["vm", "addvolume", "hp", "--volume-name=hot", "--bus=virtio", "--serial=HOT1"]);
+    let out = s.cli_ok(&["vm", "addvolume", "hp", "--volume-name=hot", "--bus=virtio", "--serial=HOT1"]);
     assert!(out.contains("Successfully submitted add volume request to VM hp for volume hot"), "{out}");
     wait_serial(r, &uid, "hot-added=vdc serial=HOT1 before=empty", Duration::from_secs(90));
     wait_serial(r, &uid, "hot-wrote=vdc", Duration::from_secs(30));
@@ -193,11 +136,11 @@ fn volumes_are_hotplugged_into_and_out_of_a_running_guest() {
     let events = s.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.name=hp", "-o", "wide"]);
     assert!(events.contains("VolumeAttached"), "{events}");
     // In use: it cannot be deleted.
-    let e = cli_err(&s, &["volume", "delete", "hot"]);
+    let e = s.cli_fail(&["volume", "delete", "hot"]);
     assert!(e.contains("in use by VirtualMachineInstance hp"), "{e}");
 
     // Removed: the guest sees it go, the engine stops, the status forgets it.
-    let out = cli(&s, &["vm", "removevolume", "hp", "--volume-name=hot"]);
+    let out = s.cli_ok(&["vm", "removevolume", "hp", "--volume-name=hot"]);
     assert!(out.contains("Successfully submitted remove volume request"), "{out}");
     wait_serial(r, &uid, "hot-removed=vdc", Duration::from_secs(60));
     wait_for("engine stopped", Duration::from_secs(30), &s, || !engine_runs(r, &hot_uid));
@@ -211,7 +154,7 @@ fn volumes_are_hotplugged_into_and_out_of_a_running_guest() {
 
     // Again, on scsi (the default): the guest reads the marker back
     // through the volume.
-    cli(&s, &["vm", "addvolume", "hp", "--volume-name=hot"]);
+    s.cli_ok(&["vm", "addvolume", "hp", "--volume-name=hot"]);
     wait_serial(r, &uid, "hot-added=sda serial= before=HOTPLUG-MARK", Duration::from_secs(90));
     wait_for("hot Ready on scsi", Duration::from_secs(30), &s, || hot_phase(&s, "hot") == "Ready");
     assert_eq!(jsonpath(&s, "vmi", "hp", "{.status.volumeStatus[?(@.name==\"hot\")].target}"), "sda");
@@ -223,12 +166,12 @@ fn volumes_are_hotplugged_into_and_out_of_a_running_guest() {
     assert_eq!(jsonpath(&s, "vmi", "hp", "{.metadata.uid}"), uid, "the VM was not restarted");
     assert_eq!(serial(r, &uid).matches("hot-added=").count(), 2, "{}", serial(r, &uid));
     assert!(engine_runs(r, &hot_uid));
-    cli(&s, &["vm", "removevolume", "hp", "--volume-name=hot"]);
+    s.cli_ok(&["vm", "removevolume", "hp", "--volume-name=hot"]);
     wait_serial(r, &uid, "hot-removed=sda", Duration::from_secs(60));
     wait_for("engine stopped", Duration::from_secs(30), &s, || !engine_runs(r, &hot_uid));
 
     // --persist: the VM's template too.
-    cli(&s, &["vm", "addvolume", "hp", "--volume-name=hot", "--bus=virtio", "--persist"]);
+    s.cli_ok(&["vm", "addvolume", "hp", "--volume-name=hot", "--bus=virtio", "--persist"]);
     assert_eq!(jsonpath(&s, "vm", "hp", "{.spec.template.spec.volumes[*].name}"), "cloudinit data hot");
     wait_for("hot Ready (persisted)", Duration::from_secs(90), &s, || hot_phase(&s, "hot") == "Ready");
     let marked = || serial(r, &uid).matches("before=HOTPLUG-MARK").count() == 2;
@@ -237,7 +180,7 @@ fn volumes_are_hotplugged_into_and_out_of_a_running_guest() {
     assert!(removed(), "{}", serial(r, &uid));
     // Persisted: after a restart the new instance gets it again (plugged in
     // once QEMU runs, as KubeVirt does), and it can still be removed.
-    cli(&s, &["vm", "restart", "hp"]);
+    s.cli_ok(&["vm", "restart", "hp"]);
     let old = uid.clone();
     wait_for("VMI restarted", Duration::from_secs(120), &s, || {
         uid = jsonpath(&s, "vmi", "hp", "{.metadata.uid}");
@@ -246,15 +189,15 @@ fn volumes_are_hotplugged_into_and_out_of_a_running_guest() {
     wait_for("hot Ready after the VM restart", Duration::from_secs(90), &s, || hot_phase(&s, "hot") == "Ready");
     wait_serial(r, &uid, "SHEAF-GUEST ready", Duration::from_secs(90));
     assert!(engine_runs(r, &hot_uid));
-    cli(&s, &["vm", "removevolume", "hp", "--volume-name=hot", "--persist"]);
+    s.cli_ok(&["vm", "removevolume", "hp", "--volume-name=hot", "--persist"]);
     assert_eq!(jsonpath(&s, "vm", "hp", "{.spec.template.spec.volumes[*].name}"), "cloudinit data");
     wait_for("engine stopped", Duration::from_secs(60), &s, || !engine_runs(r, &hot_uid));
     wait_for("hot gone from volumeStatus", Duration::from_secs(30), &s, || hot_phase(&s, "hot").is_empty());
 
     // A vhost-user Volume into a VM whose memory is not shared: served over
     // NBD, and the status says why.
-    cli(&s, &["volume", "create", "fast", "--size", "64Mi", "--replicas", "1", "--frontend", "vhost-user"]);
-    cli(&s, &["vm", "addvolume", "hp", "--volume-name=fast"]);
+    s.cli_ok(&["volume", "create", "fast", "--size", "64Mi", "--replicas", "1", "--frontend", "vhost-user"]);
+    s.cli_ok(&["vm", "addvolume", "hp", "--volume-name=fast"]);
     wait_for("fast Ready", Duration::from_secs(90), &s, || hot_phase(&s, "fast") == "Ready");
     let message = jsonpath(&s, "vmi", "hp", "{.status.volumeStatus[?(@.name==\"fast\")].message}");
     assert!(message.contains("attached over NBD") && message.contains("not shared"), "{message}");
@@ -270,8 +213,8 @@ fn volumes_are_hotplugged_into_and_out_of_a_running_guest() {
     assert!(nohp.contains("disableHotplug"), "{nohp}");
     let nohp_uid = support::guest::apply_running(&s, &nohp, "nohp");
     wait_serial(r, &nohp_uid, "SHEAF-GUEST ready", Duration::from_secs(90));
-    cli(&s, &["volume", "create", "spare", "--size", "64Mi", "--replicas", "1"]);
-    cli(&s, &["vm", "addvolume", "nohp", "--volume-name=spare", "--bus=virtio"]);
+    s.cli_ok(&["volume", "create", "spare", "--size", "64Mi", "--replicas", "1"]);
+    s.cli_ok(&["vm", "addvolume", "nohp", "--volume-name=spare", "--bus=virtio"]);
     let reason =
         || jsonpath(&s, "vmi", "nohp", "{.status.volumeStatus[?(@.name==\"spare\")].reason}") == "HotplugDisabled";
     assert!(eventually(Duration::from_secs(60), reason), "{}", jsonpath(&s, "vmi", "nohp", "{.status}"));
@@ -281,24 +224,24 @@ fn volumes_are_hotplugged_into_and_out_of_a_running_guest() {
     assert!(events.contains("HotplugDisabled") && events.contains("Warning"), "{events}");
     assert_eq!(jsonpath(&s, "vmi", "nohp", "{.status.phase}"), "Running");
     assert_eq!(jsonpath(&s, "vmi", "nohp", "{.metadata.uid}"), nohp_uid);
-    cli(&s, &["vm", "removevolume", "nohp", "--volume-name=spare"]);
+    s.cli_ok(&["vm", "removevolume", "nohp", "--volume-name=spare"]);
     let gone = || jsonpath(&s, "vmi", "nohp", "{.status.volumeStatus[*].name}") == "cloudinit";
     assert!(eventually(Duration::from_secs(30), gone), "{}", jsonpath(&s, "vmi", "nohp", "{.status}"));
     s.kubectl_ok(&["delete", "vm", "nohp"]);
 
     // A VM on a vhost-user volume (its memory shared with the engines): a
     // vhost-user volume is plugged in as vhost-user-blk on a root port.
-    cli(&s, &["volume", "create", "vuboot", "--size", "64Mi", "--replicas", "1", "--frontend", "vhost-user"]);
-    cli(&s, &["volume", "create", "vuhot", "--size", "64Mi", "--replicas", "1", "--frontend", "vhost-user"]);
+    s.cli_ok(&["volume", "create", "vuboot", "--size", "64Mi", "--replicas", "1", "--frontend", "vhost-user"]);
+    s.cli_ok(&["volume", "create", "vuhot", "--size", "64Mi", "--replicas", "1", "--frontend", "vhost-user"]);
     let vu_uid = support::guest::apply_running(&s, &vm("vu", "vuboot"), "vu");
     wait_serial(r, &vu_uid, "SHEAF-GUEST ready", Duration::from_secs(90));
-    cli(&s, &["vm", "addvolume", "vu", "--volume-name=vuhot", "--bus=virtio", "--serial=VU1"]);
+    s.cli_ok(&["vm", "addvolume", "vu", "--volume-name=vuhot", "--bus=virtio", "--serial=VU1"]);
     wait_serial(r, &vu_uid, "hot-added=vdc serial=VU1 before=empty", Duration::from_secs(90));
     wait_serial(r, &vu_uid, "hot-wrote=vdc", Duration::from_secs(30));
     let vu_status = || jsonpath(&s, "vmi", "vu", "{.status.volumeStatus[?(@.name==\"vuhot\")]}");
     assert!(eventually(Duration::from_secs(30), || vu_status().contains("\"phase\":\"Ready\"")), "{}", vu_status());
     assert!(!vu_status().contains("NBD"), "served over vhost-user: {}", vu_status());
-    cli(&s, &["vm", "removevolume", "vu", "--volume-name=vuhot"]);
+    s.cli_ok(&["vm", "removevolume", "vu", "--volume-name=vuhot"]);
     wait_serial(r, &vu_uid, "hot-removed=vdc", Duration::from_secs(60));
     let vuhot_uid = jsonpath(&s, "volume", "vuhot", "{.metadata.uid}");
     wait_for("vuhot engine stopped", Duration::from_secs(30), &s, || !engine_runs(r, &vuhot_uid));

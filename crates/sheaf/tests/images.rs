@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::guest::{jsonpath, tiny_server, tiny_vm, wait_serial, QemuReaper};
+use support::guest::{jsonpath, tiny_server, tiny_vm_with, wait_serial, ClaimDisk, QemuReaper};
 use support::{eventually, Server};
 
 const MARKER: &[u8] = b"SHEAF-IMAGE-CONTENT";
@@ -88,18 +88,10 @@ fn image_volume(name: &str, size: &str, image: &str) -> String {
 
 /// The guest prints what its disk from the image holds at 1 MiB, then writes its
 /// own name at 2 MiB and prints what was there before.
-const SCRIPT: &str = "          userData: |\n            #!/bin/sh\n            for s in /sys/block/vd*; do [ \"$(cat $s/size)\" -ge 131072 ] && dev=/dev/$(basename $s); done\n            seen=$(dd if=$dev bs=512 skip=2048 count=1 2>/dev/null | head -c 19)\n            before=$(dd if=$dev bs=512 skip=4096 count=1 2>/dev/null | head -c 8 | tr -d '\\000')\n            printf NAME | dd of=$dev bs=512 seek=4096 conv=fsync 2>/dev/null\n            echo \"SHEAF-GUEST seen=$seen before=${before:-empty}\"\n";
+const SCRIPT: &str = "#!/bin/sh\nfor s in /sys/block/vd*; do [ \"$(cat $s/size)\" -ge 131072 ] && dev=/dev/$(basename $s); done\nseen=$(dd if=$dev bs=512 skip=2048 count=1 2>/dev/null | head -c 19)\nbefore=$(dd if=$dev bs=512 skip=4096 count=1 2>/dev/null | head -c 8 | tr -d '\\000')\nprintf NAME | dd of=$dev bs=512 seek=4096 conv=fsync 2>/dev/null\necho \"SHEAF-GUEST seen=$seen before=${before:-empty}\"\n";
 
 fn vm_on(name: &str, claim: &str) -> String {
-    let vm = tiny_vm(name, name)
-        .replace(
-            "          - name: cloudinit\n            disk:\n              bus: virtio\n",
-            "          - name: cloudinit\n            disk:\n              bus: virtio\n          - name: root\n            disk:\n              bus: virtio\n",
-        )
-        .replace("      volumes:\n", &format!("      volumes:\n      - name: root\n        persistentVolumeClaim:\n          claimName: {claim}\n"))
-        .replace(&format!("          userData: |\n            #cloud-config\n            # marker: {name}\n"), &SCRIPT.replace("NAME", name));
-    assert!(vm.contains("claimName") && vm.contains("SHEAF-GUEST"), "{vm}");
-    vm
+    tiny_vm_with(name, &[ClaimDisk { name: "root", kind: "disk", bus: "virtio", claim }], &SCRIPT.replace("NAME", name))
 }
 
 fn running_uid(s: &Server, name: &str) -> String {
@@ -307,14 +299,9 @@ fn an_iso_image_attaches_as_a_cdrom() {
     let size = jsonpath(&s, "vmimage", "installer", "{.status.virtualSize}");
     s.apply(&image_volume("install-media", &size, "installer"));
     // SCSI: the test guest's cloud kernel has no AHCI driver for a SATA drive.
-    let script = "          userData: |\n            #!/bin/sh\n            i=0; while [ ! -b /dev/sr0 ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done\n            echo \"SHEAF-BLOCK $(ls /sys/block)\"\n            mount -t iso9660 -o ro /dev/sr0 /mnt && echo \"SHEAF-CD $(cat /mnt/marker.txt)\"\n";
-    let vm = tiny_vm("installer", "installer")
-        .replace(
-            "          - name: cloudinit\n            disk:\n              bus: virtio\n",
-            "          - name: cloudinit\n            disk:\n              bus: virtio\n          - name: cd\n            cdrom:\n              bus: scsi\n",
-        )
-        .replace("      volumes:\n", "      volumes:\n      - name: cd\n        persistentVolumeClaim:\n          claimName: install-media\n")
-        .replace("          userData: |\n            #cloud-config\n            # marker: installer\n", script);
+    let script = "#!/bin/sh\ni=0; while [ ! -b /dev/sr0 ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done\necho \"SHEAF-BLOCK $(ls /sys/block)\"\nmount -t iso9660 -o ro /dev/sr0 /mnt && echo \"SHEAF-CD $(cat /mnt/marker.txt)\"\n";
+    let disk = ClaimDisk { name: "cd", kind: "cdrom", bus: "scsi", claim: "install-media" };
+    let vm = tiny_vm_with("installer", &[disk], script);
     s.apply(&vm);
     let uid = running_uid(&s, "installer");
     // /dev/sr0 is the guest's first CD-ROM drive: the image is attached as one.

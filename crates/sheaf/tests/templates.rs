@@ -105,18 +105,6 @@ spec:
                 # marker: from-template
 "#;
 
-fn apply(s: &Server, manifest: &str) {
-    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(manifest));
-    assert!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-#[track_caller]
-fn sheaf_ok(s: &Server, args: &[&str]) -> String {
-    let (ok, out) = s.sheaf_cli(args);
-    assert!(ok, "sheaf {args:?} failed: {out}");
-    out
-}
-
 #[track_caller]
 fn sheaf_err(s: &Server, args: &[&str], want: &[&str]) -> String {
     let (ok, out) = s.sheaf_cli(args);
@@ -157,23 +145,23 @@ fn templates_end_to_end() {
         defaults()
     );
     assert!(defaults().contains("VERSION_DEFAULT"), "{}", defaults());
-    let list = sheaf_ok(&s, &["template", "list"]);
+    let list = s.cli_ok(&["template", "list"]);
     assert!(list.contains("linux-cloud-init-template") && list.contains("harvester-public"), "{list}");
-    let show = sheaf_ok(&s, &["template", "show", "linux-cloud-init-template"]);
+    let show = s.cli_ok(&["template", "show", "linux-cloud-init-template"]);
     for want in ["CPU:        2", "Memory:     2Gi", "from an image (give --image)", "--image NS/IMAGE"] {
         assert!(show.contains(want), "{want:?} not in {show}");
     }
 
     // A user template and two versions, with kubectl apply.
-    apply(&s, TEMPLATE);
-    apply(&s, VERSION_1);
+    s.apply(TEMPLATE);
+    s.apply(VERSION_1);
     assert!(
         eventually(Duration::from_secs(20), || jsonpath(&s, "vmtemplateversion", "tiny-disks", "{.status.version}")
             == "1"),
         "version 1 numbered: {}",
         jsonpath(&s, "vmtemplateversion", "tiny-disks", "{.status}")
     );
-    apply(&s, VERSION_2);
+    s.apply(VERSION_2);
     assert!(
         eventually(Duration::from_secs(20), || jsonpath(&s, "vmtemplateversion", "tiny-boot", "{.status.version}")
             == "2"),
@@ -196,9 +184,9 @@ fn templates_end_to_end() {
     assert!(table.contains("TEMPLATE_ID") && table.contains("default/tiny"), "{table}");
 
     // Two VMs from one version: no claim in common.
-    let out = sheaf_ok(&s, &["vm", "create", "disk-a", "--template", "tiny"]);
+    let out = s.cli_ok(&["vm", "create", "disk-a", "--template", "tiny"]);
     assert!(out.contains("created from template default/tiny version 1"), "{out}");
-    sheaf_ok(&s, &["vm", "create", "disk-b", "--template", "default/tiny:1", "--memory", "256Mi"]);
+    s.cli_ok(&["vm", "create", "disk-b", "--template", "default/tiny:1", "--memory", "256Mi"]);
     let (a, b) = (claims_of(&s, "disk-a"), claims_of(&s, "disk-b"));
     assert_eq!((a.len(), b.len()), (2, 2), "{a:?} {b:?}");
     assert!(a.iter().all(|n| n.starts_with("disk-a-") && !b.contains(n)), "{a:?} vs {b:?}");
@@ -213,7 +201,7 @@ fn templates_end_to_end() {
     assert!(by_template.contains("disk-a") && by_template.contains("disk-b"), "{by_template}");
 
     // A VM from version 2 runs, with the version's user data.
-    let out = sheaf_ok(&s, &["vm", "create", "booted", "--template", "tiny:tiny-boot", "--cpu", "2"]);
+    let out = s.cli_ok(&["vm", "create", "booted", "--template", "tiny:tiny-boot", "--cpu", "2"]);
     assert!(out.contains("version 2 (tiny-boot)"), "{out}");
     assert!(
         eventually(Duration::from_secs(90), || jsonpath(&s, "vmi", "booted", "{.status.phase}") == "Running"),

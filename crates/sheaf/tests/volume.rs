@@ -12,28 +12,20 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::guest::{jsonpath, tiny_server, tiny_vm, wait_serial, QemuReaper};
+use support::guest::{jsonpath, tiny_server, tiny_vm_with, wait_serial, ClaimDisk, QemuReaper};
 use support::{eventually, Server};
 
 /// The user data: find the volume (the 64 MiB+ disk), print its size and
 /// what is at 1 MiB, then write the next value there.
-const SCRIPT: &str = "          userData: |\n            #!/bin/sh\n            for s in /sys/block/vd*; do [ \"$(cat $s/size)\" -ge 131072 ] && dev=/dev/$(basename $s) && size=$(cat $s/size); done\n            before=$(dd if=$dev bs=512 skip=2048 count=1 2>/dev/null | head -c 9 | tr -d '\\000')\n            case \"$before\" in '') next=VALUE-ONE;; VALUE-ONE) next=VALUE-TWO;; *) next=VALUE-END;; esac\n            printf $next | dd of=$dev bs=512 seek=2048 conv=fsync 2>/dev/null\n            echo \"SHEAF-GUEST size=$size before=${before:-empty} wrote=$next\"\n";
+const SCRIPT: &str = "#!/bin/sh\nfor s in /sys/block/vd*; do [ \"$(cat $s/size)\" -ge 131072 ] && dev=/dev/$(basename $s) && size=$(cat $s/size); done\nbefore=$(dd if=$dev bs=512 skip=2048 count=1 2>/dev/null | head -c 9 | tr -d '\\000')\ncase \"$before\" in '') next=VALUE-ONE;; VALUE-ONE) next=VALUE-TWO;; *) next=VALUE-END;; esac\nprintf $next | dd of=$dev bs=512 seek=2048 conv=fsync 2>/dev/null\necho \"SHEAF-GUEST size=$size before=${before:-empty} wrote=$next\"\n";
 
 /// A VM of the tiny guest with Volume `claim` as its second disk.
 fn vm_with_volume(name: &str, claim: &str) -> String {
-    let vm = tiny_vm(name, name);
-    let vm = vm.replace(
-        "          - name: cloudinit\n            disk:\n              bus: virtio\n",
-        "          - name: cloudinit\n            disk:\n              bus: virtio\n          - name: data\n            disk:\n              bus: virtio\n",
-    );
-    let vm = vm.replace(
-        "      volumes:\n",
-        &format!("      volumes:\n      - name: data\n        persistentVolumeClaim:\n          claimName: {claim}\n"),
-    );
-    let vm = vm
-        .replace(&format!("          userData: |\n            #cloud-config\n            # marker: {name}\n"), SCRIPT);
-    assert!(vm.contains("claimName") && vm.contains("VALUE-ONE"), "{vm}");
-    vm
+    vm_with_script(name, claim, SCRIPT)
+}
+
+fn vm_with_script(name: &str, claim: &str, script: &str) -> String {
+    tiny_vm_with(name, &[ClaimDisk { name: "data", kind: "disk", bus: "virtio", claim }], script)
 }
 
 /// `kubectl get KIND -o jsonpath=PATH` over all objects of a kind.
@@ -262,7 +254,7 @@ fn engine_log(blk: &Path) -> String {
 /// The user data of the vhost-user test: find the volume, write a marker
 /// and read it back past the page cache, then report the disk's size
 /// every second (in the background, so the guest's init goes on).
-const WATCH_SCRIPT: &str = "          userData: |\n            #!/bin/sh\n            for s in /sys/block/vd*; do [ \"$(cat $s/size)\" -ge 131072 ] && dev=$(basename $s); done\n            printf SHEAF-VHOST-DATA | dd of=/dev/$dev bs=512 seek=2048 conv=fsync 2>/dev/null\n            echo 3 > /proc/sys/vm/drop_caches\n            echo \"SHEAF-GUEST roundtrip=$(dd if=/dev/$dev bs=512 skip=2048 count=1 2>/dev/null | head -c 16)\"\n            ( while true; do echo \"SHEAF-GUEST vsize=$(cat /sys/block/$dev/size)\"; sleep 1; done ) &\n";
+const WATCH_SCRIPT: &str = "#!/bin/sh\nfor s in /sys/block/vd*; do [ \"$(cat $s/size)\" -ge 131072 ] && dev=$(basename $s); done\nprintf SHEAF-VHOST-DATA | dd of=/dev/$dev bs=512 seek=2048 conv=fsync 2>/dev/null\necho 3 > /proc/sys/vm/drop_caches\necho \"SHEAF-GUEST roundtrip=$(dd if=/dev/$dev bs=512 skip=2048 count=1 2>/dev/null | head -c 16)\"\n( while true; do echo \"SHEAF-GUEST vsize=$(cat /sys/block/$dev/size)\"; sleep 1; done ) &\n";
 
 #[test]
 fn a_vhost_user_volume_on_a_tagged_disk_serves_a_guest_and_grows_while_it_runs() {
@@ -305,7 +297,7 @@ fn a_vhost_user_volume_on_a_tagged_disk_serves_a_guest_and_grows_while_it_runs()
     assert_eq!(dirs.split_whitespace().collect::<Vec<_>>(), want);
     assert!(want.iter().all(|d| Path::new(d).join("replica.json").exists()), "{want:?}");
     assert!(s.kubectl_ok(&["get", "replicas", "-o", "wide"]).contains("ssd1"));
-    let vm = vm_with_volume("vu", "fast").replace(SCRIPT, WATCH_SCRIPT);
+    let vm = vm_with_script("vu", "fast", WATCH_SCRIPT);
     assert!(vm.contains("vsize"), "{vm}");
     s.apply(&vm);
     let uid = running_uid(&s, "vu", "");

@@ -95,6 +95,32 @@ impl Drop for QemuReaper {
 /// A VirtualMachine of the tiny guest booted by kernel, with a NoCloud
 /// seed whose user data carries `marker: MARKER`.
 pub fn tiny_vm(name: &str, marker: &str) -> String {
+    tiny_vm_with(name, &[], &format!("#cloud-config\n# marker: {marker}\n"))
+}
+
+/// One more disk of a [`tiny_vm_with`]: its name, its KubeVirt disk
+/// (`disk`, `cdrom`) with bus, and the claim behind it.
+pub struct ClaimDisk<'a> {
+    pub name: &'a str,
+    pub kind: &'a str,
+    pub bus: &'a str,
+    pub claim: &'a str,
+}
+
+/// The tiny guest with `disks` (claims) after its seed disk and
+/// `user_data` (a `#!/bin/sh` script or cloud-config) in its NoCloud seed.
+pub fn tiny_vm_with(name: &str, disks: &[ClaimDisk<'_>], user_data: &str) -> String {
+    let disk_items: String = disks
+        .iter()
+        .map(|d| format!("          - name: {}\n            {}:\n              bus: {}\n", d.name, d.kind, d.bus))
+        .collect();
+    let volume_items: String = disks
+        .iter()
+        .map(|d| {
+            format!("      - name: {}\n        persistentVolumeClaim:\n          claimName: {}\n", d.name, d.claim)
+        })
+        .collect();
+    let user_data: String = user_data.lines().map(|l| format!("            {l}\n")).collect();
     format!(
         r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachine
@@ -122,7 +148,7 @@ spec:
           - name: cloudinit
             disk:
               bus: virtio
-          interfaces:
+{disk_items}          interfaces:
           - name: default
             masquerade: {{}}
       networks:
@@ -132,9 +158,7 @@ spec:
       - name: cloudinit
         cloudInitNoCloud:
           userData: |
-            #cloud-config
-            # marker: {marker}
-"#
+{user_data}{volume_items}"#
     )
 }
 

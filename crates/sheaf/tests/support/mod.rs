@@ -184,6 +184,7 @@ impl Server {
 
     /// Runs the `sheaf` CLI and returns its output, panicking with the
     /// server's log on failure.
+    #[track_caller]
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let (ok, out) = self.sheaf_cli(args);
         assert!(ok, "sheaf {args:?} failed: {out}\n{}", self.log());
@@ -191,6 +192,7 @@ impl Server {
     }
 
     /// Runs the `sheaf` CLI expecting failure; returns its output.
+    #[track_caller]
     pub fn cli_fail(&self, args: &[&str]) -> String {
         let (ok, out) = self.sheaf_cli(args);
         assert!(!ok, "sheaf {args:?} should fail: {out}");
@@ -198,6 +200,7 @@ impl Server {
     }
 
     /// `kubectl apply -f -` of `manifest`, panicking on failure.
+    #[track_caller]
     pub fn apply(&self, manifest: &str) {
         let out = self.kubectl_stdin(&["apply", "-f", "-"], Some(manifest));
         assert!(out.status.success(), "{}\n{manifest}", String::from_utf8_lossy(&out.stderr));
