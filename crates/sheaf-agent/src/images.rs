@@ -91,17 +91,12 @@ fn condition(type_: &str, ok: bool, reason: &str, message: impl Into<String>) ->
         status: if ok { "True" } else { "False" }.into(),
         reason: Some(reason.into()),
         message: Some(message.into()),
-        last_transition_time: Some(now()),
         ..Default::default()
     }
 }
 
 fn set_condition(status: &mut VirtualMachineImageStatus, c: Condition) {
-    match status.conditions.iter_mut().find(|x| x.type_ == c.type_) {
-        Some(old) if old.status == c.status && old.reason == c.reason && old.message == c.message => {}
-        Some(old) => *old = c,
-        None => status.conditions.push(c),
-    }
+    sheaf_types::meta::set_condition(&mut status.conditions, c, now());
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -15,14 +15,13 @@
 //! copy and creating a volume from an image costs the same whatever the
 //! image's size.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write as _;
+use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{entry_bytes, header_bytes, io, Result, StoreError, BLOCK};
+use crate::store::{entry, header, io, punch, Result, StoreError, BLOCK};
 
 pub const DATA_FILE: &str = "base.data";
 pub const SUM_FILE: &str = "base.sum";
@@ -94,7 +93,7 @@ pub fn build(dir: &Path, id: &str, mut progress: impl FnMut(u64, u64)) -> Result
         .open(&sum_path)
         .map_err(io(format!("creating {}", sum_path.display())))?;
     sum.set_len(crate::store::HEADER + blocks * crate::store::ENTRY).map_err(io("sizing the image's checksums"))?;
-    sum.write_all_at(&header_bytes(0, 0, 0), 0).map_err(io("writing the checksum header"))?;
+    sum.write_all_at(&header(0, 0, 0), 0).map_err(io("writing the checksum header"))?;
 
     const CHUNK: u64 = 1024 * 1024;
     let mut buf = vec![0u8; CHUNK as usize];
@@ -123,13 +122,13 @@ pub fn build(dir: &Path, id: &str, mut progress: impl FnMut(u64, u64)) -> Result
             for (k, block) in chunk.chunks_exact(BLOCK as usize).enumerate() {
                 let b_off = at + k as u64 * BLOCK;
                 if block.iter().all(|&x| x == 0) {
-                    sums.extend_from_slice(&entry_bytes(0, crate::store::ABSENT));
+                    sums.extend_from_slice(&entry(0, crate::store::ABSENT));
                     zero_run.get_or_insert(b_off);
                 } else {
                     if let Some(z) = zero_run.take() {
                         punch(&data, z, b_off - z)?;
                     }
-                    sums.extend_from_slice(&entry_bytes(crc32fast::hash(block), crate::store::DATA));
+                    sums.extend_from_slice(&entry(crc32fast::hash(block), crate::store::DATA));
                     stored += BLOCK;
                 }
             }
@@ -152,21 +151,9 @@ pub fn build(dir: &Path, id: &str, mut progress: impl FnMut(u64, u64)) -> Result
         stored,
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
-    let tmp = dir.join("base.json.tmp");
-    let body = serde_json::to_vec_pretty(&meta).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    let mut f = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-    f.write_all(&body).map_err(io("writing base.json"))?;
-    f.sync_all().map_err(io("syncing base.json"))?;
-    std::fs::rename(&tmp, dir.join(META_FILE)).map_err(io("writing base.json"))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(format!("syncing {}", dir.display())))?;
+    crate::store::write_json(dir, META_FILE, &meta)?;
     progress(size, size);
     Ok(meta)
-}
-
-fn punch(file: &File, offset: u64, len: u64) -> Result<()> {
-    use rustix::fs::FallocateFlags;
-    rustix::fs::fallocate(file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len)
-        .map_err(|e| StoreError::Io { what: "punching a hole".into(), source: e.into() })
 }
 
 #[cfg(test)]

@@ -157,6 +157,38 @@ struct Layer {
 }
 
 impl Layer {
+    /// A layer of `blocks` blocks, none present yet.
+    fn empty(meta: LayerMeta, data: File, sum: File, blocks: u64) -> Layer {
+        Layer { meta, data, sum, present: Bits::new(blocks), zero: Bits::new(blocks), unsynced: false }
+    }
+
+    /// A layer whose blocks' states are read from its checksum file, a
+    /// megabyte at a time; a bad state is corruption of the replica in
+    /// `dir` (the message starts with `what`).
+    fn load(meta: LayerMeta, data: File, sum: File, blocks: u64, dir: &Path, what: &str) -> Result<Layer> {
+        let mut layer = Layer::empty(meta, data, sum, blocks);
+        let chunk = 128 * 1024;
+        let mut buf = vec![0u8; (chunk * ENTRY) as usize];
+        let mut b = 0;
+        while b < blocks {
+            let n = chunk.min(blocks - b);
+            let bytes = &mut buf[..(n * ENTRY) as usize];
+            layer.sum.read_exact_at(bytes, HEADER + b * ENTRY).map_err(io("reading layer checksums"))?;
+            for (k, e) in bytes.chunks_exact(ENTRY as usize).enumerate() {
+                let state = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+                if state > ZERO {
+                    return Err(StoreError::Corrupt {
+                        dir: dir.display().to_string(),
+                        message: format!("{what}layer {} block {} has state {state}", layer.meta.id, b + k as u64),
+                    });
+                }
+                layer.mark(b + k as u64, state);
+            }
+            b += n;
+        }
+        Ok(layer)
+    }
+
     fn state(&self, b: u64) -> u32 {
         match (self.present.get(b), self.zero.get(b)) {
             (false, _) => ABSENT,
@@ -188,9 +220,6 @@ fn sum_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("layer-{id}.sum"))
 }
 
-pub(crate) use entry as entry_bytes;
-pub(crate) use header as header_bytes;
-
 pub(crate) fn header(id: u64, flush_gen: u64, epoch: u64) -> [u8; 40] {
     let mut h = [0u8; 40];
     h[..8].copy_from_slice(MAGIC);
@@ -216,7 +245,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(format!("syncing {}", dir.display())))
 }
 
-fn punch(file: &File, offset: u64, len: u64) -> Result<()> {
+pub(crate) fn punch(file: &File, offset: u64, len: u64) -> Result<()> {
     use rustix::fs::FallocateFlags;
     rustix::fs::fallocate(file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len)
         .map_err(|e| StoreError::Io { what: "punching a hole".into(), source: e.into() })
@@ -289,14 +318,7 @@ impl Replica {
         sum.write_all_at(&header(meta.id, flush_gen, epoch), 0).map_err(io("writing layer header"))?;
         sum.sync_all().map_err(io("syncing layer checksums"))?;
         data.sync_all().map_err(io("syncing layer data"))?;
-        Ok(Layer {
-            meta: meta.clone(),
-            data,
-            sum,
-            present: Bits::new(blocks),
-            zero: Bits::new(blocks),
-            unsynced: false,
-        })
+        Ok(Layer::empty(meta.clone(), data, sum, blocks))
     }
 
     /// Opens the replica in `dir` for writing. A replica left dirty by a
@@ -338,19 +360,7 @@ impl Replica {
             if i == meta.layers.len() - 1 {
                 flush_gen = u64::from_le_bytes(h[24..32].try_into().unwrap_or_default());
             }
-            let mut layer = Layer {
-                meta: lm.clone(),
-                data,
-                sum,
-                present: Bits::new(blocks),
-                zero: Bits::new(blocks),
-                unsynced: false,
-            };
-            load_states(&mut layer, blocks).map_err(|e| match e {
-                StoreError::Corrupt { message, .. } => StoreError::Corrupt { dir: dir.display().to_string(), message },
-                e => e,
-            })?;
-            layers.push(layer);
+            layers.push(Layer::load(lm.clone(), data, sum, blocks, dir, "")?);
         }
         remove_stray_layers(dir, &meta);
         let base = meta.base.as_ref().map(|b| open_base(dir, b)).transpose()?;
@@ -1068,53 +1078,23 @@ fn open_base(dir: &Path, b: &BaseRef) -> Result<Layer> {
     if &h[..8] != MAGIC {
         return Err(corrupt(format!("its base image {} has a bad checksum header", b.dir.display())));
     }
-    let blocks = b.size / BLOCK;
-    let mut layer = Layer {
-        meta: LayerMeta { id: 0, snapshot: None, created: meta.created },
-        data,
-        sum,
-        present: Bits::new(blocks),
-        zero: Bits::new(blocks),
-        unsynced: false,
-    };
-    load_states(&mut layer, blocks).map_err(|e| match e {
-        StoreError::Corrupt { message, .. } => corrupt(format!("base image: {message}")),
-        e => e,
-    })?;
-    Ok(layer)
-}
-
-/// Presence of a layer's blocks from its checksum file, a megabyte at a time.
-fn load_states(layer: &mut Layer, blocks: u64) -> Result<()> {
-    let chunk = 128 * 1024;
-    let mut buf = vec![0u8; (chunk * ENTRY) as usize];
-    let mut b = 0;
-    while b < blocks {
-        let n = chunk.min(blocks - b);
-        let bytes = &mut buf[..(n * ENTRY) as usize];
-        layer.sum.read_exact_at(bytes, HEADER + b * ENTRY).map_err(io("reading layer checksums"))?;
-        for (k, e) in bytes.chunks_exact(ENTRY as usize).enumerate() {
-            let state = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
-            if state > ZERO {
-                return Err(StoreError::Corrupt {
-                    dir: String::new(),
-                    message: format!("layer {} block {} has state {state}", layer.meta.id, b + k as u64),
-                });
-            }
-            layer.mark(b + k as u64, state);
-        }
-        b += n;
-    }
-    Ok(())
+    let meta = LayerMeta { id: 0, snapshot: None, created: meta.created };
+    Layer::load(meta, data, sum, b.size / BLOCK, dir, "base image: ")
 }
 
 fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
-    let tmp = dir.join("replica.json.tmp");
-    let body = serde_json::to_vec_pretty(meta).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    write_json(dir, "replica.json", meta)
+}
+
+/// Replaces `dir/name` with `value` as JSON atomically: written to a
+/// temporary file, synced, renamed over, the directory synced.
+pub(crate) fn write_json(dir: &Path, name: &str, value: &impl Serialize) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let body = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let mut f = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-    f.write_all(&body).map_err(io("writing replica.json"))?;
-    f.sync_all().map_err(io("syncing replica.json"))?;
-    std::fs::rename(&tmp, dir.join("replica.json")).map_err(io("replacing replica.json"))?;
+    f.write_all(&body).map_err(io(format!("writing {name}")))?;
+    f.sync_all().map_err(io(format!("syncing {name}")))?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(io(format!("replacing {name}")))?;
     sync_dir(dir)
 }
 

@@ -720,10 +720,7 @@ impl ClaimController {
         let now = Time(Utc::now().trunc_subsecs(0));
         for c in &mut conditions {
             let prev = old_cond(&c.type_);
-            c.last_transition_time = match &prev {
-                Some(p) if p.status == c.status => p.last_transition_time.or(Some(now)),
-                _ => Some(now),
-            };
+            c.last_transition_time = Some(c.transition_since(prev.as_ref(), now));
             let changed = prev.as_ref().map(|p| (&p.reason, &p.message)) != Some((&c.reason, &c.message));
             if changed && c.status != "True" {
                 let warning = matches!(

@@ -44,7 +44,7 @@ use sheaf_types::kubevirt::{
     PhaseTransitionTimestamp, Toleration, VirtualMachineInstance, VirtualMachineInstanceSpec,
     VirtualMachineInstanceStatus,
 };
-use sheaf_types::meta::Condition;
+use sheaf_types::meta::{set_condition, Condition};
 use sheaf_types::Time;
 use tokio::time::Instant;
 
@@ -419,21 +419,6 @@ fn pending_keys(store: &Store) -> Vec<ObjectKey> {
 
 fn now() -> Time {
     Time(Utc::now().trunc_subsecs(0))
-}
-
-/// Sets a condition, keeping its transition time when its status stays.
-fn set_condition(conditions: &mut Vec<Condition>, mut c: Condition, now: Time) {
-    match conditions.iter_mut().find(|o| o.type_ == c.type_) {
-        Some(old) => {
-            c.last_transition_time =
-                if old.status == c.status { old.last_transition_time.or(Some(now)) } else { Some(now) };
-            *old = c;
-        }
-        None => {
-            c.last_transition_time = Some(now);
-            conditions.push(c);
-        }
-    }
 }
 
 fn enter_phase(status: &mut VirtualMachineInstanceStatus, phase: &str, now: Time) {

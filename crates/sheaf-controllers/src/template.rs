@@ -144,15 +144,15 @@ fn assigned(v: &VirtualMachineTemplateVersion) -> Option<&Condition> {
 fn with_assigned(v: &VirtualMachineTemplateVersion, status: &str, reason: &str, message: String) -> Vec<Condition> {
     let mut conditions = v.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     conditions.retain(|c| c.type_ != ASSIGNED_CONDITION);
-    let since = assigned(v).filter(|c| c.status == status).and_then(|c| c.last_transition_time).unwrap_or_else(now);
-    conditions.push(Condition {
+    let mut c = Condition {
         type_: ASSIGNED_CONDITION.into(),
         status: status.into(),
         reason: Some(reason.into()),
         message: Some(message),
-        last_transition_time: Some(since),
         ..Default::default()
-    });
+    };
+    c.last_transition_time = Some(c.transition_since(assigned(v), now()));
+    conditions.push(c);
     conditions
 }
 

@@ -859,10 +859,7 @@ fn derived(type_: &str, status: &str, reason: &str, message: &str) -> Condition 
 /// Keeps the transition time of a condition whose status did not change.
 fn with_transition(mut c: Condition, old: Option<&Condition>, now: Time) -> Condition {
     if c.last_transition_time.is_none() {
-        c.last_transition_time = Some(match old {
-            Some(o) if o.status == c.status => o.last_transition_time.unwrap_or(now),
-            _ => now,
-        });
+        c.last_transition_time = Some(c.transition_since(old, now));
     }
     c
 }

@@ -9,10 +9,9 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::Duration;
 
-use common::{template_spec, Cluster, Run, PATIENCE};
+use common::{template_spec, until, Cluster, Run};
 use serde_json::{json, Value};
 use sheaf_client::{Gvr, Typed};
 use sheaf_controllers::vm;
@@ -20,21 +19,6 @@ use sheaf_types::claim::{PersistentVolumeClaim, StorageClass};
 use sheaf_types::harvester::VirtualMachineImage;
 use sheaf_types::kubevirt::VirtualMachine;
 use sheaf_types::storage::{Volume, VolumeSnapshot};
-
-async fn until<T, F, Fut>(what: &str, f: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn cluster() -> anyhow::Result<Cluster> {
     Cluster::start(Run::Claims, vm::Config::default()).await

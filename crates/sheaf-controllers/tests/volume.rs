@@ -11,32 +11,15 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::Duration;
 
-use common::{ago, Cluster, Run, PATIENCE};
+use common::{ago, until, Cluster, Run};
 use serde_json::{json, Value};
 use sheaf_client::{Api, Gvr, Selectors, Typed};
 use sheaf_controllers::vm;
 use sheaf_types::core::{Namespace, Node};
 use sheaf_types::kubevirt::VirtualMachineInstance;
 use sheaf_types::storage::{Disk, Replica, Volume};
-
-/// Polls `f` until it returns Some; fails the test with `what` otherwise.
-async fn until<T, F, Fut>(what: &str, f: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn storage() -> anyhow::Result<Cluster> {
     Cluster::start(Run::Volume, vm::Config::default()).await

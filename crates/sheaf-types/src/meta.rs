@@ -163,6 +163,30 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+impl Condition {
+    /// Since when the condition has had its status: `old`'s transition
+    /// time if `old` (the same condition before) had the same status,
+    /// otherwise `now`.
+    pub fn transition_since(&self, old: Option<&Condition>, now: Time) -> Time {
+        old.filter(|o| o.status == self.status).and_then(|o| o.last_transition_time).unwrap_or(now)
+    }
+}
+
+/// Puts `c` into `conditions` in place of the condition of its type,
+/// keeping the transition time while its status stays the same.
+pub fn set_condition(conditions: &mut Vec<Condition>, mut c: Condition, now: Time) {
+    match conditions.iter_mut().find(|o| o.type_ == c.type_) {
+        Some(old) => {
+            c.last_transition_time = Some(c.transition_since(Some(old), now));
+            *old = c;
+        }
+        None => {
+            c.last_transition_time = Some(now);
+            conditions.push(c);
+        }
+    }
+}
+
 /// `meta/v1` Status: the body of every error response.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

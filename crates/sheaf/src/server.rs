@@ -198,23 +198,11 @@ impl ImageTransfer for LocalImages {
         name: &str,
     ) -> Result<(u64, futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>), TransferError> {
         use futures::StreamExt as _;
-        use tokio::io::AsyncReadExt as _;
         let (path, len) = self.store()?.raw_file(ns, name).await.map_err(transfer_error)?;
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| TransferError::Unavailable(format!("{}: {e}", path.display())))?;
-        let stream = futures::stream::unfold(file, |mut f| async move {
-            let mut buf = vec![0u8; 1 << 20];
-            match f.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(bytes::Bytes::from(buf)), f))
-                }
-                Err(e) => Some((Err(e), f)),
-            }
-        })
-        .boxed();
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).boxed();
         Ok((len, stream))
     }
 }

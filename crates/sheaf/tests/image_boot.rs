@@ -8,34 +8,10 @@
 
 mod support;
 
-use std::io::{Read as _, Write as _};
-use std::path::Path;
 use std::time::Duration;
 
 use support::guest::{apply_running, guest_dir, install_image, server_with_images, wait_serial, QemuReaper};
-use support::{eventually, Server};
-
-/// Serves `file` at any path over HTTP/1.1 on loopback; returns the URL.
-fn http_server(file: &Path) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/disk.qcow2", listener.local_addr().expect("addr"));
-    let body = std::fs::read(file).expect("read the image");
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-            let _ = conn.write_all(&body);
-        }
-    });
-    url
-}
+use support::{eventually, http_server, Server};
 
 fn jsonpath(s: &Server, kind: &str, name: &str, path: &str) -> String {
     support::guest::jsonpath(s, kind, name, path)
@@ -101,7 +77,7 @@ fn two_vms_boot_from_one_imported_image() {
     // system from the claim made from the VirtualMachineImage.
     install_image(root.path(), "full", "sheaf_full", &["vmlinuz", "initrd.img"]);
     let s = server_with_images(root.path(), &[]);
-    let url = http_server(&guest_dir().join("full").join("disk.qcow2"));
+    let url = format!("{}/disk.qcow2", http_server(&guest_dir().join("full")));
 
     s.apply(&format!(
             "apiVersion: harvesterhci.io/v1beta1\nkind: VirtualMachineImage\nmetadata:\n  name: debian\nspec:\n  displayName: Debian 12\n  sourceType: download\n  url: {url}\n  storageClassParameters:\n    numberOfReplicas: \"1\"\n"

@@ -9,13 +9,12 @@
 
 mod support;
 
-use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use support::guest::{jsonpath, tiny_server, tiny_vm_with, wait_serial, ClaimDisk, QemuReaper};
-use support::{eventually, Server};
+use support::{eventually, http_server, Server};
 
 const MARKER: &[u8] = b"SHEAF-IMAGE-CONTENT";
 
@@ -36,47 +35,6 @@ fn qemu_img(args: &[&str]) {
 fn sha512(path: &Path) -> String {
     let out = Command::new("sha512sum").arg(path).output().expect("sha512sum");
     String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string()
-}
-
-/// Serves the files of `dir` over HTTP/1.1 on loopback, one thread per
-/// connection; returns the base URL.
-fn http_server(dir: &Path) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let dir = dir.to_path_buf();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let dir = dir.clone();
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&req).lines().next().unwrap_or("").to_string();
-                let path = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
-                match std::fs::read(dir.join(&path)) {
-                    Ok(body) => {
-                        let _ = write!(
-                            conn,
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = conn.write_all(&body);
-                    }
-                    Err(_) => {
-                        let _ =
-                            conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                    }
-                }
-            });
-        }
-    });
-    url
 }
 
 /// A one-replica volume of `size` made from image `default/IMAGE`.

@@ -19,6 +19,22 @@ use tokio::task::JoinSet;
 
 /// How long a wait for the controllers may take before a test fails.
 pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Polls `f` until it returns Some; fails the test with `what` otherwise.
+pub async fn until<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
 const POLL: Duration = Duration::from_millis(20);
 
 pub struct Cluster {
