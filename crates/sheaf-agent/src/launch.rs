@@ -17,6 +17,8 @@ pub enum LaunchError {
     Volume { volume: String, message: String },
     #[error("{0}")]
     Unsupported(String),
+    #[error("interface {interface:?}: {message}")]
+    Network { interface: String, message: String },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("QEMU refused to start: {0}")]
@@ -32,6 +34,7 @@ impl LaunchError {
             LaunchError::ImageNotFound { .. } => "ErrImagePull",
             LaunchError::Volume { .. } => "VolumeError",
             LaunchError::Unsupported(_) => "Unsupported",
+            LaunchError::Network { .. } => "NetworkError",
             LaunchError::Io { .. } | LaunchError::QemuImg { .. } | LaunchError::Qemu(_) => "LaunchFailed",
         }
     }
@@ -133,6 +136,9 @@ pub struct LaunchContext<'a> {
     pub network: Option<&'a crate::network::Management>,
     /// The attached Sheaf volumes, by VMI volume name.
     pub volumes: &'a std::collections::HashMap<String, crate::storage::AttachedDisk>,
+    /// The taps (and MTUs) of the NICs on VM networks, by interface index
+    /// ([`crate::vmnet::VmNetworks::attach`]).
+    pub vm_nics: &'a std::collections::BTreeMap<usize, (String, u32)>,
 }
 
 /// The machine for `vmi`, creating per-VM files (overlays, empty disks,
@@ -307,39 +313,49 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
     let mut nics = Vec::new();
     for (i, iface) in domain.devices.interfaces.iter().enumerate() {
         let net = spec.networks.iter().find(|n| n.name == iface.name);
-        if net.and_then(|n| n.pod.as_ref()).is_none() {
+        let mac = nic_mac(vmi, i);
+        let mut mtu = None;
+        let backend = if net.and_then(|n| n.multus.as_ref()).is_some() {
+            let (tap, m) = ctx.vm_nics.get(&i).ok_or_else(|| LaunchError::Network {
+                interface: iface.name.clone(),
+                message: "the VM network was not set up on this node".into(),
+            })?;
+            mtu = Some(*m);
+            NicBackend::Tap { ifname: tap.clone() }
+        } else if net.and_then(|n| n.pod.as_ref()).is_none() {
             return Err(LaunchError::Unsupported(format!(
-                "interface {:?}: only the pod network is available yet (VM networks are a later milestone)",
+                "interface {:?}: its network is neither the pod network nor a multus network",
                 iface.name
             )));
-        }
-        let mac = iface.mac_address.clone().unwrap_or_else(|| generated_mac(&uid, i));
-        let backend = match ctx.network {
-            None => NicBackend::User { forwards: Vec::new() },
-            Some(net) => {
-                let hostname = spec.hostname.clone().unwrap_or_else(|| vmi.metadata.name.clone().unwrap_or_default());
-                let ports = iface
-                    .ports
-                    .iter()
-                    .filter_map(|p| {
-                        Some(crate::network::Port {
-                            protocol: p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
-                            port: u16::try_from(p.port).ok()?,
+        } else {
+            match ctx.network {
+                None => NicBackend::User { forwards: Vec::new() },
+                Some(net) => {
+                    let hostname =
+                        spec.hostname.clone().unwrap_or_else(|| vmi.metadata.name.clone().unwrap_or_default());
+                    let ports = iface
+                        .ports
+                        .iter()
+                        .filter_map(|p| {
+                            Some(crate::network::Port {
+                                protocol: p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+                                port: u16::try_from(p.port).ok()?,
+                            })
                         })
-                    })
-                    .collect();
-                let want = crate::network::Nic {
-                    name: iface.name.clone(),
-                    mac: mac.clone(),
-                    ip: std::net::Ipv4Addr::UNSPECIFIED,
-                    tap: String::new(),
-                    hostname,
-                    ports,
-                };
-                let nic = net.attach(ctx.run_dir, &uid, i, want).map_err(|e| {
-                    LaunchError::Unsupported(format!("interface {:?}: management network: {e}", iface.name))
-                })?;
-                NicBackend::Tap { ifname: nic.tap }
+                        .collect();
+                    let want = crate::network::Nic {
+                        name: iface.name.clone(),
+                        mac: mac.clone(),
+                        ip: std::net::Ipv4Addr::UNSPECIFIED,
+                        tap: String::new(),
+                        hostname,
+                        ports,
+                    };
+                    let nic = net.attach(ctx.run_dir, &uid, i, want).map_err(|e| {
+                        LaunchError::Unsupported(format!("interface {:?}: management network: {e}", iface.name))
+                    })?;
+                    NicBackend::Tap { ifname: nic.tap }
+                }
             }
         };
         nics.push(NicConfig {
@@ -351,6 +367,7 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
             },
             backend,
             boot_order: iface.boot_order,
+            mtu,
         });
     }
 
@@ -379,13 +396,15 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
     })
 }
 
-/// A stable, locally administered MAC from the VMI uid and NIC index.
-pub fn generated_mac(uid: &str, index: usize) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in uid.bytes().chain(std::iter::once(index as u8)) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    let b = h.to_be_bytes();
-    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+/// The MAC of NIC `index` of `vmi`: its `macAddress`, else one derived
+/// from the VM's namespace and name (stable across restarts).
+pub fn nic_mac(vmi: &VirtualMachineInstance, index: usize) -> String {
+    let iface = vmi.spec.domain.devices.interfaces.get(index);
+    iface.and_then(|i| i.mac_address.clone()).unwrap_or_else(|| {
+        sheaf_types::network::vm_mac(
+            vmi.metadata.namespace.as_deref().unwrap_or("default"),
+            vmi.metadata.name.as_deref().unwrap_or_default(),
+            index,
+        )
+    })
 }

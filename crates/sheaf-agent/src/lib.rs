@@ -18,6 +18,7 @@ pub mod node;
 pub mod runner;
 pub mod seed;
 pub mod storage;
+pub mod vmnet;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,6 +37,9 @@ use crate::runner::{Request, RunnerEnv};
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub node_name: String,
+    /// The address other nodes and the server reach this node at, reported
+    /// as the Node's `InternalIP` (None: 127.0.0.1, a single node).
+    pub node_ip: Option<std::net::IpAddr>,
     /// Per-VMI runtime directories (sockets, pidfiles, logs).
     pub run_root: PathBuf,
     /// The node's image store (container disks, kernels).
@@ -100,6 +104,26 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
         let _ = tx.send(Some(images.clone()));
     }
     tokio::spawn(images::run(images));
+    let vmnet = match sheaf_net::RtNetlink::new() {
+        Ok(nl) => {
+            let vlan = sheaf_net::vlan_supported();
+            tracing::info!(vlan_capable = vlan, "VM networks ready");
+            let nets = Arc::new(vmnet::VmNetworks::new(
+                api.clone(),
+                &cfg.node_name,
+                Arc::new(nl),
+                &cfg.run_root,
+                network.clone(),
+                vlan,
+            ));
+            tokio::spawn(vmnet::run_loop(nets.clone()));
+            Some(nets)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "no netlink: VMs on VM networks cannot start on this node");
+            None
+        }
+    };
     let env = Arc::new(RunnerEnv {
         api: api.clone(),
         node: cfg.node_name.clone(),
@@ -109,14 +133,16 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
         qemu: cfg.qemu.clone(),
         network,
         storage,
+        vmnet,
     });
     let heartbeat_api = api.clone();
     let node = cfg.node_name.clone();
     let ready2 = ready.clone();
     let disks = cfg.disks.clone();
+    let node_ip = cfg.node_ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     tokio::spawn(async move {
         loop {
-            if let Err(e) = node::register(heartbeat_api.as_ref(), &node, &ready2, &disks).await {
+            if let Err(e) = node::register(heartbeat_api.as_ref(), &node, &ready2, &disks, node_ip).await {
                 tracing::warn!(error = %e, "node heartbeat failed");
             }
             tokio::time::sleep(node::HEARTBEAT).await;

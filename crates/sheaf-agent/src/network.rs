@@ -31,57 +31,11 @@ pub enum NetError {
     Exhausted(String),
 }
 
-/// An IPv4 subnet, `10.53.0.0/20`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct Subnet {
-    pub network: Ipv4Addr,
-    pub prefix: u8,
-}
+pub use sheaf_types::network::Subnet;
 
-impl std::str::FromStr for Subnet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR such as 10.53.0.0/20"))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix.parse().map_err(|_| format!("{prefix:?} is not a prefix length"))?;
-        if !(8..=29).contains(&prefix) {
-            return Err(format!("prefix /{prefix} must be between /8 and /29"));
-        }
-        let mask = u32::MAX << (32 - prefix);
-        if u32::from(addr) & !mask != 0 {
-            return Err(format!(
-                "{s} has host bits set; the network is {}/{prefix}",
-                Ipv4Addr::from(u32::from(addr) & mask)
-            ));
-        }
-        Ok(Subnet { network: addr, prefix })
-    }
-}
-
-impl std::fmt::Display for Subnet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
-
-impl Subnet {
-    fn host(&self, n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network) + n)
-    }
-    fn size(&self) -> u32 {
-        1 << (32 - self.prefix)
-    }
-    /// The bridge's own address: the first host.
-    pub fn gateway(&self) -> Ipv4Addr {
-        self.host(1)
-    }
-    fn netmask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::MAX << (32 - self.prefix))
-    }
-    /// Addresses handed to guests: after the gateway, before broadcast.
-    fn guest_hosts(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        (2..self.size() - 1).map(|n| self.host(n))
-    }
+/// Addresses handed to guests: after the gateway, before broadcast.
+fn guest_hosts(s: &Subnet) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    (2..s.size() - 1).map(|n| s.host(n))
 }
 
 /// A port a NIC lets in (`interfaces[].ports`).
@@ -129,6 +83,8 @@ pub struct Management {
     run_root: PathBuf,
     state: PathBuf,
     lock: Mutex<()>,
+    /// Subnets of VM networks: guests here are never forwarded into them.
+    blocked: Mutex<Vec<Subnet>>,
 }
 
 impl Management {
@@ -142,6 +98,7 @@ impl Management {
             run_root: run_root.to_path_buf(),
             state: run_root.parent().unwrap_or(run_root).join(format!("net-{bridge}")),
             lock: Mutex::new(()),
+            blocked: Mutex::new(Vec::new()),
         })
     }
 
@@ -235,6 +192,23 @@ impl Management {
         out
     }
 
+    /// Sets the VM networks' subnets that the management network must not
+    /// reach through the node (its NAT and forwarding), and reloads the
+    /// rules when they changed.
+    pub fn set_blocked(&self, mut subnets: Vec<Subnet>) -> Result<(), NetError> {
+        subnets.sort_by_key(|s| (u32::from(s.network), s.prefix));
+        subnets.dedup();
+        {
+            let mut b = self.blocked.lock().map_err(|_| NetError::Config("network state poisoned".into()))?;
+            if *b == subnets {
+                return Ok(());
+            }
+            *b = subnets;
+        }
+        let _g = self.lock.lock().map_err(|_| NetError::Config("network state poisoned".into()))?;
+        self.sync_locked()
+    }
+
     /// The dnsmasq hosts file and the nftables ruleset for `nics`.
     pub fn render(&self, nics: &[Nic]) -> (String, String) {
         let mut hosts = String::new();
@@ -250,8 +224,12 @@ impl Management {
             }
             filter.push_str(&format!("    ip daddr {} ct state new drop\n", n.ip));
         }
+        let mut isolate = String::new();
+        for b in self.blocked.lock().map(|b| b.clone()).unwrap_or_default() {
+            isolate.push_str(&format!("    iifname \"{br}\" ip daddr {b} drop\n"));
+        }
         let ruleset = format!(
-            "table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {sub} oifname != \"{br}\" masquerade\n  }}\n  chain to_guests {{\n{filter}  }}\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    oifname \"{br}\" jump to_guests\n  }}\n  chain output {{\n    type filter hook output priority filter; policy accept;\n    oifname \"{br}\" jump to_guests\n  }}\n}}\n",
+            "table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {sub} oifname != \"{br}\" masquerade\n  }}\n  chain to_guests {{\n{filter}  }}\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n{isolate}    oifname \"{br}\" jump to_guests\n  }}\n  chain output {{\n    type filter hook output priority filter; policy accept;\n    oifname \"{br}\" jump to_guests\n  }}\n}}\n",
             sub = self.subnet,
         );
         (hosts, ruleset)
@@ -297,9 +275,7 @@ impl Management {
             nic = existing;
         } else {
             let used: Vec<Ipv4Addr> = self.nics().into_iter().map(|(_, n)| n.ip).collect();
-            nic.ip = self
-                .subnet
-                .guest_hosts()
+            nic.ip = guest_hosts(&self.subnet)
                 .find(|a| !used.contains(a))
                 .ok_or_else(|| NetError::Exhausted(self.subnet.to_string()))?;
             nic.tap = tap_name(uid, index);
@@ -364,8 +340,8 @@ mod tests {
         let s: Subnet = "10.53.0.0/20".parse().expect("valid");
         assert_eq!(s.gateway(), Ipv4Addr::new(10, 53, 0, 1));
         assert_eq!(s.netmask(), Ipv4Addr::new(255, 255, 240, 0));
-        assert_eq!(s.guest_hosts().next(), Some(Ipv4Addr::new(10, 53, 0, 2)));
-        assert_eq!(s.guest_hosts().last(), Some(Ipv4Addr::new(10, 53, 15, 254)));
+        assert_eq!(guest_hosts(&s).next(), Some(Ipv4Addr::new(10, 53, 0, 2)));
+        assert_eq!(guest_hosts(&s).last(), Some(Ipv4Addr::new(10, 53, 15, 254)));
         for bad in ["10.53.0.1/20", "10.53.0.0", "10.53.0.0/31", "x/24", "10.53.0.0/abc"] {
             assert!(bad.parse::<Subnet>().is_err(), "{bad}");
         }

@@ -2,6 +2,7 @@
 //! filled in, and a `Ready` heartbeat every [`HEARTBEAT`], each preceded by
 //! the node's Disk objects ([`crate::disks`]).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -36,8 +37,8 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
-/// The node's status as measured now.
-pub fn status(ready_message: &str) -> Value {
+/// The node's status as measured now; `node_ip` is its `InternalIP`.
+pub fn status(ready_message: &str, node_ip: IpAddr) -> Value {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mem_mib = meminfo_kib("MemTotal:") / 1024;
     let alloc_mib = mem_mib.saturating_sub(RESERVED_MEMORY_MIB);
@@ -49,7 +50,11 @@ pub fn status(ready_message: &str) -> Value {
             "type": "Ready", "status": "True", "reason": "AgentReady", "message": ready_message,
             "lastHeartbeatTime": now, "lastTransitionTime": now
         }],
-        "addresses": [{"type": "Hostname", "address": hostname()}, {"type": "InternalIP", "address": "127.0.0.1"}],
+        // InternalIP first, as Kubernetes does (`kubectl get nodes -o wide`).
+        "addresses": [
+            {"type": "InternalIP", "address": node_ip.to_string()},
+            {"type": "Hostname", "address": hostname()}
+        ],
         "nodeInfo": {
             "machineID": std::fs::read_to_string("/etc/machine-id").map(|s| s.trim().to_string()).unwrap_or_default(),
             "kernelVersion": kernel_version(),
@@ -74,6 +79,7 @@ pub async fn register(
     name: &str,
     ready_message: &str,
     disks: &[crate::disks::DiskConfig],
+    node_ip: IpAddr,
 ) -> Result<(), ClientError> {
     let gvr = Gvr::of::<Node>();
     if api.get(gvr, None, name).await?.is_none() {
@@ -93,9 +99,10 @@ pub async fn register(
     if let Err(e) = crate::disks::publish(api, name, disks).await {
         tracing::warn!(error = %e, "cannot report the node's disks");
     }
-    heartbeat(api, name, ready_message).await
+    heartbeat(api, name, ready_message, node_ip).await
 }
 
-pub async fn heartbeat(api: &dyn Api, name: &str, ready_message: &str) -> Result<(), ClientError> {
-    api.merge_patch(Gvr::of::<Node>(), None, name, json!({"status": status(ready_message)}), true).await.map(|_| ())
+pub async fn heartbeat(api: &dyn Api, name: &str, ready_message: &str, node_ip: IpAddr) -> Result<(), ClientError> {
+    let patch = json!({"status": status(ready_message, node_ip)});
+    api.merge_patch(Gvr::of::<Node>(), None, name, patch, true).await.map(|_| ())
 }

@@ -48,6 +48,8 @@ pub struct RunnerEnv {
     pub network: Option<Arc<crate::network::Management>>,
     /// The node's storage: engines for the volumes VMIs use.
     pub storage: Arc<crate::storage::Storage>,
+    /// The node's VM networks (None: only the management network).
+    pub vmnet: Option<Arc<crate::vmnet::VmNetworks>>,
 }
 
 pub fn run_dir(root: &Path, uid: &str) -> PathBuf {
@@ -262,6 +264,7 @@ async fn launch(env: &RunnerEnv, vmi: &VirtualMachineInstance, dir: &Path) -> Re
         .map_err(|e| LaunchError::Io { what: "writing vmi.json".into(), source: e })?;
     let seeds = crate::seed::prepare(env.api.as_ref(), vmi, dir).await?;
     let volumes = env.storage.attach(vmi).await?;
+    let vm_nics = attach_vm_networks(env, vmi, dir).await?;
     let config = {
         let seed = |_: &VirtualMachineInstance, volume: &str| {
             seeds.get(volume).cloned().ok_or_else(|| LaunchError::Volume {
@@ -276,6 +279,7 @@ async fn launch(env: &RunnerEnv, vmi: &VirtualMachineInstance, dir: &Path) -> Re
             seed: &seed,
             network: env.network.as_deref(),
             volumes: &volumes,
+            vm_nics: &vm_nics,
         };
         launch::machine(vmi, &ctx)?
     };
@@ -290,6 +294,78 @@ async fn launch(env: &RunnerEnv, vmi: &VirtualMachineInstance, dir: &Path) -> Re
         return Err(LaunchError::Qemu(format!("{} {}", String::from_utf8_lossy(&out.stderr).trim(), log.trim())));
     }
     Ok(())
+}
+
+/// Puts the VMI's NICs on VM networks (multus) onto their segments.
+async fn attach_vm_networks(
+    env: &RunnerEnv,
+    vmi: &VirtualMachineInstance,
+    dir: &Path,
+) -> Result<std::collections::BTreeMap<usize, (String, u32)>, LaunchError> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut wanted = Vec::new();
+    let (ns, _) = ns_name(vmi);
+    let uid = vmi.metadata.uid.clone().unwrap_or_default();
+    for (i, iface) in vmi.spec.domain.devices.interfaces.iter().enumerate() {
+        let Some(m) = vmi.spec.networks.iter().find(|n| n.name == iface.name).and_then(|n| n.multus.as_ref()) else {
+            continue;
+        };
+        let Some(vmnet) = &env.vmnet else {
+            return Err(LaunchError::Network {
+                interface: iface.name.clone(),
+                message: "this node's agent cannot manage VM networks (netlink unavailable; see its log)".into(),
+            });
+        };
+        let key = sheaf_types::network::nad_key(&ns, &m.network_name);
+        let mac = launch::nic_mac(vmi, i);
+        let nic = vmnet
+            .attach(dir, &uid, i, &key, &mac)
+            .await
+            .map_err(|e| LaunchError::Network { interface: iface.name.clone(), message: e.to_string() })?;
+        out.insert(i, nic);
+        wanted.push((key, mac));
+    }
+    if let (Some(vmnet), false) = (&env.vmnet, wanted.is_empty()) {
+        vmnet.wait_for_addresses(&wanted, Duration::from_secs(10)).await;
+    }
+    Ok(out)
+}
+
+/// The VMI's `status.interfaces`: management NICs with their allocation,
+/// VM network NICs with the address their DHCP server leased.
+fn interface_status(env: &RunnerEnv, vmi: &VirtualMachineInstance, dir: &Path) -> Vec<Value> {
+    let nics = env.network.as_ref().map(|_| crate::network::Management::nics_of(dir)).unwrap_or_default();
+    let vnics = crate::vmnet::VmNetworks::vnics_of(dir);
+    vmi.spec
+        .domain
+        .devices
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, iface)| {
+            let mac = launch::nic_mac(vmi, i);
+            let mut v = json!({"name": iface.name, "mac": mac, "interfaceName": format!("eth{i}")});
+            if let Some(vn) = vnics.get(&i) {
+                v["infoSource"] = json!("domain, multus-status");
+                if let Some(ip) = env.vmnet.as_ref().and_then(|n| n.leased_address(&vn.network, &mac)) {
+                    v["ipAddress"] = json!(ip);
+                    v["ipAddresses"] = json!([ip]);
+                }
+            } else {
+                // The management network's allocation; QEMU's user-mode
+                // NAT gives every guest 10.0.2.15.
+                let ip = nics
+                    .iter()
+                    .find(|n| n.name == iface.name)
+                    .map(|n| n.ip.to_string())
+                    .unwrap_or_else(|| "10.0.2.15".into());
+                v["ipAddress"] = json!(ip);
+                v["ipAddresses"] = json!([ip]);
+                v["infoSource"] = json!("domain");
+            }
+            v
+        })
+        .collect()
 }
 
 async fn connect_qmp(dir: &Path) -> Option<Qmp> {
@@ -309,6 +385,9 @@ fn cleanup(env: &RunnerEnv, dir: &Path) {
     }
     if let Some(net) = &env.network {
         net.detach(dir);
+    }
+    if let Some(vmnet) = &env.vmnet {
+        vmnet.detach(dir);
     }
     if let Some(uid) = dir.file_name().and_then(|n| n.to_str()) {
         env.storage.detach_vmi(uid);
@@ -365,24 +444,8 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
     };
     tracing::info!(%ns, %name, adopted, "VMI running");
     let mut events = qmp.events();
-    let nics = env.network.as_ref().map(|_| crate::network::Management::nics_of(&dir)).unwrap_or_default();
-    let interfaces: Vec<Value> = vmi
-        .spec
-        .domain
-        .devices
-        .interfaces
-        .iter()
-        .enumerate()
-        .map(|(i, iface)| {
-            let mac = iface.mac_address.clone().unwrap_or_else(|| launch::generated_mac(&uid, i));
-            // The management network's allocation; QEMU's user-mode NAT
-            // gives every guest 10.0.2.15.
-            let ip = nics.get(i).map(|n| n.ip.to_string()).unwrap_or_else(|| "10.0.2.15".into());
-            json!({"name": iface.name, "mac": mac, "ipAddress": ip, "ipAddresses": [ip],
-                   "interfaceName": format!("eth{i}"), "infoSource": "domain"})
-        })
-        .collect();
-    let running_status = |paused: bool, agent: Option<&GuestInfo>| {
+    let mut interfaces = interface_status(&env, &vmi, &dir);
+    let running_status = |paused: bool, agent: Option<&GuestInfo>, interfaces: &[Value]| {
         let mut conds = accel_conditions(&env);
         conds.push(condition("Ready", !paused, if paused { "Paused" } else { "Running" }, ""));
         if paused {
@@ -399,7 +462,7 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
     };
     let mut paused = matches!(qmp.query_status().await, Ok(s) if !s.running);
     let mut agent: Option<GuestInfo> = None;
-    patch_status(&env, &vmi, running_status(paused, None)).await;
+    patch_status(&env, &vmi, running_status(paused, None, &interfaces)).await;
     let mut requests_seen = RequestState::default();
     // Hotplugged disks: their own task, fed every version of the VMI.
     let hotplug = crate::hotplug::Hotplug::spawn(env.clone(), qmp.clone(), &vmi);
@@ -428,11 +491,17 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
                     }
                     "STOP" => {
                         paused = true;
-                        patch_status(&env, &vmi, running_status(paused, agent.as_ref())).await;
+                        patch_status(&env, &vmi, running_status(paused, agent.as_ref(), &interfaces)).await;
                     }
                     "RESUME" => {
                         paused = false;
-                        patch_status(&env, &vmi, running_status(paused, agent.as_ref())).await;
+                        // Bridges forget a silent guest's MAC (300 s);
+                        // after a pause (and, the same way, after a
+                        // migration) it announces itself at once.
+                        if let Err(e) = qmp.announce_self().await {
+                            tracing::warn!(%ns, %name, error = %e, "announce-self failed");
+                        }
+                        patch_status(&env, &vmi, running_status(paused, agent.as_ref(), &interfaces)).await;
                     }
                     "RESET" => {
                         // A reboot, not a power-off.
@@ -462,9 +531,11 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
             },
             _ = tick.tick(), if deleting.is_none() => {
                 let now = qga::guest_info(&machine::guest_agent_socket(&dir), Duration::from_secs(3)).await.ok();
-                if now != agent {
+                let now_interfaces = interface_status(&env, &vmi, &dir);
+                if now != agent || now_interfaces != interfaces {
                     agent = now;
-                    patch_status(&env, &vmi, running_status(paused, agent.as_ref())).await;
+                    interfaces = now_interfaces;
+                    patch_status(&env, &vmi, running_status(paused, agent.as_ref(), &interfaces)).await;
                     let extra = agent.as_ref().map(|a| guest_agent_extra(a).to_string());
                     patch_annotations(&env, &vmi, json!({ vmi_requests::GUEST_AGENT_INFO: extra })).await;
                 }

@@ -23,6 +23,7 @@ pub mod gc;
 pub mod hotplug;
 pub mod image_transfer;
 pub mod local_api;
+pub mod networks;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
@@ -106,6 +107,14 @@ pub async fn bootstrap(server: &ApiServer) -> ApiResult<()> {
         body["apiVersion"] = "storage.k8s.io/v1".into();
         body["kind"] = "StorageClass".into();
         match server.objects.create(&sc, None, body, &Default::default()).await {
+            Ok(_) => {}
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // The built-in cluster network.
+    if let Some(cn) = server.registry.find(sheaf_types::network::GROUP, "v1beta1", "clusternetworks").cloned() {
+        match server.objects.create(&cn, None, networks::mgmt_cluster_network(), &Default::default()).await {
             Ok(_) => {}
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(e) => return Err(e),

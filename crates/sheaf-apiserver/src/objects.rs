@@ -460,6 +460,7 @@ impl Objects {
         }
         let mut warnings = Vec::new();
         let obj = self.decode(rt, &body, None, opts.field_validation, &mut warnings)?;
+        crate::networks::check_write(self, rt, &obj, None).await?;
         let ns = namespace_of(&obj).map(str::to_string);
         if let Some(ns) = &ns {
             self.check_namespace(ns, true).await?;
@@ -586,6 +587,7 @@ impl Objects {
         let mut obj = self.decode(rt, &body, Some(&old), opts.field_validation, &mut warnings)?;
         if !status_only {
             crate::claim_resize::check_update(self, rt, &obj, &old).await?;
+            crate::networks::check_write(self, rt, &obj, Some(&old)).await?;
         }
         let old_gen = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
         let gen = if desired_state(&obj) != desired_state(&old) { old_gen + 1 } else { old_gen };

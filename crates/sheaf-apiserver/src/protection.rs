@@ -71,7 +71,7 @@ pub async fn check_delete(objects: &Objects, rt: &ResourceType, obj: &Value) -> 
     if rt.group == "harvesterhci.io" && rt.kind == "VirtualMachineTemplateVersion" {
         return crate::templates::check_version_delete(objects, obj).await;
     }
-    Ok(())
+    crate::networks::check_delete(objects, rt, obj).await
 }
 
 /// Whether the dependents of an object of kind `rt` must go only after it
@@ -82,7 +82,7 @@ pub fn protects_dependents(rt: &ResourceType) -> bool {
 }
 
 /// Every object of kind `K` in `ns`, decoded.
-async fn list_of<K: Kind>(objects: &Objects, ns: Option<&str>) -> ApiResult<Vec<K>> {
+pub(crate) async fn list_of<K: Kind>(objects: &Objects, ns: Option<&str>) -> ApiResult<Vec<K>> {
     let Some(rt) = objects.registry.find(K::GROUP, K::VERSION, K::PLURAL) else { return Ok(Vec::new()) };
     let (items, _, _) = objects.list(rt, ns, &ListParams::default()).await?;
     Ok(items.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect())

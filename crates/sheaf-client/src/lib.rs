@@ -6,6 +6,7 @@
 //! real store in a temporary directory.
 
 pub mod claims;
+pub mod remote;
 
 use std::pin::Pin;
 

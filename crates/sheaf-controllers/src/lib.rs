@@ -18,6 +18,8 @@
 //!   name, from its StorageClass (image, clone, expansion, status).
 //! - [`template`]: numbers VM template versions, keeps each template's
 //!   default and latest version, and creates the default templates.
+//! - [`network`]: cluster networks (index, nodes, data path) and IPPools
+//!   (an address per VM NIC, the node that serves DHCP).
 //! - [`events`]: core `v1` Events about what they did.
 //!
 //! The server starts them all with [`run_all`]; they keep no state of their
@@ -25,6 +27,7 @@
 
 pub mod claim;
 pub mod events;
+pub mod network;
 pub mod node;
 pub mod runtime;
 pub mod scheduler;
@@ -51,6 +54,7 @@ pub async fn run_all(api: Arc<dyn Api>) {
         volume::run(api.clone()),
         claim::run(api.clone()),
         template::run(api.clone()),
+        network::run(api.clone()),
         node::run(api, node::Config::default()),
     );
 }

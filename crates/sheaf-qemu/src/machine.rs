@@ -69,6 +69,9 @@ pub struct NicConfig {
     pub model: String,
     pub backend: NicBackend,
     pub boot_order: Option<u32>,
+    /// The MTU the network carries, told to a virtio guest (`host_mtu`)
+    /// so it never sends larger frames (VXLAN networks carry 1450).
+    pub mtu: Option<u32>,
 }
 
 /// Direct kernel boot.
@@ -321,6 +324,9 @@ impl MachineConfig {
             if let Some(b) = nic.boot_order {
                 dev.push_str(&format!(",bootindex={b}"));
             }
+            if let Some(mtu) = nic.mtu.filter(|_| nic.model.starts_with("virtio-net")) {
+                dev.push_str(&format!(",host_mtu={mtu}"));
+            }
             push(&["-device", &dev]);
         }
         if is_q35(&self.machine_type) && self.hotplug_ports > 0 {
@@ -371,6 +377,7 @@ mod tests {
                 mac: "52:54:00:00:00:01".into(),
                 model: "virtio-net-pci".into(),
                 backend: NicBackend::User { forwards: vec![(2222, 22)] },
+                mtu: None,
                 boot_order: None,
             }],
             kernel_boot: None,

@@ -9,6 +9,7 @@ pub mod core;
 pub mod harvester;
 pub mod kubevirt;
 pub mod meta;
+pub mod network;
 pub mod quantity;
 pub mod registry;
 pub mod resource;

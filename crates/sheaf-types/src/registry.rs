@@ -1,7 +1,7 @@
 //! The kinds Sheaf serves.
 
 use crate::resource::ResourceType;
-use crate::{claim, core, harvester, kubevirt, storage, template};
+use crate::{claim, core, harvester, kubevirt, network, storage, template};
 
 /// Every kind the API server serves, in discovery order.
 pub fn all() -> Vec<ResourceType> {
@@ -24,5 +24,9 @@ pub fn all() -> Vec<ResourceType> {
         ResourceType::of::<storage::Disk>(),
         ResourceType::of::<claim::PersistentVolumeClaim>(),
         ResourceType::of::<claim::StorageClass>(),
+        ResourceType::of::<network::ClusterNetwork>(),
+        ResourceType::of::<network::VlanConfig>(),
+        ResourceType::of::<network::NetworkAttachmentDefinition>(),
+        ResourceType::of::<network::IpPool>(),
     ]
 }

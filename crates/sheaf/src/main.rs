@@ -1,6 +1,8 @@
-//! `sheaf`: the one binary. `sheaf server` runs the control plane; the
+//! `sheaf`: the one binary. `sheaf server` runs the control plane (and a
+//! node agent), `sheaf agent` the node agent of another machine; the
 //! other subcommands are a thin, kubectl-like client.
 
+mod agent;
 mod blk;
 mod cli;
 mod server;
@@ -26,6 +28,16 @@ struct Cli {
 enum Command {
     /// Run the API server (and, on a single node, everything else).
     Server(server::ServerArgs),
+    /// Run the node agent on this machine for a server elsewhere:
+    /// `sheaf agent --server https://10.0.0.1:6443 --ca-file ca.crt --token TOKEN`.
+    ///
+    /// The agent registers this machine as a Node, runs the VMs scheduled
+    /// to it and its part of the storage, and talks to the server over
+    /// HTTPS (trusting only the cluster's CA from --ca-file, authenticated
+    /// by --token). Start the server with `--listen` on an address this
+    /// machine can reach. Not yet through a separate agent: image uploads
+    /// and downloads, and the serial and VNC consoles of its VMs.
+    Agent(agent::AgentArgs),
     /// Print a kubeconfig for the admin user; `kubectl` uses it as is:
     /// `sheaf kubeconfig > ~/.kube/config`.
     Kubeconfig {
@@ -61,6 +73,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Server(args) => rt.block_on(server::run(args)),
+        Command::Agent(args) => rt.block_on(agent::run(args)),
         Command::Kubeconfig { data_dir, server } => {
             let (ca, token) = sheaf_apiserver::pki::load_admin(&data_dir).map_err(|e| {
                 anyhow::anyhow!(

@@ -1,7 +1,7 @@
 //! `sheaf server`: the API server on the embedded SQLite store (default)
 //! or on etcd, with its background controllers.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +14,8 @@ use sheaf_apiserver::console::{Channel, NodeDialer};
 use sheaf_apiserver::image_transfer::{ImageTransfer, TransferError};
 use sheaf_apiserver::{gc::GarbageCollector, local_api::LocalApi, pki, registry::Registry, ApiServer};
 use sheaf_store::{etcd::EtcdStore, sqlite::SqliteStore, Store};
+
+use crate::agent::AgentFlags;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StoreKind {
@@ -52,60 +54,32 @@ pub struct ServerArgs {
     /// Do not run the node agent in this process (control plane only).
     #[arg(long)]
     pub no_agent: bool,
-    /// This node's name (default: the host name).
-    #[arg(long, env = "SHEAF_NODE_NAME")]
-    pub node_name: Option<String>,
-    /// Where VM runtime directories live (sockets, pidfiles, serial logs).
-    #[arg(long, default_value = "/run/sheaf/vmi")]
-    pub run_dir: PathBuf,
-    /// The node's image store (default: DATA_DIR/images).
-    #[arg(long)]
-    pub image_dir: Option<PathBuf>,
-    /// The QEMU binary.
-    #[arg(long, default_value = "qemu-system-x86_64")]
-    pub qemu: PathBuf,
-    /// How VMs' pod networks reach the world: `bridge` (a node bridge with
-    /// DHCP and NAT) or `user` (QEMU's user-mode NAT, no inbound traffic;
-    /// for hosts where Sheaf may not create devices).
-    #[arg(long, value_enum, default_value = "bridge")]
-    pub mgmt_network: MgmtNetwork,
-    /// The management network's bridge.
-    #[arg(long, default_value = "sheaf-br0")]
-    pub mgmt_bridge: String,
-    /// The management network's subnet; the bridge takes the first address.
-    #[arg(long, default_value = "10.53.0.0/20")]
-    pub mgmt_cidr: sheaf_agent::network::Subnet,
-    /// A disk for replica data, NAME=PATH[,tags=TAG+TAG]; repeat for more
-    /// (for example --disk fast=/srv/nvme0,tags=ssd+fast). Volumes choose
-    /// disks by tag (spec.diskSelector). Default: one disk named `default`
-    /// at DATA_DIR/replicas; replicas made before disks existed are on
-    /// `default`, so keep a disk of that name at that path when adding
-    /// others.
-    #[arg(long = "disk", value_name = "NAME=PATH[,tags=TAG+TAG]")]
-    pub disks: Vec<sheaf_agent::disks::DiskConfig>,
+    /// The embedded node agent's settings.
+    #[command(flatten)]
+    pub agent: AgentFlags,
 }
 
 impl ServerArgs {
     /// The node's disks: those given, or the default one.
     pub fn node_disks(&self) -> Vec<sheaf_agent::disks::DiskConfig> {
-        if self.disks.is_empty() {
-            vec![sheaf_agent::disks::DiskConfig::default_at(&self.data_dir.join("replicas"))]
-        } else {
-            self.disks.clone()
+        self.agent.node_disks(&self.data_dir)
+    }
+
+    /// The address the embedded agent reports as its node's InternalIP:
+    /// the listen address, or 127.0.0.1 when that is a wildcard.
+    pub fn node_ip(&self) -> IpAddr {
+        match self.listen.ip() {
+            ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ip => ip,
         }
     }
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum MgmtNetwork {
-    Bridge,
-    User,
-}
-
-fn init_logging(json: bool) {
+pub(crate) fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHEAF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -223,9 +197,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // The store holds Secrets and the directory holds the admin token.
     std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict the data directory {}", args.data_dir.display()))?;
-    let disks = args.node_disks();
     if !args.no_agent {
-        sheaf_agent::disks::prepare(&disks).context("bad --disk")?;
+        sheaf_agent::disks::prepare(&args.node_disks()).context("bad --disk")?;
     }
     let store: Arc<dyn Store> = match args.store {
         StoreKind::Sqlite => {
@@ -269,15 +242,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::spawn(sheaf_controllers::run_all(local.clone()));
     if !args.no_agent {
         let (images_tx, images_rx) = tokio::sync::watch::channel(None);
-        let cfg = sheaf_agent::AgentConfig {
-            node_name: args.node_name.clone().unwrap_or_else(sheaf_agent::node::hostname),
-            run_root: args.run_dir.clone(),
-            image_root: args.image_dir.clone().unwrap_or_else(|| args.data_dir.join("images")),
-            qemu: args.qemu.clone(),
-            management: (args.mgmt_network == MgmtNetwork::Bridge).then(|| (args.mgmt_bridge.clone(), args.mgmt_cidr)),
-            disks,
-            images_ready: Some(images_tx),
-        };
+        let cfg = args.agent.config(&args.data_dir, Some(args.node_ip()), Some(images_tx));
         api.set_node_dialer(Arc::new(LocalDialer { node: cfg.node_name.clone(), run_root: cfg.run_root.clone() }));
         api.set_image_transfer(Arc::new(LocalImages(images_rx)));
         tokio::spawn(sheaf_agent::run(local.clone(), cfg));

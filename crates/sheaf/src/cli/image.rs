@@ -240,20 +240,35 @@ pub async fn run(a: ImageArgs) -> anyhow::Result<()> {
             };
             cx.create(&name, display_name, json!({"sourceType": "upload"})).await?;
             let len = meta.len();
-            let bar = bar(len, "uploading");
-            let f = tokio::fs::File::open(&file).await.with_context(|| format!("cannot open {}", file.display()))?;
-            let b = bar.clone();
-            let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).inspect(move |c| {
-                if let Ok(c) = c {
-                    b.inc(c.len() as u64);
-                    if b.position() >= len {
-                        b.set_message("converting");
-                    }
-                }
-            });
             let path = format!("{}/upload", cx.path(Some(&name)));
-            let res = cx.client.send_stream(Method::POST, &path, len, reqwest::Body::wrap_stream(stream)).await;
-            bar.finish_and_clear();
+            // A node agent that is still starting answers 503 before it
+            // reads anything: try again for a while.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let res = loop {
+                let bar = bar(len, "uploading");
+                let f =
+                    tokio::fs::File::open(&file).await.with_context(|| format!("cannot open {}", file.display()))?;
+                let b = bar.clone();
+                let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).inspect(move |c| {
+                    if let Ok(c) = c {
+                        b.inc(c.len() as u64);
+                        if b.position() >= len {
+                            b.set_message("converting");
+                        }
+                    }
+                });
+                let res = cx.client.send_stream(Method::POST, &path, len, reqwest::Body::wrap_stream(stream)).await;
+                bar.finish_and_clear();
+                let unavailable = res
+                    .as_ref()
+                    .err()
+                    .and_then(|e| e.downcast_ref::<super::client::ServerError>())
+                    .is_some_and(|e| e.code == 503);
+                if !unavailable || Instant::now() > deadline {
+                    break res;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            };
             let img = res.with_context(|| format!("image {name} was created, but its upload failed; delete it with sheaf image delete {name} or upload again"))?;
             println!("image {} uploaded", summary(&img.body));
         }

@@ -62,8 +62,33 @@ pub fn remove_test_net(net: &TestNet, run_root: &Path) {
         let _ = std::process::Command::new("kill").arg(pid.trim()).status();
     }
     let _ = std::process::Command::new("ip").args(["link", "del", &net.bridge]).status();
+    remove_vm_networks(run_root.parent().unwrap_or(run_root));
     let _ =
         std::process::Command::new("nft").args(["delete", "table", "ip", &format!("sheaf-{}", net.bridge)]).status();
+}
+
+/// Stops the DHCP servers and removes the namespaces and devices that an
+/// agent whose runtime root is under `root` made for VM networks (a test
+/// that failed half-way, or a killed agent, leaves them).
+pub fn remove_vm_networks(root: &Path) {
+    let state = root.join("vmnet");
+    for e in std::fs::read_dir(state.join("dhcp")).into_iter().flatten().flatten() {
+        if let Ok(pid) = std::fs::read_to_string(e.path().join("dnsmasq.pid")) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+        if let Ok(ns) = std::fs::read_to_string(e.path().join("netns")) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", ns.trim()]).status();
+        }
+    }
+    for e in std::fs::read_dir(state.join("segments")).into_iter().flatten().flatten() {
+        let vni = e.file_name().to_string_lossy().to_string();
+        for p in ["shbr", "shvx", "shvl", "shdh"] {
+            let dev = format!("{p}{vni}");
+            if Path::new("/sys/class/net").join(&dev).exists() {
+                let _ = std::process::Command::new("ip").args(["link", "del", &dev]).status();
+            }
+        }
+    }
 }
 
 /// A server whose image store is `ROOT/images` and VM runtime directories

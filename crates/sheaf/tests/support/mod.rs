@@ -5,6 +5,8 @@
 
 pub mod blk;
 pub mod guest;
+pub mod nodes;
+pub mod vmnet;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -13,6 +15,9 @@ use std::time::{Duration, Instant};
 pub struct Server {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
+    /// The address it listens on (127.0.0.1 unless started with
+    /// [`Server::start_on`]).
+    pub host: String,
     pub port: u16,
     pub kubeconfig: PathBuf,
     extra: Vec<String>,
@@ -21,7 +26,12 @@ pub struct Server {
 }
 
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    free_port_on("127.0.0.1")
+}
+
+/// A port free on address `host` of this machine.
+pub fn free_port_on(host: &str) -> u16 {
+    let l = std::net::TcpListener::bind((host, 0)).expect("bind a free port");
     l.local_addr().expect("local addr").port()
 }
 
@@ -32,17 +42,31 @@ impl Server {
 
     /// Starts `sheaf server` with extra arguments (e.g. `--store etcd`).
     pub fn start_with(extra: &[&str]) -> Server {
+        Self::start_on("127.0.0.1", extra)
+    }
+
+    /// Starts `sheaf server` listening on `host` (an address of this
+    /// machine) instead of loopback, with extra arguments.
+    pub fn start_on(host: &str, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut s = Server { child: None, dir, port: free_port(), kubeconfig, extra, cleanups: Vec::new() };
+        let mut s = Server {
+            child: None,
+            dir,
+            host: host.to_string(),
+            port: free_port_on(host),
+            kubeconfig,
+            extra,
+            cleanups: Vec::new(),
+        };
         // A port free when picked may be taken before the server binds it:
         // try a few.
         for _ in 0..3 {
             if s.spawn() {
                 return s;
             }
-            s.port = free_port();
+            s.port = free_port_on(&s.host);
         }
         panic!("sheaf server did not start on three free ports: {}", s.log());
     }
@@ -57,7 +81,7 @@ impl Server {
     }
 
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.host, self.port)
     }
 
     /// Starts the server; false if its port was taken meanwhile.
@@ -72,7 +96,7 @@ impl Server {
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.host, self.port))
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -106,7 +130,7 @@ impl Server {
                     panic!("sheaf server exited early with {status}: {}", self.log());
                 }
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            if std::net::TcpStream::connect((self.host.as_str(), self.port)).is_ok()
                 && self.dir.path().join("data/admin.kubeconfig").exists()
             {
                 return true;
