@@ -128,7 +128,7 @@ pub fn list_query(sel: &Selectors, watch_from: Option<&str>) -> String {
 }
 
 /// The reason Kubernetes gives for an HTTP status without a `Status` body.
-fn default_reason(code: u16) -> &'static str {
+pub fn default_reason(code: u16) -> &'static str {
     match code {
         400 => "BadRequest",
         401 => "Unauthorized",
@@ -148,7 +148,7 @@ fn default_reason(code: u16) -> &'static str {
 }
 
 /// The first few hundred characters of a body, for messages.
-fn snippet(bytes: &[u8]) -> String {
+pub fn snippet(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(bytes);
     let s = s.trim();
     if s.is_empty() {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use support::guest::{jsonpath, tiny_server, QemuReaper};
-use support::vmnet::{console_status, guest_ip, network, pool_cidrs, sheaf_links, vm_on};
+use support::vmnet::{console_status, delete_vms_then_networks, guest_ip, network, pool_cidrs, sheaf_links, vm_on};
 use support::{eventually, Server};
 
 fn running(s: &Server, name: &str) -> String {
@@ -105,16 +105,7 @@ fn guests_on_one_network_meet_and_other_networks_stay_apart() {
     assert!(e.contains("in use by") && e.contains("default/a1") && e.contains("nothing was deleted"), "{e}");
 
     // VMs, then networks: nothing is left.
-    for vm in ["a1", "a2", "b1"] {
-        s.kubectl_ok(&["delete", "vm", vm]);
-    }
-    assert!(
-        eventually(Duration::from_secs(60), || s.kubectl_ok(&["get", "vmi", "-o", "name"]).trim().is_empty()),
-        "VMIs left: {}",
-        s.kubectl_ok(&["get", "vmi"])
-    );
-    s.kubectl_ok(&["delete", "ippool", "net-a", "net-b"]);
-    s.kubectl_ok(&["delete", "network-attachment-definitions", "net-a", "net-b"]);
+    delete_vms_then_networks(&s, &["a1", "a2", "b1"], &["net-a", "net-b"]);
     let state = root.path().join("vmnet");
     assert!(
         eventually(Duration::from_secs(30), || {

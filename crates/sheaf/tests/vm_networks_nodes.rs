@@ -13,7 +13,7 @@ use std::time::Duration;
 use support::eventually;
 use support::guest::jsonpath;
 use support::nodes::Cluster;
-use support::vmnet::{console_status, guest_ip, network, pool_cidrs, sheaf_links_in, vm_on};
+use support::vmnet::{console_status, delete_vms_then_networks, guest_ip, network, pool_cidrs, sheaf_links_in, vm_on};
 
 #[test]
 fn a_vxlan_network_spans_nodes_with_dhcp_and_isolation() {
@@ -73,16 +73,7 @@ fn a_vxlan_network_spans_nodes_with_dhcp_and_isolation() {
     }
 
     // VMs, then networks: nothing is left on either node.
-    for vm in ["a1", "a2", "b1"] {
-        s.kubectl_ok(&["delete", "vm", vm]);
-    }
-    assert!(
-        eventually(Duration::from_secs(60), || s.kubectl_ok(&["get", "vmi", "-o", "name"]).trim().is_empty()),
-        "VMIs left: {}",
-        s.kubectl_ok(&["get", "vmi"])
-    );
-    s.kubectl_ok(&["delete", "ippool", "net-a", "net-b"]);
-    s.kubectl_ok(&["delete", "network-attachment-definitions", "net-a", "net-b"]);
+    delete_vms_then_networks(s, &["a1", "a2", "b1"], &["net-a", "net-b"]);
     for (i, n) in c.nodes.iter().enumerate() {
         let links = || {
             let out = c.exec(i, &["ip", "-o", "link", "show"]);

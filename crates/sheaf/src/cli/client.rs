@@ -12,6 +12,7 @@ use base64::Engine as _;
 use clap::Args;
 use serde::Deserialize;
 use serde_json::Value;
+use sheaf_client::remote::{default_reason, snippet};
 
 /// Where the server puts the admin kubeconfig when no data directory is given.
 const DEFAULT_DATA_DIR: &str = "/var/lib/sheaf";
@@ -654,38 +655,6 @@ impl Client {
     async fn get_json_owned(&self, path: String) -> anyhow::Result<Value> {
         self.get_json(&path).await
     }
-}
-
-fn default_reason(status: u16) -> &'static str {
-    match status {
-        400 => "BadRequest",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "NotFound",
-        405 => "MethodNotAllowed",
-        409 => "Conflict",
-        410 => "Expired",
-        415 => "UnsupportedMediaType",
-        422 => "Invalid",
-        429 => "TooManyRequests",
-        500 => "InternalError",
-        503 => "ServiceUnavailable",
-        504 => "Timeout",
-        _ => "",
-    }
-}
-
-fn snippet(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(bytes);
-    let s = s.trim();
-    if s.is_empty() {
-        return "(empty body)".to_string();
-    }
-    let mut out: String = s.chars().take(300).collect();
-    if s.chars().count() > 300 {
-        out.push('…');
-    }
-    out
 }
 
 /// ("kubevirt.io", "v1") from "kubevirt.io/v1"; ("", "v1") from "v1".

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::eventually;
+use super::{eventually, Server};
 
 /// `/24`s of this test process for the two VM networks.
 pub fn pool_cidrs() -> (String, String) {
@@ -135,4 +135,22 @@ pub fn sheaf_links_in(names: Option<&str>) -> Vec<String> {
 
 pub fn sheaf_links() -> Vec<String> {
     sheaf_links_in(None)
+}
+
+/// Deletes the VMs, waits until their instances are gone, then deletes
+/// the networks (IPPools and NetworkAttachmentDefinitions of these names).
+pub fn delete_vms_then_networks(s: &Server, vms: &[&str], networks: &[&str]) {
+    for vm in vms {
+        s.kubectl_ok(&["delete", "vm", vm]);
+    }
+    assert!(
+        eventually(Duration::from_secs(60), || s.kubectl_ok(&["get", "vmi", "-o", "name"]).trim().is_empty()),
+        "VMIs left: {}",
+        s.kubectl_ok(&["get", "vmi"])
+    );
+    let mut args = vec!["delete", "ippool"];
+    args.extend_from_slice(networks);
+    s.kubectl_ok(&args);
+    args[1] = "network-attachment-definitions";
+    s.kubectl_ok(&args);
 }
