@@ -17,7 +17,7 @@ if [[ $want_test -eq 1 ]]; then
   # Test guests (built from Debian packages), etcd, and the tools tests
   # drive guests and volumes with.
   packages+=(etcd-server genisoimage busybox-static cpio kmod debootstrap e2fsprogs
-    iputils-ping openssh-client python3)
+    iputils-ping openssh-client python3 procps)
 fi
 
 # Twice: installing one package can remove another that conflicts with it
