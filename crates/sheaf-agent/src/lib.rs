@@ -9,6 +9,7 @@
 
 pub mod accel;
 pub mod disks;
+pub mod dnsmasq;
 pub mod hotplug;
 pub mod image_format;
 pub mod images;

@@ -7,7 +7,8 @@
 //!
 //! State lives in files, so an agent restart finds it: each NIC's
 //! allocation in `RUN_ROOT/<vmi uid>/nic-<i>.json`, dnsmasq's pidfile,
-//! hosts and lease files in `net-<bridge>/` beside `RUN_ROOT`. The hosts file and the
+//! configuration (with the static leases, see [`crate::dnsmasq`]) and lease
+//! files in `net-<bridge>/` beside `RUN_ROOT`. The configuration and the
 //! nftables table are regenerated from the NIC files after every change.
 //! Nothing outside the bridge, its taps, the table and dnsmasq is touched
 //! (besides enabling IPv4 forwarding, which NAT needs).
@@ -126,49 +127,26 @@ impl Management {
         run("bringing the bridge up", Command::new("ip").args(["link", "set", &self.bridge, "up"]))?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| NetError::Io { what: "enabling IPv4 forwarding".into(), source: e })?;
-        self.sync_locked()?;
-        self.ensure_dnsmasq()
+        self.sync_locked()
     }
 
-    fn hosts_file(&self) -> PathBuf {
-        self.state.join("hosts")
-    }
-    fn pid_file(&self) -> PathBuf {
-        self.state.join("dnsmasq.pid")
-    }
-
-    fn dnsmasq_pid(&self) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        String::from_utf8_lossy(&cmdline).contains(&self.state.display().to_string()).then_some(pid)
-    }
-
-    fn ensure_dnsmasq(&self) -> Result<(), NetError> {
-        if self.dnsmasq_pid().is_some() {
-            return Ok(());
-        }
+    /// dnsmasq's options for the bridge (its static leases come from the
+    /// NIC files: [`crate::dnsmasq`]).
+    fn dnsmasq_options(&self) -> Vec<String> {
         let s = &self.subnet;
-        let first = s.host(2);
-        let last = s.host(s.size() - 2);
-        let gw = s.gateway().to_string();
-        run(
-            "starting dnsmasq",
-            Command::new("dnsmasq")
-                .arg("--conf-file=/dev/null")
-                .arg(format!("--pid-file={}", self.pid_file().display()))
-                .arg(format!("--interface={}", self.bridge))
-                .arg("--bind-interfaces")
-                .arg("--except-interface=lo")
-                .arg(format!("--listen-address={gw}"))
-                .arg(format!("--dhcp-range={first},{last},{},12h", s.netmask()))
-                .arg(format!("--dhcp-hostsfile={}", self.hosts_file().display()))
-                .arg(format!("--dhcp-leasefile={}", self.state.join("leases").display()))
-                .arg(format!("--dhcp-option=option:router,{gw}"))
-                .arg(format!("--dhcp-option=option:dns-server,{gw}"))
-                .arg("--dhcp-authoritative")
-                .arg(format!("--log-facility={}", self.state.join("dnsmasq.log").display())),
-        )?;
-        Ok(())
+        let gw = s.gateway();
+        vec![
+            format!("interface={}", self.bridge),
+            "bind-interfaces".into(),
+            "except-interface=lo".into(),
+            format!("listen-address={gw}"),
+            format!("dhcp-range={},{},{},12h", s.host(2), s.host(s.size() - 2), s.netmask()),
+            format!("dhcp-leasefile={}", self.state.join("leases").display()),
+            format!("dhcp-option=option:router,{gw}"),
+            format!("dhcp-option=option:dns-server,{gw}"),
+            "dhcp-authoritative".into(),
+            format!("log-facility={}", self.state.join("dnsmasq.log").display()),
+        ]
     }
 
     /// Every NIC file of every VMI on this node.
@@ -238,8 +216,6 @@ impl Management {
     fn sync_locked(&self) -> Result<(), NetError> {
         let nics: Vec<Nic> = self.nics().into_iter().map(|(_, n)| n).collect();
         let (hosts, ruleset) = self.render(&nics);
-        std::fs::write(self.hosts_file(), hosts)
-            .map_err(|e| NetError::Io { what: "writing the DHCP hosts file".into(), source: e })?;
         let mut child = Command::new("nft")
             .args(["-f", "-"])
             .stdin(std::process::Stdio::piped())
@@ -259,10 +235,9 @@ impl Management {
                 detail: String::from_utf8_lossy(&out.stderr).trim().into(),
             });
         }
-        if let Some(pid) = self.dnsmasq_pid() {
-            let _ = Command::new("kill").args(["-HUP", &pid.to_string()]).status();
-        }
-        Ok(())
+        let hosts: Vec<String> = hosts.lines().map(str::to_string).collect();
+        crate::dnsmasq::ensure(&self.state, None, &self.dnsmasq_options(), &hosts)
+            .map_err(|detail| NetError::Command { what: "running the management network's DHCP server".into(), detail })
     }
 
     /// Allocates NIC `index` of a VMI (or returns its allocation from an

@@ -665,74 +665,43 @@ impl VmNetworks {
         run("bringing lo up", Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
 
         // Static leases only: unknown MACs get no answer.
-        let hosts: String = pool
+        let hosts: Vec<String> = pool
             .status
             .as_ref()
-            .map(|s| s.allocations.iter().map(|a| format!("{},{}\n", a.mac, a.ip)).collect())
+            .map(|s| s.allocations.iter().map(|a| format!("{},{}", a.mac, a.ip)).collect())
             .unwrap_or_default();
-        let hosts_file = dir.join("hosts");
-        let old_hosts = std::fs::read_to_string(&hosts_file).ok();
-        if old_hosts.as_deref() != Some(hosts.as_str()) {
-            std::fs::write(&hosts_file, &hosts)
-                .map_err(|e| VmNetError::Io { what: "writing the DHCP hosts file".into(), source: e })?;
-        }
         let c = &pool.spec.ipv4_config;
         let lease = c.lease_time.unwrap_or(3600);
-        let mut args: Vec<String> = vec![
-            "netns".into(),
-            "exec".into(),
-            ns.clone(),
-            "dnsmasq".into(),
-            "--conf-file=/dev/null".into(),
-            format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
-            "--interface=eth0".into(),
-            "--bind-interfaces".into(),
-            "--except-interface=lo".into(),
-            format!("--listen-address={}", range.server),
-            "--port=0".into(),
-            format!("--dhcp-range={},static,{},{lease}s", range.subnet.network, range.subnet.netmask()),
-            format!("--dhcp-hostsfile={}", hosts_file.display()),
-            format!("--dhcp-leasefile={}", dir.join("leases").display()),
-            format!("--dhcp-option=option:mtu,{}", seg.mtu),
-            "--dhcp-authoritative".into(),
-            format!("--log-facility={}", dir.join("dnsmasq.log").display()),
+        let mut options: Vec<String> = vec![
+            "interface=eth0".into(),
+            "bind-interfaces".into(),
+            "except-interface=lo".into(),
+            format!("listen-address={}", range.server),
+            "port=0".into(),
+            format!("dhcp-range={},static,{},{lease}s", range.subnet.network, range.subnet.netmask()),
+            format!("dhcp-leasefile={}", dir.join("leases").display()),
+            format!("dhcp-option=option:mtu,{}", seg.mtu),
+            "dhcp-authoritative".into(),
+            format!("log-facility={}", dir.join("dnsmasq.log").display()),
         ];
         match range.router {
-            Some(r) => args.push(format!("--dhcp-option=option:router,{r}")),
-            None => args.push("--dhcp-option=option:router".into()),
+            Some(r) => options.push(format!("dhcp-option=option:router,{r}")),
+            None => options.push("dhcp-option=option:router".into()),
         }
         if !c.dns.is_empty() {
-            args.push(format!("--dhcp-option=option:dns-server,{}", c.dns.join(",")));
+            options.push(format!("dhcp-option=option:dns-server,{}", c.dns.join(",")));
         }
         if let Some(d) = &c.domain_name {
-            args.push(format!("--dhcp-option=option:domain-name,{d}"));
+            options.push(format!("dhcp-option=option:domain-name,{d}"));
         }
         if !c.domain_search.is_empty() {
-            args.push(format!("--dhcp-option=option:domain-search,{}", c.domain_search.join(",")));
+            options.push(format!("dhcp-option=option:domain-search,{}", c.domain_search.join(",")));
         }
         if !c.ntp.is_empty() {
-            args.push(format!("--dhcp-option=option:ntp-server,{}", c.ntp.join(",")));
+            options.push(format!("dhcp-option=option:ntp-server,{}", c.ntp.join(",")));
         }
-        // A config change (not just new hosts) restarts the server.
-        let config = args.join("\n");
-        let config_file = dir.join("config");
-        let same_config = std::fs::read_to_string(&config_file).ok().as_deref() == Some(config.as_str());
-        match dnsmasq_pid(&dir) {
-            Some(pid) if same_config => {
-                if old_hosts.as_deref() != Some(hosts.as_str()) {
-                    let _ = Command::new("kill").args(["-HUP", &pid.to_string()]).status();
-                }
-            }
-            running => {
-                if let Some(pid) = running {
-                    let _ = Command::new("kill").arg(pid.to_string()).status();
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                run("starting the DHCP server", Command::new("ip").args(&args))?;
-                std::fs::write(&config_file, &config)
-                    .map_err(|e| VmNetError::Io { what: "recording the DHCP config".into(), source: e })?;
-            }
-        }
+        crate::dnsmasq::ensure(&dir, Some(&ns), &options, &hosts)
+            .map_err(|detail| VmNetError::Command { what: "running the pool's DHCP server".into(), detail })?;
         Ok(())
     }
 
@@ -746,15 +715,7 @@ impl VmNetworks {
                 continue;
             }
             let dir = e.path();
-            if let Some(pid) = dnsmasq_pid(&dir) {
-                let _ = Command::new("kill").arg(pid.to_string()).status();
-                for _ in 0..20 {
-                    if dnsmasq_pid(&dir).is_none() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
+            crate::dnsmasq::stop(&dir);
             if let Ok(ns) = std::fs::read_to_string(dir.join("netns")) {
                 let ns = ns.trim();
                 if ns.starts_with("shd-") && Path::new("/run/netns").join(ns).exists() {
@@ -805,12 +766,6 @@ pub fn parse_leases(text: &str) -> BTreeMap<String, String> {
         out.insert(ip.to_string(), when);
     }
     out
-}
-
-fn dnsmasq_pid(dir: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(dir.join("dnsmasq.pid")).ok()?.trim().parse().ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    String::from_utf8_lossy(&cmdline).contains(&dir.display().to_string()).then_some(pid)
 }
 
 fn first_ipv4(dev: &str) -> Option<Ipv4Addr> {

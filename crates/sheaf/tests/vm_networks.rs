@@ -28,6 +28,9 @@ fn running(s: &Server, name: &str) -> String {
 #[test]
 fn guests_on_one_network_meet_and_other_networks_stay_apart() {
     let root = tempfile::tempdir().expect("tempdir");
+    // Only root may enter, as in a data directory: dnsmasq, which drops to
+    // its own user, must still see every lease.
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
     let _reaper = QemuReaper(root.path().to_path_buf());
     let run = root.path().join("run");
     let s = tiny_server(root.path(), &[]);
@@ -43,7 +46,7 @@ fn guests_on_one_network_meet_and_other_networks_stay_apart() {
     let diag = || {
         let mut d = format!("pools: {}\n", s.kubectl_ok(&["get", "ippool", "-o", "yaml"]));
         for e in std::fs::read_dir(root.path().join("vmnet/dhcp")).into_iter().flatten().flatten() {
-            for f in ["dnsmasq.log", "hosts", "leases"] {
+            for f in ["dnsmasq.log", "dnsmasq.conf", "leases"] {
                 d.push_str(&format!("{f}: {}\n", std::fs::read_to_string(e.path().join(f)).unwrap_or_default()));
             }
         }
