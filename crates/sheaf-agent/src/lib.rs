@@ -75,6 +75,15 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
     if let Err(e) = std::fs::create_dir_all(&cfg.run_root) {
         tracing::error!(dir = %cfg.run_root.display(), error = %e, "cannot create the runtime directory");
     }
+    // Storage and images first: they do not need the management network,
+    // which may wait for the host.
+    let storage = Arc::new(storage::Storage::new(api.clone(), &cfg.node_name, &cfg.disks, &cfg.run_root));
+    tokio::spawn(storage::run(storage.clone()));
+    let images = Arc::new(images::Images::new(api.clone(), &cfg.node_name, &storage.images_root()));
+    if let Some(tx) = &cfg.images_ready {
+        let _ = tx.send(Some(images.clone()));
+    }
+    tokio::spawn(images::run(images));
     let network = match &cfg.management {
         None => None,
         Some((bridge, subnet)) => match network::Management::new(bridge, *subnet, &cfg.run_root) {
@@ -98,13 +107,6 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
             }
         },
     };
-    let storage = Arc::new(storage::Storage::new(api.clone(), &cfg.node_name, &cfg.disks, &cfg.run_root));
-    tokio::spawn(storage::run(storage.clone()));
-    let images = Arc::new(images::Images::new(api.clone(), &cfg.node_name, &storage.images_root()));
-    if let Some(tx) = &cfg.images_ready {
-        let _ = tx.send(Some(images.clone()));
-    }
-    tokio::spawn(images::run(images));
     let vmnet = match sheaf_net::RtNetlink::new() {
         Ok(nl) => {
             let vlan = sheaf_net::vlan_supported();
