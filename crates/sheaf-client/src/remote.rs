@@ -218,7 +218,7 @@ pub fn parse_watch_line(line: &[u8]) -> Option<Result<WatchEvent, ClientError>> 
 }
 
 /// The error and its sources, without repeats.
-fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(s) = cur {

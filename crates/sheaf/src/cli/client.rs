@@ -12,7 +12,7 @@ use base64::Engine as _;
 use clap::Args;
 use serde::Deserialize;
 use serde_json::Value;
-use sheaf_client::remote::{default_reason, snippet};
+use sheaf_client::remote::{cause_chain, default_reason, snippet};
 
 /// Where the server puts the admin kubeconfig when no data directory is given.
 const DEFAULT_DATA_DIR: &str = "/var/lib/sheaf";
@@ -347,19 +347,6 @@ pub fn warning_text(h: &str) -> String {
         }
     }
     out
-}
-
-fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 impl Client {
