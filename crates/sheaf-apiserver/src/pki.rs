@@ -59,6 +59,15 @@ pub struct Pki {
     pub cert_pem: String,
     pub key_pem: String,
     pub admin_token: String,
+    /// The secret nodes join with (in the join token).
+    pub node_token: String,
+}
+
+impl Pki {
+    /// `SHEAF1::<CA hash>::<node secret>`: all `sheaf agent --token` needs.
+    pub fn join_token(&self) -> String {
+        sheaf_types::join::join_token(&self.ca_pem, &self.node_token)
+    }
 }
 
 fn random_token() -> String {
@@ -123,11 +132,16 @@ pub fn ensure(data_dir: &Path, names: &[String]) -> Result<Pki, PkiError> {
     if !token_path.exists() {
         write_private(&token_path, random_token().as_bytes())?;
     }
+    let node_token_path = data_dir.join("node.token");
+    if !node_token_path.exists() {
+        write_private(&node_token_path, random_token().as_bytes())?;
+    }
     Ok(Pki {
         ca_pem,
         cert_pem: fs::read_to_string(&srv_crt).map_err(io(&srv_crt))?,
         key_pem: fs::read_to_string(&srv_key).map_err(io(&srv_key))?,
         admin_token: fs::read_to_string(&token_path).map_err(io(&token_path))?.trim().to_string(),
+        node_token: fs::read_to_string(&node_token_path).map_err(io(&node_token_path))?.trim().to_string(),
     })
 }
 

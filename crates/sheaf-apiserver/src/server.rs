@@ -43,6 +43,8 @@ pub struct ApiServer {
     dialer: std::sync::OnceLock<Arc<dyn NodeDialer>>,
     consoles: Arc<Consoles>,
     images: std::sync::OnceLock<Arc<dyn crate::image_transfer::ImageTransfer>>,
+    /// The cluster CA's PEM, served at `/cacerts` (set once, at start).
+    ca_pem: std::sync::OnceLock<String>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -62,12 +64,18 @@ impl ApiServer {
             dialer: std::sync::OnceLock::new(),
             consoles: Arc::default(),
             images: std::sync::OnceLock::new(),
+            ca_pem: std::sync::OnceLock::new(),
         })
     }
 
     /// How consoles and VNC of instances are reached (set once, at start).
     pub fn set_node_dialer(&self, dialer: Arc<dyn NodeDialer>) {
         let _ = self.dialer.set(dialer);
+    }
+
+    /// The cluster CA served at `/cacerts` (set once, at start).
+    pub fn set_ca_pem(&self, pem: &str) {
+        let _ = self.ca_pem.set(pem.to_string());
     }
 
     /// Where image uploads and downloads go (set once, at start).
@@ -90,6 +98,9 @@ impl ApiServer {
             .route("/livez", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/version", get(|| async { json_response(StatusCode::OK, &discovery::version(), &[]) }))
+            // The cluster CA, for nodes that hold a join token (they check
+            // its hash); public, as the CA certificate is.
+            .route("/cacerts", get(cacerts))
             .with_state(self.clone())
             .merge(api)
     }
@@ -107,6 +118,13 @@ impl ApiServer {
         self.tokens
             .iter()
             .fold(false, |found, t| found | (t.iter().zip(d.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0))
+    }
+}
+
+async fn cacerts(State(s): State<Arc<ApiServer>>) -> Response {
+    match s.ca_pem.get() {
+        Some(pem) => pem.clone().into_response(),
+        None => (StatusCode::NOT_FOUND, "no cluster CA").into_response(),
     }
 }
 

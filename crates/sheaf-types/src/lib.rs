@@ -7,6 +7,7 @@
 pub mod claim;
 pub mod core;
 pub mod harvester;
+pub mod join;
 pub mod kubevirt;
 pub mod meta;
 pub mod network;

@@ -94,13 +94,15 @@ pub struct AgentArgs {
     /// The API server: https://HOST:PORT (`sheaf server --listen`).
     #[arg(long, env = "SHEAF_SERVER", value_name = "URL")]
     pub server: String,
-    /// The bearer token the server accepts (the server's DATA_DIR/admin.token).
+    /// The join token (the server's DATA_DIR/join.token, `SHEAF1::...`),
+    /// or a bearer token the server accepts together with --ca-file.
     #[arg(long, env = "SHEAF_TOKEN", hide_env_values = true)]
     pub token: String,
     /// The cluster's certificate authority, PEM (the server's
     /// DATA_DIR/pki/ca.crt); the server's certificate must be signed by it.
+    /// Not needed with a join token, which names the CA by its hash.
     #[arg(long, value_name = "PATH")]
-    pub ca_file: PathBuf,
+    pub ca_file: Option<PathBuf>,
     /// The address other machines reach this node at, reported as the
     /// Node's InternalIP (default: this machine's source address towards
     /// the server).
@@ -170,16 +172,63 @@ async fn wait_for_server(api: &RemoteApi) -> anyhow::Result<()> {
     }
 }
 
+/// The cluster CA from the server's `/cacerts`, accepted only if its hash
+/// is the join token's (the connection is not verified: the hash is what
+/// makes it trusted). Retried while the server cannot be reached.
+async fn fetch_ca(server: &str, want_hash: &str) -> anyhow::Result<Vec<u8>> {
+    let url = format!("{}/cacerts", server.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot make an HTTPS client")?;
+    let mut warned = false;
+    let pem = loop {
+        match client.get(&url).send().await.and_then(|r| r.error_for_status()) {
+            Ok(r) => break r.text().await.with_context(|| format!("reading {url}"))?,
+            Err(e) if e.is_connect() || e.is_timeout() => {
+                if !warned {
+                    tracing::warn!(error = %e, "the API server cannot be reached yet; retrying every 2 s");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => bail!("cannot fetch the cluster CA from {url}: {e}"),
+        }
+    };
+    let got = sheaf_types::join::ca_hash(&pem);
+    if got != want_hash {
+        bail!(
+            "the server's CA (SHA-256 {got}) is not the one the join token names ({want_hash}): check --server, \
+             or take the token again from the server's DATA_DIR/join.token"
+        );
+    }
+    Ok(pem.into_bytes())
+}
+
 async fn start(args: &AgentArgs) -> anyhow::Result<(Arc<RemoteApi>, sheaf_agent::AgentConfig)> {
-    let ca = std::fs::read(&args.ca_file).map_err(|e| {
-        anyhow!(
-            "cannot read the cluster's certificate authority --ca-file {}: {e} \
-             (copy it from the server's DATA_DIR/pki/ca.crt)",
-            args.ca_file.display()
-        )
-    })?;
-    let api = RemoteApi::new(&args.server, &ca, &args.token).map_err(|e| match e {
-        RemoteError::BadCa(_) | RemoteError::NoCa => anyhow!("--ca-file {}: {e}", args.ca_file.display()),
+    let join = sheaf_types::join::parse(&args.token);
+    let (ca, token, ca_what) = match (&join, &args.ca_file) {
+        (_, Some(path)) => {
+            let ca = std::fs::read(path).map_err(|e| {
+                anyhow!(
+                    "cannot read the cluster's certificate authority --ca-file {}: {e} \
+                     (copy it from the server's DATA_DIR/pki/ca.crt)",
+                    path.display()
+                )
+            })?;
+            let token = join.as_ref().map(|j| j.secret.clone()).unwrap_or_else(|| args.token.clone());
+            (ca, token, format!("--ca-file {}", path.display()))
+        }
+        (Some(j), None) => (fetch_ca(&args.server, &j.ca_hash).await?, j.secret.clone(), "the server's CA".into()),
+        (None, None) => bail!(
+            "--ca-file is needed with a plain token; or pass the join token (SHEAF1::..., the server's \
+             DATA_DIR/join.token) as --token"
+        ),
+    };
+    let api = RemoteApi::new(&args.server, &ca, &token).map_err(|e| match e {
+        RemoteError::BadCa(_) | RemoteError::NoCa => anyhow!("{ca_what}: {e}"),
         RemoteError::NoToken => anyhow!("{e}: pass --token or set SHEAF_TOKEN"),
         e => anyhow!("--server: {e}"),
     })?;
@@ -266,8 +315,9 @@ mod tests {
         assert_eq!(cfg.disks[0].path, Path::new("/srv/sheaf/replicas"));
         let (bridge, subnet) = cfg.management.expect("bridge network");
         assert_eq!((bridge.as_str(), subnet.to_string().as_str()), ("sheaf-br0", "10.60.0.0/24"));
-        let e = parse(&["--server", "https://10.0.0.1:6443", "--token", "t"]).expect_err("no CA");
-        assert!(e.contains("--ca-file"), "{e}");
+        // A join token needs no --ca-file.
+        let j = parse(&["--server", "https://10.0.0.1:6443", "--token", "SHEAF1::x::y"]).expect("no CA file");
+        assert_eq!(j.ca_file, None);
         let e = parse(&["--server", "https://x:1", "--token", "t", "--ca-file", "c", "--node-ip", "nope"])
             .expect_err("bad ip");
         assert!(e.contains("--node-ip"), "{e}");

@@ -221,8 +221,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let api = ApiServer::new(
         store.clone(),
         Registry::new(sheaf_types::registry::all()),
-        std::slice::from_ref(&pki.admin_token),
+        &[pki.admin_token.clone(), pki.node_token.clone()],
     );
+    api.set_ca_pem(&pki.ca_pem);
     sheaf_apiserver::bootstrap(&api).await.map_err(|e| anyhow::anyhow!("bootstrap failed: {e}"))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -236,6 +237,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let kubeconfig = pki::kubeconfig(&format!("https://{local}"), &pki.ca_pem, &pki.admin_token, "admin");
     let kc_path = args.data_dir.join("admin.kubeconfig");
     write_private(&kc_path, kubeconfig.as_bytes()).with_context(|| format!("cannot write {}", kc_path.display()))?;
+    let join_path = args.data_dir.join("join.token");
+    write_private(&join_path, pki.join_token().as_bytes())
+        .with_context(|| format!("cannot write {}", join_path.display()))?;
 
     tokio::spawn(GarbageCollector::new(api.objects.clone()).run());
     let local: Arc<dyn sheaf_client::Api> = LocalApi::new(api.objects.clone());
@@ -250,6 +254,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::spawn(compactor(store.clone(), Duration::from_secs(args.history_seconds.max(1))));
     api.set_ready(true);
     tracing::info!(listen = %args.listen, store = ?args.store, kubeconfig = %kc_path.display(), "sheaf server ready");
+    tracing::info!(
+        "add nodes with: sheaf agent --server https://{} --token $(cat {})",
+        if args.listen.ip().is_unspecified() { "THIS-HOST:PORT".to_string() } else { args.listen.to_string() },
+        join_path.display()
+    );
     let app = api.router();
     let serve = sheaf_apiserver::serve_tls(listener, tls, app);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

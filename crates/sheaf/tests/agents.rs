@@ -162,6 +162,36 @@ fn agents_on_two_nodes_run_pinned_vms() {
     assert!(stderr.contains(&format!("ip={}", c.nodes[1].ip)), "the node's address is found: {stderr}");
     // The node's real agent is unaffected.
     c.wait_node_ready(1, Duration::from_secs(5));
+
+    // The join token alone (no CA file): the CA comes from the server and
+    // is checked against the token's hash.
+    let join = std::fs::read_to_string(c.server.data_dir().join("join.token")).expect("join.token");
+    assert!(join.starts_with("SHEAF1::"), "{join}");
+    let joined = root.path().join("joined").display().to_string();
+    let run = root.path().join("joined-run").display().to_string();
+    let mut agent = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.nodes[1].ns, sheaf, "agent", "--server", &url, "--node-name", "joined"])
+        .args(["--data-dir", &joined, "--run-dir", &run, "--mgmt-network", "user"])
+        .env("SHEAF_TOKEN", join.trim())
+        .stderr(std::fs::File::create(root.path().join("joined.log")).expect("log"))
+        .spawn()
+        .expect("agent with a join token");
+    let ready = support::eventually(Duration::from_secs(60), || {
+        c.server.kubectl(&["get", "node", "joined", "-o", "jsonpath={.status.conditions[0].status}"]).stdout == b"True"
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        ready,
+        "the node did not join: {}",
+        std::fs::read_to_string(root.path().join("joined.log")).unwrap_or_default()
+    );
+    // A token naming another CA is refused before anything is sent.
+    let forged = format!("SHEAF1::{}::{}", "0".repeat(64), join.trim().rsplit("::").next().unwrap_or_default());
+    let args = [sheaf, "agent", "--server", &url, "--token", &forged, "--data-dir", &scratch];
+    let out = c.exec(1, &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("is not the one the join token names"), "{stderr}");
 }
 
 /// Mistakes in the flags are reported before anything is contacted.
