@@ -55,8 +55,25 @@ fn conflict(message: impl Into<String>) -> ApiError {
     ApiError::new(http::StatusCode::CONFLICT, "Conflict", message)
 }
 
-/// Handles `PUT .../virtualmachines/NAME/ACTION`.
+/// Handles `PUT .../virtualmachines/NAME/ACTION`. The decision is made on
+/// the VM as read and written pinned to its revision; when the VM changed
+/// in between (its controller writes its status), it is made again.
 pub async fn vm_action(objects: &Objects, ns: &str, name: &str, action: &str) -> ApiResult<()> {
+    let mut attempt = 0;
+    loop {
+        match vm_action_once(objects, ns, name, action).await {
+            Err(e)
+                if e.code == http::StatusCode::CONFLICT && e.message.contains("has been modified") && attempt < 8 =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn vm_action_once(objects: &Objects, ns: &str, name: &str, action: &str) -> ApiResult<()> {
     let Some(vm_rt) = objects.registry.find("kubevirt.io", "v1", "virtualmachines").cloned() else {
         return Err(ApiError::internal("VirtualMachine kind is not registered"));
     };

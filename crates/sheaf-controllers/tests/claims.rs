@@ -402,7 +402,14 @@ async fn vms_make_their_claims_and_wait_for_them() -> anyhow::Result<()> {
                   "storage": {"resources": {"requests": {"storage": "1Gi"}}, "storageClassName": "later"}}}]});
     let vols = json!([{"name": "root", "dataVolume": {"name": "web-root"}}]);
     c.api.create(Gvr::of::<VirtualMachine>(), Some("default"), vm_body("web", vols, templates, json!({}))).await?;
-    let vm = c.wait_printable("web", "Provisioning").await;
+    c.wait_printable("web", "Provisioning").await;
+    // The claim's reason reaches the VM's condition once the claim
+    // controller has written it.
+    let vm = c
+        .wait_vm("web", "the claim's reason in DataVolumesReady", |vm| {
+            vm_condition(vm, "DataVolumesReady").is_some_and(|(_, _, m)| m.contains("\"later\" does not exist"))
+        })
+        .await;
     let (status, reason, message) = vm_condition(&vm, "DataVolumesReady").expect("condition");
     assert_eq!((status.as_str(), reason.as_str()), ("False", "Provisioning"));
     assert!(message.contains("claim web-root is Pending") && message.contains("\"later\" does not exist"), "{message}");
