@@ -64,7 +64,8 @@ pub fn tap_name(uid: &str, index: usize) -> String {
     format!("sh{hex}n{index}")
 }
 
-fn run(what: &str, cmd: &mut Command) -> Result<String, NetError> {
+/// Runs a host command (`ip`, `nft`); its stderr is the error's detail.
+pub(crate) fn run(what: &str, cmd: &mut Command) -> Result<String, NetError> {
     let out = cmd.output().map_err(|e| NetError::Command { what: what.into(), detail: e.to_string() })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
@@ -73,7 +74,7 @@ fn run(what: &str, cmd: &mut Command) -> Result<String, NetError> {
     }
 }
 
-fn link_exists(name: &str) -> bool {
+pub(crate) fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 

@@ -39,6 +39,8 @@ use sheaf_types::network::{
     DEFAULT_VXLAN_PORT, VXLAN_OVERHEAD,
 };
 
+use crate::network::run;
+
 #[derive(Debug, thiserror::Error)]
 pub enum VmNetError {
     #[error(
@@ -51,6 +53,8 @@ pub enum VmNetError {
     Api(#[from] ClientError),
     #[error("{0}")]
     Netlink(#[from] sheaf_net::NetError),
+    #[error("{0}")]
+    Host(#[from] crate::network::NetError),
     #[error("{what}: {detail}")]
     Command { what: String, detail: String },
     #[error("{what}: {source}")]
@@ -400,7 +404,7 @@ impl VmNetworks {
     pub fn detach(&self, vmi_dir: &Path) {
         let vnics = Self::vnics_of(vmi_dir);
         for (i, v) in &vnics {
-            if Path::new("/sys/class/net").join(&v.tap).exists() {
+            if crate::network::link_exists(&v.tap) {
                 if let Err(e) = run("deleting the tap", Command::new("ip").args(["link", "del", &v.tap])) {
                     tracing::warn!(tap = %v.tap, error = %e, "cannot delete a VM network tap");
                 }
@@ -773,15 +777,6 @@ fn first_ipv4(dev: &str) -> Option<Ipv4Addr> {
     let text = String::from_utf8_lossy(&out.stdout);
     let word = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
     word.split('/').next()?.parse().ok()
-}
-
-fn run(what: &str, cmd: &mut Command) -> Result<String, VmNetError> {
-    let out = cmd.output().map_err(|e| VmNetError::Command { what: what.into(), detail: e.to_string() })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).to_string())
-    } else {
-        Err(VmNetError::Command { what: what.into(), detail: String::from_utf8_lossy(&out.stderr).trim().to_string() })
-    }
 }
 
 /// Runs the reconciler until the task is dropped: on every change of the

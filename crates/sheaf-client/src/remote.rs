@@ -71,7 +71,7 @@ impl std::fmt::Debug for RemoteApi {
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, for path
 /// segments and query values alike.
-fn encode(s: &str) -> String {
+pub fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

@@ -12,6 +12,7 @@ use base64::Engine as _;
 use clap::Args;
 use serde::Deserialize;
 use serde_json::Value;
+pub use sheaf_client::remote::encode;
 use sheaf_client::remote::{cause_chain, default_reason, snippet};
 
 /// Where the server puts the admin kubeconfig when no data directory is given.
@@ -275,20 +276,6 @@ pub fn parse_kubeconfig(path: &Path, text: &str, context: Option<&str>) -> anyho
 
 // ---------------------------------------------------------------------------
 // HTTP
-
-/// Percent-encodes everything but RFC 3986 unreserved characters, for path
-/// segments and query values alike.
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 /// A query string from pairs (values encoded), with the leading `?`.
 pub fn query(pairs: &[(&str, &str)]) -> String {
