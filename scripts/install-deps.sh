@@ -9,16 +9,19 @@ want_test=0
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 
-# Build, and what a node runs: QEMU, and the management network's bridge,
-# DHCP (dnsmasq) and NAT (nftables).
+# Build, and what a node runs: QEMU, the management network's bridge,
+# DHCP (dnsmasq) and NAT (nftables), and etcd (the store of an HA control
+# plane: `sheaf server --cluster-init` runs its own member).
 packages=(build-essential pkg-config protobuf-compiler ca-certificates curl
-  qemu-system-x86 qemu-utils iproute2 dnsmasq-base nftables)
+  qemu-system-x86 qemu-utils iproute2 dnsmasq-base nftables etcd-server)
 if [[ $want_test -eq 1 ]]; then
-  # Test guests (built from Debian packages), etcd, and the tools tests
-  # drive guests and volumes with.
-  packages+=(etcd-server genisoimage busybox-static cpio kmod debootstrap e2fsprogs
+  # Test guests (built from Debian packages), and the tools tests drive
+  # guests and volumes with.
+  packages+=(genisoimage busybox-static cpio kmod debootstrap e2fsprogs
     iputils-ping openssh-client python3 procps)
 fi
+etcd_was_installed=0
+dpkg-query -W -f='${Status}' etcd-server 2>/dev/null | grep -q "install ok installed" && etcd_was_installed=1
 
 # Twice: installing one package can remove another that conflicts with it
 # (Debian's qemu-system-x86 removes a backported qemu-utils), and the
@@ -35,9 +38,12 @@ for _pass in 1 2; do
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 done
 
-# etcd-server's package starts a system etcd on 2379; Sheaf's tests start
-# their own on free ports and do not need it.
-if [[ $want_test -eq 1 ]] && command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+# etcd-server's package starts a system etcd on 127.0.0.1:2379, the port
+# of the member `sheaf server --cluster-init` runs itself; Sheaf's tests
+# start their own too. Stop it when this script installed it (or for the
+# tests); a system etcd that was there before is left alone.
+if { [[ $want_test -eq 1 ]] || [[ $etcd_was_installed -eq 0 ]]; } && command -v systemctl >/dev/null \
+  && systemctl is-active --quiet etcd 2>/dev/null; then
   $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
 

@@ -73,6 +73,8 @@ pub struct Images {
     /// Images with an import (or upload) running in this process.
     busy: Arc<Mutex<HashSet<String>>>,
     http: reqwest::Client,
+    /// Proven to replicas on other nodes (exports read snapshots there).
+    cluster_key: Option<sheaf_blk::auth::ClusterKey>,
 }
 
 impl std::fmt::Debug for Images {
@@ -183,7 +185,14 @@ impl Images {
             root: root.to_path_buf(),
             busy: Arc::new(Mutex::new(HashSet::new())),
             http: http.build().unwrap_or_default(),
+            cluster_key: None,
         }
+    }
+
+    /// Reads snapshots on other nodes' replicas proving `key`.
+    pub fn with_cluster_key(mut self, key: Option<sheaf_blk::auth::ClusterKey>) -> Images {
+        self.cluster_key = key;
+        self
     }
 
     /// The directory of image `uid`'s files.
@@ -555,7 +564,13 @@ impl Images {
         let mut last = String::from("the volume has no running replica");
         let dir = self.fresh_dir(img)?;
         for a in addresses {
-            let reader = match sheaf_blk::engine::SnapshotReader::open(&a, &snap.layer_name()).await {
+            let reader = match sheaf_blk::engine::SnapshotReader::open_with_key(
+                &a,
+                &snap.layer_name(),
+                self.cluster_key.as_ref(),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     last = e.to_string();

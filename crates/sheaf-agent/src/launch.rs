@@ -343,10 +343,17 @@ pub fn machine(vmi: &VirtualMachineInstance, ctx: &LaunchContext<'_>) -> Result<
                             })
                         })
                         .collect();
+                    // The address the guest has (a migration's target
+                    // keeps it when its subnet allows).
+                    let had = vmi
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.interfaces.iter().find(|n| n.name.as_deref() == Some(iface.name.as_str())))
+                        .and_then(|n| n.ip_address.as_deref()?.parse().ok());
                     let want = crate::network::Nic {
                         name: iface.name.clone(),
                         mac: mac.clone(),
-                        ip: std::net::Ipv4Addr::UNSPECIFIED,
+                        ip: had.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
                         tap: String::new(),
                         hostname,
                         ports,

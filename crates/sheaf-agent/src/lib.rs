@@ -8,12 +8,14 @@
 //! can be restarted (or crash) without touching running guests.
 
 pub mod accel;
+pub mod cluster_key;
 pub mod disks;
 pub mod dnsmasq;
 pub mod hotplug;
 pub mod image_format;
 pub mod images;
 pub mod launch;
+pub mod migration;
 pub mod network;
 pub mod node;
 pub mod runner;
@@ -21,7 +23,7 @@ pub mod seed;
 pub mod storage;
 pub mod vmnet;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,9 +79,16 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
     }
     // Storage and images first: they do not need the management network,
     // which may wait for the host.
-    let storage = Arc::new(storage::Storage::new(api.clone(), &cfg.node_name, &cfg.disks, &cfg.run_root));
+    let node_ip = cfg.node_ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let key = cluster_key::get(api.as_ref()).await;
+    let storage = Arc::new(
+        storage::Storage::new(api.clone(), &cfg.node_name, &cfg.disks, &cfg.run_root).serve_over_tcp(node_ip, key),
+    );
     tokio::spawn(storage::run(storage.clone()));
-    let images = Arc::new(images::Images::new(api.clone(), &cfg.node_name, &storage.images_root()));
+    let images = Arc::new(
+        images::Images::new(api.clone(), &cfg.node_name, &storage.images_root())
+            .with_cluster_key(storage.cluster_key()),
+    );
     if let Some(tx) = &cfg.images_ready {
         let _ = tx.send(Some(images.clone()));
     }
@@ -142,7 +151,7 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
     let node = cfg.node_name.clone();
     let ready2 = ready.clone();
     let disks = cfg.disks.clone();
-    let node_ip = cfg.node_ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    tokio::spawn(crate::migration::run_targets(env.clone(), node_ip));
     tokio::spawn(async move {
         loop {
             if let Err(e) = node::register(heartbeat_api.as_ref(), &node, &ready2, &disks, node_ip).await {
@@ -152,6 +161,7 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
         }
     });
     let mut runners: HashMap<String, Runner> = HashMap::new();
+    let mut first_list = true;
     let gvr = Gvr::of::<VirtualMachineInstance>();
     let sel = Selectors { labels: String::new(), fields: format!("status.nodeName={}", cfg.node_name) };
     loop {
@@ -163,8 +173,23 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
                 continue;
             }
         };
+        let listed: HashSet<String> =
+            items.iter().filter_map(|v| v.pointer("/metadata/uid").and_then(Value::as_str)).map(String::from).collect();
         for item in items {
             handle(&env, &mut runners, item, false);
+        }
+        // VMIs gone or bound elsewhere while the watch was down (this node
+        // was failed over): what still runs for them stops at once, their
+        // engines are fenced anyway.
+        for (uid, r) in &runners {
+            if !listed.contains(uid) {
+                tracing::warn!(vmi = %uid, "the VMI is no longer bound to this node; stopping its QEMU");
+                let _ = r.tx.try_send(Request::Shutdown { grace: Duration::ZERO });
+            }
+        }
+        if first_list {
+            first_list = false;
+            runner::discard_orphans(&env, &listed);
         }
         let mut stream = match api.watch(gvr, None, &sel, &rv).await {
             Ok(s) => s,
@@ -194,7 +219,11 @@ fn handle(env: &Arc<RunnerEnv>, runners: &mut HashMap<String, Runner>, obj: Valu
     let Some(uid) = vmi.metadata.uid.clone() else { return };
     let grace = Duration::from_secs(vmi.spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
     if let Some(r) = runners.get(&uid) {
-        if deleted || vmi.metadata.deletion_timestamp.is_some() {
+        if deleted {
+            // Gone while its runner holds a finalizer (the node was failed
+            // over and the finalizer dropped), or bound to another node.
+            let _ = r.tx.try_send(Request::Shutdown { grace: Duration::ZERO });
+        } else if vmi.metadata.deletion_timestamp.is_some() {
             let _ = r.tx.try_send(Request::Shutdown { grace });
         } else {
             // Dropped when the runner is busy: it re-reads the VMI regularly.
@@ -203,14 +232,9 @@ fn handle(env: &Arc<RunnerEnv>, runners: &mut HashMap<String, Runner>, obj: Valu
         return;
     }
     if deleted {
-        // Gone without our finalizer: make sure nothing is left running.
-        let dir = runner::run_dir(&env.run_root, &uid);
-        if runner::live_qemu(&dir).is_some() || dir.exists() {
-            let (tx, rx) = mpsc::channel(8);
-            let _ = tx.try_send(Request::Shutdown { grace: Duration::from_secs(0) });
-            let task = tokio::spawn(runner::run(env.clone(), vmi, rx));
-            runners.insert(uid, Runner { tx, task });
-        }
+        // Gone without our finalizer, or bound to another node: make sure
+        // nothing is left running here (and write nothing about it).
+        runner::discard(env, &runner::run_dir(&env.run_root, &uid));
         return;
     }
     let phase = vmi.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();

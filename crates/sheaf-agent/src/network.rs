@@ -243,7 +243,9 @@ impl Management {
 
     /// Allocates NIC `index` of a VMI (or returns its allocation from an
     /// earlier start), creates its tap on the bridge, and updates DHCP and
-    /// the rules.
+    /// the rules. The address `nic` comes with (the one the guest had on
+    /// another node, before a migration) is kept if this subnet has it
+    /// free; otherwise the first free one is taken.
     pub fn attach(&self, vmi_dir: &Path, uid: &str, index: usize, mut nic: Nic) -> Result<Nic, NetError> {
         let _g = self.lock.lock().map_err(|_| NetError::Config("network state poisoned".into()))?;
         let file = vmi_dir.join(format!("nic-{index}.json"));
@@ -251,8 +253,10 @@ impl Management {
             nic = existing;
         } else {
             let used: Vec<Ipv4Addr> = self.nics().into_iter().map(|(_, n)| n.ip).collect();
+            let had = nic.ip;
             nic.ip = guest_hosts(&self.subnet)
-                .find(|a| !used.contains(a))
+                .find(|a| *a == had && !used.contains(a))
+                .or_else(|| guest_hosts(&self.subnet).find(|a| !used.contains(a)))
                 .ok_or_else(|| NetError::Exhausted(self.subnet.to_string()))?;
             nic.tap = tap_name(uid, index);
             std::fs::write(&file, serde_json::to_vec(&nic).unwrap_or_default())

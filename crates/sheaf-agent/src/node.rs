@@ -10,7 +10,7 @@ use sheaf_client::{Api, ClientError, Gvr};
 use sheaf_types::core::Node;
 use sheaf_types::Time;
 
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Memory kept for the host and Sheaf itself, not offered to VMs.
 const RESERVED_MEMORY_MIB: u64 = 512;
 

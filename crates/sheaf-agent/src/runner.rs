@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::accel::AccelChoice;
 use crate::launch::{self, ImageStore, LaunchContext, LaunchError};
+use crate::migration::Sent;
 
 /// Finalizer that keeps a VMI until its QEMU process is gone.
 pub const FINALIZER: &str = "sheaf.io/vmi-runner";
@@ -78,11 +79,14 @@ pub fn live_qemu(dir: &Path) -> Option<u32> {
     String::from_utf8_lossy(&cmdline).contains(&needle).then_some(pid)
 }
 
+/// Patches the status of this very VMI: pinned to its uid, so that a VMI
+/// of the same name made meanwhile (after a failover) is left alone.
 async fn patch_status(env: &RunnerEnv, vmi: &VirtualMachineInstance, status: Value) {
     let (ns, name) = ns_name(vmi);
     let gvr = Gvr::of::<VirtualMachineInstance>();
-    if let Err(e) = env.api.merge_patch(gvr, Some(&ns), &name, json!({ "status": status }), true).await {
-        if !e.is_not_found() {
+    let patch = json!({"metadata": {"uid": vmi.metadata.uid}, "status": status});
+    if let Err(e) = env.api.merge_patch(gvr, Some(&ns), &name, patch, true).await {
+        if !e.is_not_found() && !e.is_conflict() {
             tracing::warn!(%ns, %name, error = %e, "cannot update VMI status");
         }
     }
@@ -255,15 +259,30 @@ impl RequestState {
     }
 }
 
-/// Launches QEMU for the VMI; on failure cleans the directory.
-async fn launch(env: &RunnerEnv, vmi: &VirtualMachineInstance, dir: &Path) -> Result<(), LaunchError> {
+/// How QEMU starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Boots the guest.
+    Boot,
+    /// Waits for a live migration's stream (`-incoming defer`), with the
+    /// volumes' engines on standby.
+    Incoming,
+}
+
+/// Launches QEMU for the VMI; on failure the caller cleans the directory.
+pub(crate) async fn launch(
+    env: &RunnerEnv,
+    vmi: &VirtualMachineInstance,
+    dir: &Path,
+    start: Start,
+) -> Result<(), LaunchError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| LaunchError::Io { what: format!("creating {}", dir.display()), source: e })?;
     let vmi_json = serde_json::to_vec_pretty(vmi).unwrap_or_default();
     std::fs::write(dir.join("vmi.json"), vmi_json)
         .map_err(|e| LaunchError::Io { what: "writing vmi.json".into(), source: e })?;
     let seeds = crate::seed::prepare(env.api.as_ref(), vmi, dir).await?;
-    let volumes = env.storage.attach(vmi).await?;
+    let volumes = env.storage.attach(vmi, start == Start::Incoming).await?;
     let vm_nics = attach_vm_networks(env, vmi, dir).await?;
     let config = {
         let seed = |_: &VirtualMachineInstance, volume: &str| {
@@ -283,8 +302,12 @@ async fn launch(env: &RunnerEnv, vmi: &VirtualMachineInstance, dir: &Path) -> Re
         };
         launch::machine(vmi, &ctx)?
     };
+    let mut argv = config.argv();
+    if start == Start::Incoming {
+        argv.extend(["-incoming".to_string(), "defer".to_string()]);
+    }
     let out = tokio::process::Command::new(&env.qemu)
-        .args(config.argv())
+        .args(argv)
         .stdin(std::process::Stdio::null())
         .output()
         .await
@@ -368,7 +391,7 @@ fn interface_status(env: &RunnerEnv, vmi: &VirtualMachineInstance, dir: &Path) -
         .collect()
 }
 
-async fn connect_qmp(dir: &Path) -> Option<Qmp> {
+pub(crate) async fn connect_qmp(dir: &Path) -> Option<Qmp> {
     let sock = machine::qmp_socket(dir);
     for _ in 0..100 {
         if let Ok(q) = Qmp::connect(&sock).await {
@@ -393,6 +416,51 @@ fn cleanup(env: &RunnerEnv, dir: &Path) {
         env.storage.detach_vmi(uid);
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Stops what runs in `dir` for a VMI that is gone or bound to another
+/// node (its QEMU, NICs and engines), without writing anything about it.
+pub fn discard(env: &RunnerEnv, dir: &Path) {
+    if live_qemu(dir).is_some() || dir.exists() {
+        tracing::warn!(dir = %dir.display(), "stopping a VM whose VMI is gone or runs elsewhere");
+        cleanup(env, dir);
+    }
+}
+
+/// At agent start: the VM directories of VMIs that are not bound to this
+/// node any more (`listed` holds the uids that are) are discarded.
+pub fn discard_orphans(env: &RunnerEnv, listed: &std::collections::HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(&env.run_root) else { return };
+    for e in entries.flatten() {
+        let dir = e.path();
+        let Some(uid) = dir.file_name().and_then(|n| n.to_str()).map(String::from) else { continue };
+        if listed.contains(&uid) || !dir.join("vmi.json").exists() {
+            continue;
+        }
+        discard(env, &dir);
+    }
+}
+
+/// The migration state of `vmi` if this node should send it now: it is
+/// the source, the target is ready, and it has not ended.
+fn to_send(env: &RunnerEnv, vmi: &VirtualMachineInstance) -> Option<Value> {
+    let state = vmi.status.as_ref()?.migration_state.clone()?;
+    let s = |k: &str| state.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
+    let ended = state.get("completed") == Some(&json!(true)) || state.get("failed") == Some(&json!(true));
+    (s("sourceNode") == Some(env.node.as_str()) && s("targetNodeAddress").is_some() && !ended).then_some(state)
+}
+
+/// Sends the VM to the migration's target in a task of its own; the
+/// runner keeps handling QEMU's events meanwhile.
+fn start_sending(
+    env: &Arc<RunnerEnv>,
+    qmp: &Qmp,
+    vmi: &VirtualMachineInstance,
+    state: Value,
+) -> (tokio::task::JoinHandle<Sent>, Value) {
+    let (env2, qmp2, vmi2, state2) = (env.clone(), qmp.clone(), vmi.clone(), state.clone());
+    let task = tokio::spawn(async move { crate::migration::send(&env2, &qmp2, &vmi2, &state2).await });
+    (task, state)
 }
 
 /// Runs one VMI until its QEMU is gone and the VMI is finished or deleted.
@@ -424,7 +492,7 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
     add_finalizer(&env, &vmi).await;
     let adopted = live_qemu(&dir).is_some();
     if !adopted {
-        if let Err(e) = launch(&env, &vmi, &dir).await {
+        if let Err(e) = launch(&env, &vmi, &dir, Start::Boot).await {
             tracing::warn!(%ns, %name, error = %e, "launch failed");
             cleanup(&env, &dir);
             let mut conds = accel_conditions(&env);
@@ -473,6 +541,12 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
 
     let mut guest_shutdown = false;
     let mut deleting: Option<tokio::time::Instant> = None;
+    // A live migration this node sends: its task and the migration state
+    // it started from.
+    let mut migrating: Option<(tokio::task::JoinHandle<Sent>, Value)> = None;
+    if let Some(state) = to_send(&env, &vmi) {
+        migrating = Some(start_sending(&env, &qmp, &vmi, state));
+    }
     loop {
         let deadline = deleting.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
@@ -489,6 +563,9 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
                             guest_shutdown = true;
                         }
                     }
+                    // The switch-over of a migration stops the guest here
+                        // last: not a pause.
+                    "STOP" if migrating.is_some() => {}
                     "STOP" => {
                         paused = true;
                         patch_status(&env, &vmi, running_status(paused, agent.as_ref(), &interfaces)).await;
@@ -515,6 +592,10 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
             },
             req = requests.recv() => match req {
                 Some(Request::Shutdown { grace }) => {
+                    if let Some((task, _)) = migrating.take() {
+                        task.abort();
+                        let _ = qmp.execute("migrate_cancel", None).await;
+                    }
                     if deleting.is_none() {
                         requests_seen.rebooted(&qmp).await;
                         let _ = qmp.system_powerdown().await;
@@ -522,6 +603,9 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
                     }
                 }
                 Some(Request::Sync(cur)) => {
+                    if let (None, None, Some(state)) = (&migrating, deleting, to_send(&env, &cur)) {
+                        migrating = Some(start_sending(&env, &qmp, &cur, state));
+                    }
                     if deleting.is_none() {
                         hotplug.sync(&cur);
                         requests_seen.apply(&env, &qmp, &dir, &cur, paused, agent.is_some()).await;
@@ -548,6 +632,31 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
                             requests_seen.apply(&env, &qmp, &dir, &cur, paused, agent.is_some()).await;
                         }
                     }
+                }
+            }
+            sent = async {
+                match migrating.as_mut() {
+                    Some((task, _)) => task.await,
+                    None => std::future::pending().await,
+                }
+            }, if migrating.is_some() => {
+                let Some((_, state)) = migrating.take() else { continue };
+                match sent {
+                    Ok(Sent::Completed { downtime_ms, total_ms }) => {
+                        crate::migration::completed(&env, &vmi, &state, downtime_ms, total_ms).await;
+                        let _ = qmp.quit().await;
+                        for _ in 0..50 {
+                            if live_qemu(&dir).is_none() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        cleanup(&env, &dir);
+                        tracing::info!(%ns, %name, "VMI migrated away");
+                        return;
+                    }
+                    Ok(Sent::Failed(why)) => crate::migration::fail(&env, &vmi, &why).await,
+                    Err(e) => crate::migration::fail(&env, &vmi, &format!("the migration's task ended: {e}")).await,
                 }
             }
             _ = tokio::time::sleep_until(deadline), if deleting.is_some() => {

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use sheaf_blk::auth::ClusterKey;
 use sheaf_blk::control::{self, ControlRequest};
 use sheaf_blk::engine::Engine;
 use sheaf_blk::replica_server::Address;
@@ -61,6 +62,14 @@ pub struct Storage {
     children: Mutex<Vec<Child>>,
     /// When each detached volume was last checked.
     checked: Mutex<HashMap<String, Instant>>,
+    /// The address replica servers listen on for other nodes' engines.
+    node_ip: std::net::IpAddr,
+    /// The cluster key replica connections over TCP prove (None: replicas
+    /// serve this node only, on unix sockets), and the key itself for the
+    /// engines this process runs (detached work).
+    key_file: Option<PathBuf>,
+    cluster_key: Option<ClusterKey>,
+    key_bytes: Vec<u8>,
 }
 
 fn msg(volume: &str, message: impl Into<String>) -> LaunchError {
@@ -257,7 +266,31 @@ impl Storage {
             attach_wanted: Mutex::default(),
             children: Mutex::default(),
             checked: Mutex::default(),
+            node_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            key_file: None,
+            cluster_key: None,
+            key_bytes: Vec::new(),
         }
+    }
+
+    /// Serves this node's replicas to other nodes' engines on `node_ip`,
+    /// over TCP connections that prove the cluster key in `key_file`.
+    pub fn serve_over_tcp(mut self, node_ip: std::net::IpAddr, key: Vec<u8>) -> Storage {
+        match ClusterKey::from_secret(&key) {
+            Ok(k) => {
+                self.cluster_key = Some(k);
+                self.key_file = Some(self.blk_dir.join("cluster.key"));
+                self.key_bytes = key;
+            }
+            Err(e) => tracing::error!(error = %e, "replicas cannot be served to other nodes"),
+        }
+        self.node_ip = node_ip;
+        self
+    }
+
+    /// The cluster key, for other in-process readers of replicas.
+    pub fn cluster_key(&self) -> Option<ClusterKey> {
+        self.cluster_key.clone()
     }
 
     /// This node's images (base images of volumes made from an image).
@@ -350,6 +383,9 @@ impl Storage {
     /// Starts `sheaf <args>` detached, logging to `log`; records its pid.
     fn spawn(&self, args: &[String], log: &Path, pidfile: &Path) -> Result<u32, String> {
         std::fs::create_dir_all(&self.blk_dir).map_err(|e| format!("creating {}: {e}", self.blk_dir.display()))?;
+        if let Some(k) = self.key_file.as_ref().filter(|k| !k.exists()) {
+            crate::cluster_key::write_file(k, &self.key_bytes).map_err(|e| format!("writing {}: {e}", k.display()))?;
+        }
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -395,14 +431,28 @@ impl Storage {
         Ok(rs)
     }
 
-    fn addresses(replicas: &[Replica]) -> Vec<Address> {
-        replicas.iter().filter_map(|r| r.status.as_ref()?.address.as_deref()?.parse().ok()).collect::<Vec<Address>>()
+    /// Where an engine on this node reaches `replicas`: those of this node
+    /// on their unix sockets, the others at the TCP address their node's
+    /// agent reports.
+    fn addresses(&self, replicas: &[Replica]) -> Vec<Address> {
+        replicas.iter().filter_map(|r| self.address_of(r)).collect()
+    }
+
+    fn address_of(&self, r: &Replica) -> Option<Address> {
+        if r.spec.node_name == self.node {
+            let uid = r.metadata.uid.as_deref()?;
+            return Some(Address::Unix(self.replica_paths(uid).0));
+        }
+        match r.status.as_ref()?.address.as_deref()?.parse().ok()? {
+            a @ Address::Tcp(_) => Some(a),
+            Address::Unix(_) => None,
+        }
     }
 
     /// [`Self::addresses`] as the engine's command line and control socket
     /// write them.
-    fn address_strings(replicas: &[Replica]) -> Vec<String> {
-        Self::addresses(replicas).iter().map(ToString::to_string).collect()
+    fn address_strings(&self, replicas: &[Replica]) -> Vec<String> {
+        self.addresses(replicas).iter().map(ToString::to_string).collect()
     }
 
     /// The command line of the engine of volume `uid` with these replicas.
@@ -475,10 +525,17 @@ impl Storage {
     /// finish and for the replicas to run. Hotpluggable volumes are left to
     /// the VMI's runner, which adds them once QEMU runs
     /// ([`Self::attach_volume`]).
-    pub async fn attach(&self, vmi: &VirtualMachineInstance) -> Result<HashMap<String, AttachedDisk>, LaunchError> {
+    /// With `standby` (the target of a live migration) the engines claim
+    /// nothing until the guest's first I/O there (see
+    /// docs/design/migration.md).
+    pub async fn attach(
+        &self,
+        vmi: &VirtualMachineInstance,
+        standby: bool,
+    ) -> Result<HashMap<String, AttachedDisk>, LaunchError> {
         let mut out = HashMap::new();
         for v in vmi.spec.volumes.iter().filter(|v| !v.hotpluggable()) {
-            if let Some(disk) = self.attach_volume(vmi, v).await? {
+            if let Some(disk) = self.attach_engine(vmi, v, standby).await? {
                 out.insert(v.name.clone(), disk);
             }
         }
@@ -492,6 +549,15 @@ impl Storage {
         &self,
         vmi: &VirtualMachineInstance,
         v: &sheaf_types::kubevirt::Volume,
+    ) -> Result<Option<AttachedDisk>, LaunchError> {
+        self.attach_engine(vmi, v, false).await
+    }
+
+    async fn attach_engine(
+        &self,
+        vmi: &VirtualMachineInstance,
+        v: &sheaf_types::kubevirt::Volume,
+        standby: bool,
     ) -> Result<Option<AttachedDisk>, LaunchError> {
         let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let vmi_uid = vmi.metadata.uid.clone().unwrap_or_default();
@@ -573,7 +639,16 @@ impl Storage {
                 .find(|d| d.name == v.name)
                 .and_then(|d| d.serial.clone())
                 .unwrap_or_else(|| claim.clone());
-            let args = Self::engine_args(&uid, &Self::address_strings(&replicas), &p, &serial);
+            let mut args = Self::engine_args(&uid, &self.address_strings(&replicas), &p, &serial);
+            if let Some(key) = &self.key_file {
+                args.extend(["--auth-key-file".into(), key.display().to_string()]);
+            }
+            if standby {
+                // Claims the replicas on the guest's first I/O here (after
+                // the switch-over); until then the source's engine serves.
+                args.retain(|a| a != "--vhost-user" && !a.ends_with(".vhost"));
+                args.push("--standby".into());
+            }
             let _ = std::fs::remove_file(&p.nbd);
             let _ = std::fs::remove_file(&p.vhost);
             let _ = std::fs::remove_file(&p.ctl);
@@ -646,21 +721,51 @@ impl Storage {
         Ok(stopped)
     }
 
+    /// The volume uids of the engines serving VMI `vmi_uid` on this node.
+    fn engines_of(&self, vmi_uid: &str) -> Vec<String> {
+        let Ok(d) = std::fs::read_dir(&self.blk_dir) else { return Vec::new() };
+        d.flatten()
+            .map(|f| f.path())
+            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("vmi"))
+            .filter(|p| std::fs::read_to_string(p).unwrap_or_default().trim() == vmi_uid)
+            .filter_map(|p| p.file_stem()?.to_str()?.strip_prefix("e-").map(str::to_string))
+            .collect()
+    }
+
     /// Stops the engines serving VMI `vmi_uid` (its QEMU is gone).
     pub fn detach_vmi(&self, vmi_uid: &str) {
-        let Ok(d) = std::fs::read_dir(&self.blk_dir) else { return };
-        for f in d.flatten() {
-            let path = f.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("vmi") {
-                continue;
+        for uid in self.engines_of(vmi_uid) {
+            self.stop_engine(&uid);
+        }
+    }
+
+    /// A live migration of VMI `vmi_uid` completed: its volumes are
+    /// `target`'s now. Their status says so first (so that this node never
+    /// takes them for detached), then their engines here stop (fenced
+    /// already by the target's first I/O, or about to be).
+    pub async fn hand_over(&self, vmi_uid: &str, target: &str) {
+        let engines = self.engines_of(vmi_uid);
+        if engines.is_empty() {
+            return;
+        }
+        let volumes = match Typed::<Volume>::new(self.api.as_ref()).list(None, &Selectors::default()).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list volumes to hand them over; stopping their engines");
+                Vec::new()
             }
-            if std::fs::read_to_string(&path).unwrap_or_default().trim() != vmi_uid {
-                continue;
+        };
+        for uid in engines {
+            let lock = self.lock(&uid);
+            let _held = lock.lock_owned().await;
+            if let Some(vol) = volumes.iter().find(|v| v.metadata.uid.as_deref() == Some(uid.as_str())) {
+                self.patch_status(vol, |s| {
+                    s.state = Some("Attached".into());
+                    s.attached_to = Some(target.to_string());
+                })
+                .await;
             }
-            let Some(uid) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.strip_prefix("e-")) else {
-                continue;
-            };
-            self.stop_engine(uid);
+            self.stop_engine(&uid);
         }
     }
 
@@ -692,6 +797,7 @@ impl Storage {
             let (ns, rname) = name(&r.metadata);
             let uid = r.metadata.uid.clone().unwrap_or_default();
             let (sock, pid, log) = self.replica_paths(&uid);
+            let addr_file = sock.with_extension("addr");
             let needle = sock.display().to_string();
             if r.metadata.deletion_timestamp.is_some() {
                 stop(&pid, &needle);
@@ -708,7 +814,7 @@ impl Storage {
                         "the replica's disk is not configured on this node; its data, if any, is left there"
                     ),
                 }
-                for f in [&sock, &log] {
+                for f in [&sock, &log, &addr_file] {
                     let _ = std::fs::remove_file(f);
                 }
                 let finalizers: Vec<&String> =
@@ -766,6 +872,25 @@ impl Storage {
                     "--listen".into(),
                     format!("unix:{needle}"),
                 ];
+                // Engines on other nodes connect over TCP, proving the
+                // cluster key; the port of the last run is taken again if
+                // it is free (engines have it in their replica set).
+                if let Some(key) = &self.key_file {
+                    let port = std::fs::read_to_string(&addr_file)
+                        .ok()
+                        .and_then(|a| a.trim().rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()))
+                        .filter(|p| std::net::TcpListener::bind((self.node_ip, *p)).is_ok())
+                        .unwrap_or(0);
+                    let _ = std::fs::remove_file(&addr_file);
+                    args.extend([
+                        "--listen".into(),
+                        format!("tcp:{}", std::net::SocketAddr::new(self.node_ip, port)),
+                        "--address-file".into(),
+                        addr_file.display().to_string(),
+                        "--auth-key-file".into(),
+                        key.display().to_string(),
+                    ]);
+                }
                 if let Some(b) = &base {
                     args.extend(["--base".into(), b.display().to_string()]);
                 }
@@ -773,7 +898,8 @@ impl Storage {
                 match self.spawn(&args, &log, &pid) {
                     Ok(_) => {
                         for _ in 0..100 {
-                            if sock.exists() || alive(&pid, &needle).is_none() {
+                            let listening = sock.exists() && (self.key_file.is_none() || addr_file.exists());
+                            if listening || alive(&pid, &needle).is_none() {
                                 break;
                             }
                             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -789,7 +915,12 @@ impl Storage {
             let state = if serving { "Running" } else { "Failed" };
             let mut status = r.status.clone().unwrap_or_default();
             status.state = Some(state.into());
-            status.address = Some(format!("unix:{needle}"));
+            // Other nodes' engines use the TCP address; this node's use the
+            // unix socket (see `addresses`).
+            status.address = match std::fs::read_to_string(&addr_file) {
+                Ok(a) if self.key_file.is_some() && !a.trim().is_empty() => Some(a.trim().to_string()),
+                _ => Some(format!("unix:{needle}")),
+            };
             if let Some(dir) = &dir {
                 status.data_dir = Some(dir.display().to_string());
                 status.actual_size = Some(disk_usage(dir));
@@ -843,6 +974,22 @@ impl Storage {
             if !engine && !self.manages(&vol, &replicas) {
                 continue;
             }
+            // Detached work claims the replicas: decide on the volume as it
+            // is now, not as listed (a migration may just have handed it
+            // to another node, whose engine must not be fenced).
+            let vol = if engine {
+                vol
+            } else {
+                match volumes
+                    .get(vol.metadata.namespace.as_deref(), vol.metadata.name.as_deref().unwrap_or_default())
+                    .await
+                {
+                    Ok(Some(fresh)) if fresh.metadata.uid == vol.metadata.uid && self.manages(&fresh, &replicas) => {
+                        fresh
+                    }
+                    _ => continue,
+                }
+            };
             let (ns, vname) = name(&vol.metadata);
             let mine: Vec<VolumeSnapshot> =
                 snaps.iter().filter(|s| s.metadata.namespace == ns && s.spec.volume_name == vname).cloned().collect();
@@ -870,7 +1017,7 @@ impl Storage {
                     s.state = Some("Detached".into());
                     s.attached_to = None;
                     s.attached_vmi = None;
-                    s.replicas = Self::replica_summary(&replicas, None);
+                    s.replicas = self.replica_summary(&replicas, None);
                     s.robustness = Some(Self::detached_robustness(s, &replicas));
                     s.actual_size = Self::actual_size(&replicas);
                 })
@@ -940,11 +1087,16 @@ impl Storage {
         restoring || revert || grow || replica_change || snapshot_work || status.size.is_none()
     }
 
-    fn replica_summary(replicas: &[Replica], engine: Option<&control::EngineStatus>) -> Vec<VolumeReplicaStatus> {
+    fn replica_summary(
+        &self,
+        replicas: &[Replica],
+        engine: Option<&control::EngineStatus>,
+    ) -> Vec<VolumeReplicaStatus> {
         replicas
             .iter()
             .map(|r| {
-                let address = r.status.as_ref().and_then(|s| s.address.clone()).unwrap_or_default();
+                // As this node's engines address it.
+                let address = self.address_of(r).map(|a| a.to_string()).unwrap_or_default();
                 let from_engine = engine.and_then(|e| e.replicas.iter().find(|x| x.address == address));
                 let state = match from_engine.map(|x| x.state.as_str()) {
                     Some("healthy") => "Healthy",
@@ -1008,11 +1160,15 @@ impl Storage {
                 return;
             }
         };
+        if status.standby {
+            // A migration's target: the source's engine serves and reports.
+            return;
+        }
         // The volume's replicas changed (one replaced or added, one
         // removed): the engine takes the new set (it rebuilds new replicas
         // by itself and refuses a set without a healthy one), and a restart
         // after a crash uses it too.
-        let want = Self::address_strings(replicas);
+        let want = self.address_strings(replicas);
         let have: Vec<String> = status.replicas.iter().map(|r| r.address.clone()).collect();
         if !want.is_empty() && want != have {
             let req = ControlRequest::SetReplicas { replicas: want.clone() };
@@ -1023,7 +1179,11 @@ impl Storage {
                     let saved: Vec<String> =
                         std::fs::read(&p.args).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
                     let args = if saved.is_empty() {
-                        Self::engine_args(&uid, &want, p, &vname)
+                        let mut args = Self::engine_args(&uid, &want, p, &vname);
+                        if let Some(key) = &self.key_file {
+                            args.extend(["--auth-key-file".into(), key.display().to_string()]);
+                        }
+                        args
                     } else {
                         Self::with_replicas(&saved, &want)
                     };
@@ -1071,7 +1231,7 @@ impl Storage {
             s.epoch = Some(status.epoch);
             s.size = size;
             s.robustness = Some(robustness.into());
-            s.replicas = Self::replica_summary(replicas, Some(&status));
+            s.replicas = self.replica_summary(replicas, Some(&status));
             s.actual_size = Self::actual_size(replicas);
             if revert.is_some() {
                 s.last_revert = revert;
@@ -1156,8 +1316,8 @@ impl Storage {
         let snaps = &snaps[..];
         let uid = vol.metadata.uid.clone().unwrap_or_default();
         let Ok(replicas) = self.replicas_of(vol).await else { return };
-        let addrs = Self::addresses(&replicas);
-        let engine = match Engine::start(&uid, &addrs).await {
+        let addrs = self.addresses(&replicas);
+        let engine = match Engine::start_with_key(&uid, &addrs, self.cluster_key()).await {
             Ok(e) => Arc::new(e),
             Err(e) => {
                 tracing::warn!(volume = %vname, error = %e, "cannot open the detached volume");
@@ -1248,7 +1408,7 @@ impl Storage {
             s.size = status.size;
             s.epoch = Some(epoch);
             s.robustness = Some(robustness.into());
-            s.replicas = Self::replica_summary(&replicas, None);
+            s.replicas = self.replica_summary(&replicas, None);
             s.actual_size = Self::actual_size(&replicas);
             s.restored_from = status.restored_from.clone();
             if status.last_revert.is_some() {
@@ -1265,8 +1425,8 @@ impl Storage {
         loop {
             tokio::time::sleep(PERIOD).await;
             let Ok(now) = self.replicas_of(vol).await else { continue };
-            let next = Self::addresses(&now);
-            if next.is_empty() || next == Self::addresses(replicas) {
+            let next = self.addresses(&now);
+            if next.is_empty() || next == self.addresses(replicas) {
                 continue;
             }
             match engine.set_replicas(&next) {
@@ -1298,9 +1458,7 @@ impl Storage {
         let replicas = self.replicas_of(&source).await?;
         let mut last = String::from("the source volume has no running replica");
         for r in replicas.iter().filter(|r| Self::running(r)) {
-            let Some(addr) = r.status.as_ref().and_then(|s| s.address.as_deref()).and_then(|a| a.parse().ok()) else {
-                continue;
-            };
+            let Some(addr) = self.address_of(r) else { continue };
             match engine.copy_from_snapshot(&addr, &snap.layer_name()).await {
                 Ok(n) => return Ok(n),
                 Err(e) => last = e.to_string(),

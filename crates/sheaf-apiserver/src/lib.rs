@@ -13,6 +13,7 @@
 //!             ├─ watch                   event streams with resume
 //!             └─ table                   kubectl's server-side printing
 //!  gc: garbage collector and namespace finalizer (background task)
+//!  server_join: further servers of an HA control plane join (etcd members, shared secrets)
 //! ```
 
 pub mod claim_resize;
@@ -33,6 +34,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod selector;
 pub mod server;
+pub mod server_join;
 pub mod subresources;
 pub mod table;
 pub mod templates;
@@ -86,13 +88,14 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ap
     }
 }
 
-/// Creates the objects every cluster has: the `default` and `sheaf-system`
+/// Creates the objects every cluster has: the `default`, `kube-system`
+/// (where the servers' leader election Lease lives) and `sheaf-system`
 /// namespaces and the default StorageClass `sheaf`.
 pub async fn bootstrap(server: &ApiServer) -> ApiResult<()> {
     let Some(rt) = server.registry.find("", "v1", "namespaces").cloned() else {
         return Ok(());
     };
-    for ns in ["default", "sheaf-system"] {
+    for ns in ["default", "kube-system", "sheaf-system"] {
         let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
         match server.objects.create(&rt, None, body, &Default::default()).await {
             Ok(_) => {}

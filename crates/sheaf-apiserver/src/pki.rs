@@ -4,6 +4,7 @@
 //! ```text
 //! DATA/pki/ca.crt  ca.key        the cluster CA (kept; signs everything)
 //! DATA/pki/server.crt server.key the API server's certificate
+//! DATA/pki/etcd-peer.crt .key    the etcd member's peer certificate (HA)
 //! DATA/admin.token               bearer token with full rights (0600)
 //! ```
 //!
@@ -56,6 +57,8 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
 /// Paths and PEM contents of the generated material.
 pub struct Pki {
     pub ca_pem: String,
+    /// The CA's private key (shared by the servers of an HA control plane).
+    pub ca_key_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
     pub admin_token: String,
@@ -102,32 +105,14 @@ pub fn ensure(data_dir: &Path, names: &[String]) -> Result<Pki, PkiError> {
     }
     let srv_crt = dir.join("server.crt");
     let srv_key = dir.join("server.key");
-    let srv_names = dir.join("server.names");
-    let wanted = sans.join(",");
-    let current = fs::read_to_string(&srv_names).unwrap_or_default();
-    if !srv_crt.exists() || !srv_key.exists() || current != wanted {
-        let ca_key = KeyPair::from_pem(&ca_key_pem)?;
-        // The issuer is rebuilt from the same parameters and key as the CA
-        // certificate, so subject and key identifier match it.
-        let issuer = Issuer::new(ca_params()?, ca_key);
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, "sheaf-apiserver");
-        params.subject_alt_names = sans
-            .iter()
-            .map(|n| match n.parse::<std::net::IpAddr>() {
-                Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => n.clone().try_into().map(SanType::DnsName),
-            })
-            .collect::<Result<_, _>>()?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
-        let cert = params.signed_by(&key, &issuer)?;
-        write_private(&srv_key, key.serialize_pem().as_bytes())?;
-        fs::write(&srv_crt, cert.pem()).map_err(io(&srv_crt))?;
-        fs::write(&srv_names, &wanted).map_err(io(&srv_names))?;
-    }
+    let leaf = Leaf {
+        cert: srv_crt.clone(),
+        key: srv_key.clone(),
+        names: dir.join("server.names"),
+        common_name: "sheaf-apiserver",
+        usages: vec![ExtendedKeyUsagePurpose::ServerAuth],
+    };
+    leaf.ensure(&ca_key_pem, &sans)?;
     let token_path = data_dir.join("admin.token");
     if !token_path.exists() {
         write_private(&token_path, random_token().as_bytes())?;
@@ -138,11 +123,116 @@ pub fn ensure(data_dir: &Path, names: &[String]) -> Result<Pki, PkiError> {
     }
     Ok(Pki {
         ca_pem,
+        ca_key_pem,
         cert_pem: fs::read_to_string(&srv_crt).map_err(io(&srv_crt))?,
         key_pem: fs::read_to_string(&srv_key).map_err(io(&srv_key))?,
         admin_token: fs::read_to_string(&token_path).map_err(io(&token_path))?.trim().to_string(),
         node_token: fs::read_to_string(&node_token_path).map_err(io(&node_token_path))?.trim().to_string(),
     })
+}
+
+/// A certificate signed by the cluster CA, with the files it lives in;
+/// re-issued when its names change.
+struct Leaf {
+    cert: PathBuf,
+    key: PathBuf,
+    /// The names it was issued for, comma-separated.
+    names: PathBuf,
+    common_name: &'static str,
+    usages: Vec<ExtendedKeyUsagePurpose>,
+}
+
+impl Leaf {
+    fn ensure(&self, ca_key_pem: &str, sans: &[String]) -> Result<(), PkiError> {
+        let wanted = sans.join(",");
+        let current = fs::read_to_string(&self.names).unwrap_or_default();
+        if self.cert.exists() && self.key.exists() && current == wanted {
+            return Ok(());
+        }
+        let ca_key = KeyPair::from_pem(ca_key_pem)?;
+        // The issuer is rebuilt from the same parameters and key as the CA
+        // certificate, so subject and key identifier match it.
+        let issuer = Issuer::new(ca_params()?, ca_key);
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, self.common_name);
+        params.subject_alt_names = sans
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n.clone().try_into().map(SanType::DnsName),
+            })
+            .collect::<Result<_, _>>()?;
+        params.extended_key_usages = self.usages.clone();
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let cert = params.signed_by(&key, &issuer)?;
+        write_private(&self.key, key.serialize_pem().as_bytes())?;
+        fs::write(&self.cert, cert.pem()).map_err(io(&self.cert))?;
+        fs::write(&self.names, &wanted).map_err(io(&self.names))
+    }
+}
+
+/// The secrets every server of a control plane shares: the CA (certificate
+/// and key), the admin token and the node secret.
+pub struct SharedSecrets<'a> {
+    pub ca_pem: &'a str,
+    pub ca_key_pem: &'a str,
+    pub admin_token: &'a str,
+    pub node_token: &'a str,
+}
+
+/// Writes the shared secrets a joining server received into `data_dir`,
+/// replacing what it had; its own certificates are re-issued under the
+/// cluster's CA by the next [`ensure`].
+pub fn install_shared(data_dir: &Path, s: &SharedSecrets<'_>) -> Result<(), PkiError> {
+    let dir = data_dir.join("pki");
+    fs::create_dir_all(&dir).map_err(io(&dir))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
+    // Certificates signed by another CA are of no use any more.
+    for f in ["server.crt", "server.key", "server.names", "etcd-peer.crt", "etcd-peer.key", "etcd-peer.names"] {
+        let p = dir.join(f);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(PkiError::Io { path: p, source: e }),
+        }
+    }
+    write_private(&dir.join("ca.key"), s.ca_key_pem.as_bytes())?;
+    let ca_crt = dir.join("ca.crt");
+    fs::write(&ca_crt, s.ca_pem).map_err(io(&ca_crt))?;
+    write_private(&data_dir.join("admin.token"), s.admin_token.as_bytes())?;
+    write_private(&data_dir.join("node.token"), s.node_token.as_bytes())
+}
+
+/// The files of an etcd member's peer TLS (mutual: each member presents a
+/// certificate of the cluster CA to the others).
+#[derive(Clone, Debug)]
+pub struct EtcdPeerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The peer certificate of this server's etcd member, for `ip` (server and
+/// client authentication), issued by the cluster CA under `data_dir`.
+pub fn etcd_peer_tls(data_dir: &Path, ip: std::net::IpAddr) -> Result<EtcdPeerTls, PkiError> {
+    let dir = data_dir.join("pki");
+    let ca_key = dir.join("ca.key");
+    let ca_key_pem = fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
+    let leaf = Leaf {
+        cert: dir.join("etcd-peer.crt"),
+        key: dir.join("etcd-peer.key"),
+        names: dir.join("etcd-peer.names"),
+        common_name: "sheaf-etcd-peer",
+        usages: vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    let mut sans = vec![ip.to_string()];
+    if !ip.is_loopback() {
+        sans.push("127.0.0.1".into());
+    }
+    leaf.ensure(&ca_key_pem, &sans)?;
+    Ok(EtcdPeerTls { ca: dir.join("ca.crt"), cert: leaf.cert, key: leaf.key })
 }
 
 /// Reads the CA certificate and admin token of an initialised data

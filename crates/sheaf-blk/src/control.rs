@@ -5,8 +5,15 @@
 //! One JSON request per line, one JSON reply per line:
 //! `{"op":"status"}`, `{"op":"snapshot","name":"s1"}`,
 //! `{"op":"deleteSnapshot","name":"s1"}`, `{"op":"expand","size":1073741824}`,
-//! `{"op":"snapshots"}`, `{"op":"setReplicas","replicas":["unix:/…","tcp:…"]}`
-//! → `{"ok":true,...}` or `{"error":"..."}`.
+//! `{"op":"snapshots"}`, `{"op":"setReplicas","replicas":["unix:/…","tcp:…"]}`,
+//! `{"op":"activate"}` → `{...}` (a `status`, `snapshots` or nothing) or
+//! `{"error":"..."}`.
+//!
+//! An engine on standby ([`crate::standby`]) answers `status` with
+//! `"standby":true`, takes `setReplicas` (the set it will claim) and
+//! `activate` (take the volume over now; the status after it is the
+//! reply), and refuses the rest until it is active. `activate` on a
+//! running engine does nothing.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::engine::Engine;
+use crate::standby::{StandbyEngine, ON_STANDBY};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase")]
@@ -35,6 +43,9 @@ pub enum ControlRequest {
     SetReplicas {
         replicas: Vec<String>,
     },
+    /// Take the volume over now (an engine on standby); replies with the
+    /// status.
+    Activate,
 }
 
 /// A replica as its engine sees it.
@@ -53,6 +64,10 @@ pub struct EngineStatus {
     pub size: u64,
     pub epoch: u64,
     pub replicas: Vec<ReplicaState>,
+    /// On standby: not started yet (epoch 0, replicas `standby`); it
+    /// takes the volume over at the first I/O or `activate`.
+    #[serde(default)]
+    pub standby: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -66,45 +81,90 @@ pub struct ControlReply {
     pub snapshots: Option<Vec<String>>,
 }
 
-async fn answer(engine: &Engine, req: ControlRequest) -> ControlReply {
+/// What a control socket serves.
+#[derive(Clone)]
+enum Target {
+    Running(Arc<Engine>),
+    Standby(Arc<StandbyEngine>),
+}
+
+fn refused(e: impl ToString) -> ControlReply {
+    ControlReply { error: Some(e.to_string()), ..Default::default() }
+}
+
+fn parse_replicas(replicas: &[String]) -> Result<Vec<crate::replica_server::Address>, String> {
+    replicas.iter().map(|a| a.parse()).collect()
+}
+
+async fn answer(target: &Target, req: ControlRequest) -> ControlReply {
+    let engine = match target {
+        Target::Running(e) => e.clone(),
+        Target::Standby(s) => match (s.engine(), &req) {
+            (Some(e), _) => e,
+            (None, ControlRequest::Status) => return ControlReply { status: Some(s.status()), ..Default::default() },
+            (None, ControlRequest::Activate) => {
+                return match s.activate().await {
+                    Ok(e) => ControlReply { status: Some(e.status()), ..Default::default() },
+                    Err(e) => refused(e),
+                }
+            }
+            (None, ControlRequest::SetReplicas { replicas }) => {
+                return match parse_replicas(replicas).map(|a| s.set_replicas(&a)) {
+                    Ok(Ok(())) => ControlReply::default(),
+                    Ok(Err(e)) => refused(e),
+                    Err(e) => refused(e),
+                }
+            }
+            (None, _) => return refused(ON_STANDBY),
+        },
+    };
     let done = |r: Result<(), crate::engine::EngineError>| match r {
         Ok(()) => ControlReply::default(),
-        Err(e) => ControlReply { error: Some(e.to_string()), ..Default::default() },
+        Err(e) => refused(e),
     };
     match req {
-        ControlRequest::Status => ControlReply { status: Some(engine.status()), ..Default::default() },
+        ControlRequest::Status | ControlRequest::Activate => {
+            ControlReply { status: Some(engine.status()), ..Default::default() }
+        }
         ControlRequest::Snapshot { name } => done(engine.snapshot(&name).await),
         ControlRequest::DeleteSnapshot { name } => done(engine.delete_snapshot(&name).await),
         ControlRequest::Expand { size } => done(engine.expand(size).await),
-        ControlRequest::SetReplicas { replicas } => {
-            let parsed: Result<Vec<crate::replica_server::Address>, String> =
-                replicas.iter().map(|a| a.parse()).collect();
-            match parsed {
-                Ok(a) => done(engine.set_replicas(&a)),
-                Err(e) => ControlReply { error: Some(e), ..Default::default() },
-            }
-        }
+        ControlRequest::SetReplicas { replicas } => match parse_replicas(&replicas) {
+            Ok(a) => done(engine.set_replicas(&a)),
+            Err(e) => refused(e),
+        },
         ControlRequest::Snapshots => match engine.snapshots().await {
             Ok(s) => ControlReply { snapshots: Some(s), ..Default::default() },
-            Err(e) => ControlReply { error: Some(e.to_string()), ..Default::default() },
+            Err(e) => refused(e),
         },
     }
 }
 
-/// Serves the control socket at `path` until the process ends.
+/// Serves the control socket of a running engine at `path` until the
+/// process ends.
 pub async fn serve(engine: Arc<Engine>, path: &Path) -> std::io::Result<()> {
+    serve_target(Target::Running(engine), path).await
+}
+
+/// Serves the control socket of an engine on standby at `path` until the
+/// process ends (before and after it is activated).
+pub async fn serve_standby(standby: Arc<StandbyEngine>, path: &Path) -> std::io::Result<()> {
+    serve_target(Target::Standby(standby), path).await
+}
+
+async fn serve_target(target: Target, path: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)?;
     loop {
         let (conn, _) = listener.accept().await?;
-        let engine = engine.clone();
+        let target = target.clone();
         tokio::spawn(async move {
             let (r, mut w) = conn.into_split();
             let mut lines = BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let reply = match serde_json::from_str::<ControlRequest>(&line) {
-                    Ok(req) => answer(&engine, req).await,
-                    Err(e) => ControlReply { error: Some(format!("bad request: {e}")), ..Default::default() },
+                    Ok(req) => answer(&target, req).await,
+                    Err(e) => refused(format!("bad request: {e}")),
                 };
                 let mut out = serde_json::to_vec(&reply).unwrap_or_default();
                 out.push(b'\n');

@@ -5,6 +5,8 @@
 //!
 //! Requests are dispatched to every replica connection under one lock, so
 //! all replicas apply writes in the same order; each connection pipelines.
+//! A TCP connection to a replica opens with the cluster-key handshake
+//! ([`crate::auth`]; [`Engine::start_with_key`] gives the key).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -15,6 +17,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::{AuthError, ClusterKey};
 use crate::proto::{self, code, Info, LayerRange, Op, Reply, Request};
 use crate::replica_server::Address;
 
@@ -22,10 +25,21 @@ use crate::replica_server::Address;
 pub enum EngineError {
     #[error("replica {replica}: {message}")]
     Replica { replica: String, message: String },
+    /// The cluster-key handshake on a TCP connection failed.
+    #[error("replica {replica} {problem}")]
+    Auth {
+        replica: String,
+        #[source]
+        problem: AuthError,
+    },
     #[error("no healthy replica is left: {0}")]
     NoReplica(String),
     #[error("{0}")]
     Invalid(String),
+    /// An engine on standby could not take the volume over (the request
+    /// that needed it fails; the next one tries again).
+    #[error("the standby engine could not take the volume over: {0}")]
+    NotActivated(String),
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
@@ -95,18 +109,25 @@ const REBUILDING: u8 = 1;
 const FAILED: u8 = 2;
 
 impl Conn {
-    async fn connect(address: &Address) -> std::io::Result<Conn> {
+    /// Connects; on TCP both sides then prove they hold the cluster key
+    /// (`key`; unix sockets need none).
+    async fn connect(address: &Address, key: Option<&ClusterKey>) -> Result<Conn, EngineError> {
+        let io_error =
+            |e: std::io::Error| EngineError::Replica { replica: address.to_string(), message: e.to_string() };
         let (tx, rx) = mpsc::unbounded_channel();
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let reader = match address {
             Address::Unix(p) => {
-                let (r, w) = within(tokio::net::UnixStream::connect(p)).await?.into_split();
+                let (r, w) = within(tokio::net::UnixStream::connect(p)).await.map_err(io_error)?.into_split();
                 Self::spawn(r, w, rx, pending.clone(), closed.clone())
             }
             Address::Tcp(a) => {
-                let s = within(tokio::net::TcpStream::connect(a)).await?;
-                s.set_nodelay(true)?;
+                let mut s = within(tokio::net::TcpStream::connect(a)).await.map_err(io_error)?;
+                s.set_nodelay(true).map_err(io_error)?;
+                crate::auth::engine_handshake(&mut s, key)
+                    .await
+                    .map_err(|problem| EngineError::Auth { replica: address.to_string(), problem })?;
                 let (r, w) = s.into_split();
                 Self::spawn(r, w, rx, pending.clone(), closed.clone())
             }
@@ -201,6 +222,8 @@ pub struct Engine {
     timeout: Duration,
     /// The base image every replica must have (volumes made from an image).
     base: Option<String>,
+    /// Proven to TCP replicas on every connection.
+    cluster_key: Option<ClusterKey>,
 }
 
 /// Reads one snapshot of a replica as the volume was when it was taken
@@ -214,10 +237,19 @@ pub struct SnapshotReader {
 }
 
 impl SnapshotReader {
+    /// Opens `snapshot` on a replica reached without a cluster key (a
+    /// unix socket, or a TCP replica server run with `--insecure-no-auth`).
     pub async fn open(source: &Address, snapshot: &str) -> Result<SnapshotReader, EngineError> {
-        let conn = Conn::connect(source)
-            .await
-            .map_err(|e| EngineError::Replica { replica: source.to_string(), message: e.to_string() })?;
+        Self::open_with_key(source, snapshot, None).await
+    }
+
+    /// [`SnapshotReader::open`], proving `key` to a TCP replica server.
+    pub async fn open_with_key(
+        source: &Address,
+        snapshot: &str,
+        key: Option<&ClusterKey>,
+    ) -> Result<SnapshotReader, EngineError> {
+        let conn = Conn::connect(source, key).await?;
         let info = Request { op: Op::Info, id: 0, epoch: 0, offset: 0, len: 0, payload: Bytes::new() };
         let r = answer(&conn, conn.send(&info)).await?;
         let info: Info = serde_json::from_slice(&r.payload)
@@ -306,7 +338,20 @@ impl Engine {
     /// new epoch and keeps the replicas that are current. A replica that is
     /// unreachable, refuses, or is behind the freshest (older flush
     /// generation) is left out until the rebuild loop brings it back.
+    ///
+    /// Without a cluster key: TCP replica servers must run with
+    /// `--insecure-no-auth`; see [`Engine::start_with_key`].
     pub async fn start(volume: &str, replicas: &[Address]) -> Result<Engine, EngineError> {
+        Self::start_with_key(volume, replicas, None).await
+    }
+
+    /// [`Engine::start`], proving `key` to every TCP replica server (on
+    /// every connection: at start, rebuilds, snapshot copies).
+    pub async fn start_with_key(
+        volume: &str,
+        replicas: &[Address],
+        key: Option<ClusterKey>,
+    ) -> Result<Engine, EngineError> {
         if replicas.is_empty() {
             return Err(EngineError::Invalid("a volume needs at least one replica".into()));
         }
@@ -314,7 +359,7 @@ impl Engine {
         let mut epochs = Vec::new();
         let mut problems = Vec::new();
         for a in replicas {
-            match Self::probe(volume, a).await {
+            match Self::probe(volume, a, key.as_ref()).await {
                 Ok((c, info)) => {
                     epochs.push(info.epoch);
                     conns.push(c);
@@ -377,13 +422,80 @@ impl Engine {
             dispatch: Mutex::new(()),
             timeout: REPLICA_TIMEOUT,
             base,
+            cluster_key: key,
         })
     }
 
+    /// Reads what every replica it reaches says about itself (no claim, no
+    /// new epoch: an engine on standby learns the volume's size this way).
+    /// Fails when none answers.
+    pub async fn survey(
+        volume: &str,
+        replicas: &[Address],
+        key: Option<&ClusterKey>,
+    ) -> Result<Vec<Info>, EngineError> {
+        let mut infos = Vec::new();
+        let mut problems = Vec::new();
+        for a in replicas {
+            match Self::probe(volume, a, key).await {
+                Ok((_, info)) => infos.push(info),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if infos.is_empty() {
+            return Err(EngineError::NoReplica(if problems.is_empty() {
+                "a volume needs at least one replica".into()
+            } else {
+                problems.join("; ")
+            }));
+        }
+        Ok(infos)
+    }
+
+    /// Reads `len` bytes at `offset` from the first of `replicas` that
+    /// answers, at the epoch it has now, without claiming it: the engine
+    /// that owns the volume is not fenced. What an engine on standby
+    /// answers reads with (QEMU reads a disk's first sector when it creates
+    /// the device, to guess its geometry, while the migration's source
+    /// still writes). Writes the owner has not flushed may or may not be
+    /// seen.
+    pub async fn peek(
+        volume: &str,
+        replicas: &[Address],
+        key: Option<&ClusterKey>,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, EngineError> {
+        let mut problems = Vec::new();
+        for a in replicas {
+            // Twice: the owner may claim a newer epoch between the two
+            // requests.
+            for _ in 0..2 {
+                let (c, info) = match Self::probe(volume, a, key).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        problems.push(e.to_string());
+                        break;
+                    }
+                };
+                let req = Request { op: Op::Read, id: 0, epoch: info.epoch, offset, len, payload: Bytes::new() };
+                let r = answer(&c, c.send(&req)).await?;
+                if r.code == code::OK {
+                    return Ok(r.payload);
+                }
+                problems.push(reply_error(a, &r).to_string());
+                if r.code != code::STALE_EPOCH {
+                    break;
+                }
+            }
+        }
+        Err(EngineError::NoReplica(problems.join("; ")))
+    }
+
     /// Connects and reads the replica's info (no epoch needed).
-    async fn probe(volume: &str, a: &Address) -> Result<(Conn, Info), EngineError> {
+    async fn probe(volume: &str, a: &Address, key: Option<&ClusterKey>) -> Result<(Conn, Info), EngineError> {
         let err = |m: String| EngineError::Replica { replica: a.to_string(), message: m };
-        let c = Conn::connect(a).await.map_err(|e| err(e.to_string()))?;
+        let c = Conn::connect(a, key).await?;
         let req = Request { op: Op::Info, id: 0, epoch: 0, offset: 0, len: 0, payload: Bytes::new() };
         let r = answer(&c, c.send(&req)).await?;
         if r.code != code::OK {
@@ -458,7 +570,13 @@ impl Engine {
                 crate::control::ReplicaState { address: a.to_string(), state: state.into() }
             })
             .collect();
-        crate::control::EngineStatus { volume: self.volume.clone(), size: self.size(), epoch: self.epoch, replicas }
+        crate::control::EngineStatus {
+            volume: self.volume.clone(),
+            size: self.size(),
+            epoch: self.epoch,
+            replicas,
+            standby: false,
+        }
     }
 
     /// Replaces the set of replicas the volume has (a replica moved to
@@ -665,7 +783,7 @@ impl Engine {
     /// (zeros, or its base image's) are skipped: the copy stays thin.
     /// Returns the bytes written.
     pub async fn copy_from_snapshot(&self, source: &Address, snapshot: &str) -> Result<u64, EngineError> {
-        let reader = SnapshotReader::open(source, snapshot).await?;
+        let reader = SnapshotReader::open_with_key(source, snapshot, self.cluster_key.as_ref()).await?;
         let chunk = REBUILD_CHUNK * crate::store::BLOCK;
         let size = self.size().min(reader.size);
         let mut written = 0;
@@ -788,7 +906,7 @@ impl Engine {
             .into_iter()
             .next()
             .ok_or_else(|| EngineError::NoReplica("no healthy replica to rebuild from".into()))?;
-        let (conn, info) = Self::probe(&self.volume, a).await?;
+        let (conn, info) = Self::probe(&self.volume, a, self.cluster_key.as_ref()).await?;
         let size = self.size();
         if info.base != self.base {
             return Err(EngineError::Replica {
@@ -923,7 +1041,7 @@ impl Engine {
     }
 }
 
-fn errno(e: EngineError) -> (u32, String) {
+pub(crate) fn errno(e: EngineError) -> (u32, String) {
     let n = match e {
         EngineError::Invalid(_) => crate::nbd::EINVAL,
         _ => crate::nbd::EIO,

@@ -2,11 +2,17 @@
 //! engines (and rebuilds) over a unix socket or TCP, a thread per
 //! connection with blocking disk I/O. Requests carry the volume epoch: a
 //! `Hello` with a newer epoch fences every older engine out.
+//!
+//! A TCP client must first pass the cluster-key handshake
+//! ([`crate::auth`]); a TCP listener without a key is refused unless
+//! [`ServerOptions::insecure_no_auth`] says otherwise. Unix-socket
+//! clients are served at once.
 
 use std::io::{BufReader, BufWriter, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::auth::ClusterKey;
 use crate::proto::{self, code, Info, LayerRange, Op, Reply, Request};
 use crate::store::{Replica, StoreError};
 
@@ -210,30 +216,175 @@ fn serve_stream<S: std::io::Read + std::io::Write>(replica: Shared, read: S, wri
     }
 }
 
-/// Serves `replica` on `address` until the process ends.
-pub fn serve(replica: Replica, address: &Address) -> std::io::Result<()> {
-    let shared: Shared = Arc::new(RwLock::new(replica));
-    match address {
-        Address::Unix(path) => {
-            let _ = std::fs::remove_file(path);
-            let listener = std::os::unix::net::UnixListener::bind(path)?;
+/// How a replica server treats its clients.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Every TCP client must prove it holds this key (see [`crate::auth`]).
+    /// Unix-socket clients are not asked: file permissions guard them.
+    pub cluster_key: Option<ClusterKey>,
+    /// Serve TCP without a key: anyone who reaches the port can read and
+    /// overwrite the disk. Without it (or a key) a TCP listener is refused.
+    pub insecure_no_auth: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "refusing to serve on {address} without a cluster key: anyone who reaches the port could read and \
+         overwrite the disk; give every node's storage processes the same --auth-key-file, or pass \
+         --insecure-no-auth if only trusted machines can reach that network"
+    )]
+    TcpWithoutKey { address: Address },
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: Address,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the address file {}: {source}", path.display())]
+    AddressFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("accepting connections on {address}: {source}")]
+    Accept {
+        address: Address,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+enum Listener {
+    Unix(std::os::unix::net::UnixListener),
+    Tcp(std::net::TcpListener),
+}
+
+/// A replica server that is listening; [`Server::run`] accepts clients.
+pub struct Server {
+    shared: Shared,
+    /// Each with where it listens (for `tcp:IP:0`, with the port the
+    /// kernel chose).
+    listeners: Vec<(Listener, Address)>,
+    cluster_key: Option<ClusterKey>,
+}
+
+impl Server {
+    /// Listens on every one of `addresses` (typically a unix socket for
+    /// the engine on this node and `tcp:IP:PORT` for engines on others;
+    /// `tcp:IP:0` lets the kernel choose the port, [`Server::addresses`]
+    /// tells which).
+    pub fn bind(replica: Replica, addresses: &[Address], options: ServerOptions) -> Result<Server, ServerError> {
+        let mut listeners = Vec::new();
+        for address in addresses {
+            let listen_error = |source| ServerError::Listen { address: address.clone(), source };
+            listeners.push(match address {
+                Address::Unix(path) => {
+                    let _ = std::fs::remove_file(path);
+                    let l = std::os::unix::net::UnixListener::bind(path).map_err(listen_error)?;
+                    (Listener::Unix(l), address.clone())
+                }
+                Address::Tcp(addr) => {
+                    if options.cluster_key.is_none() && !options.insecure_no_auth {
+                        return Err(ServerError::TcpWithoutKey { address: address.clone() });
+                    }
+                    if options.cluster_key.is_none() {
+                        tracing::warn!(%address, "serving TCP without a cluster key (--insecure-no-auth)");
+                    }
+                    let l = std::net::TcpListener::bind(addr).map_err(listen_error)?;
+                    let bound = Address::Tcp(l.local_addr().map_err(listen_error)?.to_string());
+                    (Listener::Tcp(l), bound)
+                }
+            });
+        }
+        Ok(Server { shared: Arc::new(RwLock::new(replica)), listeners, cluster_key: options.cluster_key })
+    }
+
+    /// Where it listens: `unix:PATH` or `tcp:IP:PORT` (the port bound).
+    pub fn addresses(&self) -> Vec<Address> {
+        self.listeners.iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    /// The address other nodes reach it on: the first TCP one, or else
+    /// the first.
+    pub fn remote_address(&self) -> Option<&Address> {
+        let mut all = self.listeners.iter().map(|(_, a)| a);
+        all.clone().find(|a| matches!(a, Address::Tcp(_))).or_else(|| all.next())
+    }
+
+    /// Writes [`Server::remote_address`] to `path` (no newline),
+    /// atomically: a reader sees the whole address or no file.
+    pub fn write_address_file(&self, path: &Path) -> Result<(), ServerError> {
+        let error = |source| ServerError::AddressFile { path: path.to_path_buf(), source };
+        let address = self.remote_address().map(|a| a.to_string()).unwrap_or_default();
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp-{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let mut f = std::fs::File::create(&tmp).map_err(error)?;
+        f.write_all(address.as_bytes()).map_err(error)?;
+        f.sync_all().map_err(error)?;
+        std::fs::rename(&tmp, path).map_err(error)
+    }
+
+    /// Accepts clients on every address until accepting fails on one, a
+    /// thread per listener and per connection.
+    pub fn run(self) -> Result<(), ServerError> {
+        let (failed, first_failure) = std::sync::mpsc::channel();
+        for (listener, address) in self.listeners {
+            let shared = self.shared.clone();
+            let key = self.cluster_key.clone();
+            let failed = failed.clone();
+            std::thread::spawn(move || {
+                let _ = failed.send(accept(listener, &address, shared, key));
+            });
+        }
+        drop(failed);
+        // No listener at all: nothing to wait for.
+        first_failure.recv().unwrap_or(Ok(()))
+    }
+}
+
+fn accept(listener: Listener, address: &Address, shared: Shared, key: Option<ClusterKey>) -> Result<(), ServerError> {
+    let accept_error = |source| ServerError::Accept { address: address.clone(), source };
+    match listener {
+        Listener::Unix(listener) => {
             for conn in listener.incoming() {
-                let conn = conn?;
+                let conn = conn.map_err(accept_error)?;
                 let r = shared.clone();
-                let w = conn.try_clone()?;
+                let w = conn.try_clone().map_err(accept_error)?;
                 std::thread::spawn(move || serve_stream(r, conn, w));
             }
         }
-        Address::Tcp(addr) => {
-            let listener = std::net::TcpListener::bind(addr)?;
+        Listener::Tcp(listener) => {
             for conn in listener.incoming() {
-                let conn = conn?;
-                let _ = conn.set_nodelay(true);
+                let conn = conn.map_err(accept_error)?;
                 let r = shared.clone();
-                let w = conn.try_clone()?;
-                std::thread::spawn(move || serve_stream(r, conn, w));
+                let key = key.clone();
+                std::thread::spawn(move || {
+                    if let Some(conn) = authenticate(conn, key.as_ref()) {
+                        if let Ok(w) = conn.try_clone() {
+                            serve_stream(r, conn, w);
+                        }
+                    }
+                });
             }
         }
     }
     Ok(())
+}
+
+/// Runs the handshake on a new TCP connection; `None` (the connection is
+/// dropped) when the client fails it.
+fn authenticate(mut conn: std::net::TcpStream, key: Option<&ClusterKey>) -> Option<std::net::TcpStream> {
+    let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    let _ = conn.set_nodelay(true);
+    let _ = conn.set_read_timeout(Some(crate::auth::HANDSHAKE_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(crate::auth::HANDSHAKE_TIMEOUT));
+    if let Err(e) = crate::auth::replica_handshake(&mut conn, key) {
+        tracing::warn!(%peer, error = %e, "replica connection refused");
+        return None;
+    }
+    let _ = conn.set_read_timeout(None);
+    let _ = conn.set_write_timeout(None);
+    Some(conn)
 }

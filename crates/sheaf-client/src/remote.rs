@@ -12,7 +12,25 @@
 //! timeout, but ends with an error when the server sends nothing (not even
 //! a bookmark) for [`WATCH_IDLE`], so that a dead connection leads to a
 //! relist.
+//!
+//! # Several servers
+//!
+//! An HA control plane has three servers; the client takes them all
+//! (`https://a:6443,https://b:6443,https://c:6443`) and sends every
+//! request to the current one. When that one cannot be reached (connect
+//! error, timeout, connection lost before an answer) or answers 503 (its
+//! store has no quorum), the request goes to the next, which becomes the
+//! current one for every clone of the client. A watch fails over the same
+//! way when it is opened again after its stream broke. A request retried
+//! on another server may have been applied by the first: callers see
+//! `AlreadyExists` or `Conflict` then, as after any retry, and their
+//! level-triggered loops read the world again.
+//!
+//! [`RemoteApi::learn_servers`] adds the servers the client was not given,
+//! from the Leases every server keeps in `kube-system`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -25,8 +43,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one request other than a watch may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// A watch that receives nothing for this long is ended with an error
-/// (the server sends bookmarks every few seconds while idle).
-pub const WATCH_IDLE: Duration = Duration::from_secs(300);
+/// (the server sends bookmarks every few seconds while idle), so that a
+/// watch on a server that vanished without closing the connection is
+/// opened again, on another server if need be.
+pub const WATCH_IDLE: Duration = Duration::from_secs(60);
 
 /// Why a [`RemoteApi`] cannot be made, or the server cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -58,15 +78,33 @@ pub enum RemoteError {
 #[derive(Clone)]
 pub struct RemoteApi {
     http: reqwest::Client,
-    /// `https://HOST:PORT`, without a trailing slash.
-    base: String,
+    /// `https://HOST:PORT` of every server, without a trailing slash: those
+    /// given, then those learnt ([`RemoteApi::learn_servers`]). Only ever
+    /// grows, so an index stays valid.
+    bases: Arc<RwLock<Vec<String>>>,
+    /// The index in `bases` of the server requests go to first; shared by
+    /// every clone.
+    current: Arc<AtomicUsize>,
     token: String,
 }
 
 impl std::fmt::Debug for RemoteApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteApi").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("RemoteApi").field("servers", &self.bases).finish_non_exhaustive()
     }
+}
+
+/// A request that got no usable answer from any server.
+struct Unanswered {
+    base: String,
+    error: reqwest::Error,
+}
+
+/// Whether another server may answer where this one failed: it could not
+/// be reached or lost the connection; not when it presented the wrong
+/// certificate (every server has the same CA: a configuration error).
+fn worth_another_server(e: &reqwest::Error) -> bool {
+    !is_certificate_error(&cause_chain(e)) && (e.is_connect() || e.is_timeout() || e.is_request())
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, for path
@@ -255,10 +293,20 @@ fn check_url(url: &str) -> Result<String, RemoteError> {
 }
 
 impl RemoteApi {
-    /// A client of the server at `server` (`https://HOST:PORT`) that trusts
-    /// only the certificates in `ca_pem` and sends `token`.
+    /// A client of the server at `server` (`https://HOST:PORT`, or several
+    /// such URLs separated by commas: the servers of an HA control plane)
+    /// that trusts only the certificates in `ca_pem` and sends `token`.
     pub fn new(server: &str, ca_pem: &[u8], token: &str) -> Result<RemoteApi, RemoteError> {
-        let base = check_url(server.trim())?;
+        let mut bases: Vec<String> = Vec::new();
+        for url in server.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let base = check_url(url)?;
+            if !bases.contains(&base) {
+                bases.push(base);
+            }
+        }
+        if bases.is_empty() {
+            return Err(check_url("").expect_err("an empty URL is not valid"));
+        }
         let token = token.trim();
         if token.is_empty() {
             return Err(RemoteError::NoToken);
@@ -277,26 +325,130 @@ impl RemoteApi {
             b = b.add_root_certificate(c);
         }
         let http = b.build().map_err(|e| RemoteError::Client(cause_chain(&e)))?;
-        Ok(RemoteApi { http, base, token: token.to_string() })
+        Ok(RemoteApi {
+            http,
+            bases: Arc::new(RwLock::new(bases)),
+            current: Arc::new(AtomicUsize::new(0)),
+            token: token.to_string(),
+        })
     }
 
-    /// The server URL, `https://HOST:PORT`.
-    pub fn server(&self) -> &str {
-        &self.base
+    /// The URL of the server requests go to now, `https://HOST:PORT`.
+    pub fn server(&self) -> String {
+        let bases = self.servers();
+        bases[self.current.load(Ordering::Relaxed) % bases.len()].clone()
+    }
+
+    /// Every server's URL: those given, in their order, then those learnt.
+    pub fn servers(&self) -> Vec<String> {
+        self.bases.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Adds a server to fail over to; false when it is known already or
+    /// its URL is not `https://HOST:PORT`.
+    pub fn add_server(&self, url: &str) -> bool {
+        let Ok(base) = check_url(url.trim()) else { return false };
+        let mut bases = self.bases.write().unwrap_or_else(|e| e.into_inner());
+        if bases.contains(&base) {
+            return false;
+        }
+        bases.push(base);
+        true
+    }
+
+    /// Learns the control plane's servers from their Leases (see
+    /// [`sheaf_types::join::SERVER_LEASE_LABEL`]) now and then every
+    /// `every`, and adds those it did not know; forever.
+    pub async fn learn_servers(self, every: Duration) {
+        use sheaf_types::join::{SERVER_LEASE_LABEL, SERVER_LEASE_NAMESPACE, SERVER_URL_ANNOTATION};
+        const LEASES: Gvr = Gvr { group: "coordination.k8s.io", version: "v1", plural: "leases" };
+        let sel = Selectors { labels: SERVER_LEASE_LABEL.into(), fields: String::new() };
+        loop {
+            match self.list(LEASES, Some(SERVER_LEASE_NAMESPACE), &sel).await {
+                Ok((items, _)) => {
+                    for lease in items {
+                        let url = lease
+                            .pointer("/metadata/annotations")
+                            .and_then(|a| a.get(SERVER_URL_ANNOTATION))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        if self.add_server(url) {
+                            tracing::info!(server = %url, servers = ?self.servers(), "learnt an API server");
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot list the API servers' leases"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Sends the request `build` makes for a server's base URL to the
+    /// current server, and to the others in turn while they cannot be
+    /// reached or answer 503; the server that answered becomes current.
+    async fn send(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, String), Unanswered> {
+        let bases = self.servers();
+        let n = bases.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let mut last_503 = None;
+        let mut last_err = None;
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let base = &bases[idx];
+            match build(base).send().await {
+                Ok(resp) if resp.status().as_u16() == 503 && i + 1 < n => {
+                    tracing::debug!(server = %base, "the server answered 503; trying the next");
+                    last_503 = Some((resp, base.clone()));
+                }
+                Ok(resp) => {
+                    self.switch_to(&bases, start, idx);
+                    return Ok((resp, base.clone()));
+                }
+                Err(error) if worth_another_server(&error) && i + 1 < n => {
+                    tracing::debug!(server = %base, error = %cause_chain(&error), "server unreachable; trying the next");
+                    last_err = Some(Unanswered { base: base.clone(), error });
+                }
+                Err(error) => {
+                    if let Some((resp, base)) = last_503 {
+                        // Every server failed; a 503 says more than a
+                        // connection error.
+                        return Ok((resp, base));
+                    }
+                    return Err(Unanswered { base: base.clone(), error });
+                }
+            }
+        }
+        match (last_503, last_err) {
+            (Some((resp, base)), _) => Ok((resp, base)),
+            (None, Some(e)) => Err(e),
+            (None, None) => unreachable!("a client has at least one server"),
+        }
+    }
+
+    fn switch_to(&self, bases: &[String], from: usize, to: usize) {
+        if from != to && self.current.compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            tracing::info!(from = %bases[from], to = %bases[to], "switched to another API server");
+        }
     }
 
     /// Checks that the server answers and accepts the token (an
     /// authenticated GET of `/api`), telling unreachable servers,
     /// certificate mismatches and refused tokens apart.
     pub async fn probe(&self) -> Result<(), RemoteError> {
-        let resp = self.request(reqwest::Method::GET, "/api").timeout(REQUEST_TIMEOUT).send().await.map_err(|e| {
-            let message = cause_chain(&e);
-            if is_certificate_error(&message) {
-                RemoteError::Certificate { url: self.base.clone(), message }
-            } else {
-                RemoteError::Unreachable { url: self.base.clone(), message }
-            }
-        })?;
+        let (resp, base) = self
+            .send(|base| self.request(base, reqwest::Method::GET, "/api").timeout(REQUEST_TIMEOUT))
+            .await
+            .map_err(|Unanswered { base, error }| {
+                let message = cause_chain(&error);
+                if is_certificate_error(&message) {
+                    RemoteError::Certificate { url: base, message }
+                } else {
+                    RemoteError::Unreachable { url: base, message }
+                }
+            })?;
         let code = resp.status().as_u16();
         if (200..300).contains(&code) {
             return Ok(());
@@ -306,17 +458,17 @@ impl RemoteApi {
         if code == 401 {
             return Err(RemoteError::Unauthorized(error.message));
         }
-        Err(RemoteError::Status { url: self.base.clone(), error })
+        Err(RemoteError::Status { url: base, error })
     }
 
-    fn request(&self, method: reqwest::Method, path_and_query: &str) -> reqwest::RequestBuilder {
+    fn request(&self, base: &str, method: reqwest::Method, path_and_query: &str) -> reqwest::RequestBuilder {
         self.http
-            .request(method, format!("{}{path_and_query}", self.base))
+            .request(method, format!("{base}{path_and_query}"))
             .bearer_auth(&self.token)
             .header(reqwest::header::ACCEPT, "application/json")
     }
 
-    fn transport_error(&self, e: reqwest::Error) -> ClientError {
+    fn transport_error(base: &str, e: reqwest::Error) -> ClientError {
         let chain = cause_chain(&e);
         let hint = if e.is_timeout() {
             " (timed out)"
@@ -328,7 +480,7 @@ impl RemoteApi {
         ClientError {
             code: 503,
             reason: "ServiceUnavailable".into(),
-            message: format!("cannot reach the API server {}: {chain}{hint}", self.base),
+            message: format!("cannot reach the API server {base}: {chain}{hint}"),
         }
     }
 
@@ -340,14 +492,27 @@ impl RemoteApi {
         path: &str,
         body: Option<(&'static str, &Value)>,
     ) -> Result<Value, ClientError> {
-        let mut req = self.request(method, path).timeout(REQUEST_TIMEOUT);
-        if let Some((ct, v)) = body {
-            let bytes = serde_json::to_vec(v).map_err(|e| ClientError::other(format!("cannot encode object: {e}")))?;
-            req = req.header(reqwest::header::CONTENT_TYPE, ct).body(bytes);
-        }
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let body = match body {
+            Some((ct, v)) => Some((
+                ct,
+                bytes::Bytes::from(
+                    serde_json::to_vec(v).map_err(|e| ClientError::other(format!("cannot encode object: {e}")))?,
+                ),
+            )),
+            None => None,
+        };
+        let (resp, base) = self
+            .send(|base| {
+                let req = self.request(base, method.clone(), path).timeout(REQUEST_TIMEOUT);
+                match &body {
+                    Some((ct, bytes)) => req.header(reqwest::header::CONTENT_TYPE, *ct).body(bytes.clone()),
+                    None => req,
+                }
+            })
+            .await
+            .map_err(|u| Self::transport_error(&u.base, u.error))?;
         let code = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        let bytes = resp.bytes().await.map_err(|e| Self::transport_error(&base, e))?;
         if !(200..300).contains(&code) {
             return Err(status_error(code, &bytes));
         }
@@ -402,10 +567,13 @@ impl Api for RemoteApi {
     ) -> Result<WatchStream, ClientError> {
         let path = format!("{}{}", resource_path(r, ns, None, None), list_query(sel, Some(resource_version)));
         // No overall timeout: the answer streams for as long as the watch lasts.
-        let resp = self.request(reqwest::Method::GET, &path).send().await.map_err(|e| self.transport_error(e))?;
+        let (resp, base) = self
+            .send(|base| self.request(base, reqwest::Method::GET, &path))
+            .await
+            .map_err(|u| Self::transport_error(&u.base, u.error))?;
         let code = resp.status().as_u16();
         if !(200..300).contains(&code) {
-            let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+            let bytes = resp.bytes().await.map_err(|e| Self::transport_error(&base, e))?;
             return Err(status_error(code, &bytes));
         }
         struct State {
@@ -414,7 +582,7 @@ impl Api for RemoteApi {
             done: bool,
             base: String,
         }
-        let state = State { body: resp.bytes_stream().boxed(), buf: Vec::new(), done: false, base: self.base.clone() };
+        let state = State { body: resp.bytes_stream().boxed(), buf: Vec::new(), done: false, base };
         let stream = futures::stream::unfold(state, |mut st| async move {
             loop {
                 if st.done {

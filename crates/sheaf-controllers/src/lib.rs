@@ -11,9 +11,14 @@
 //! - [`vm`]: the VirtualMachine controller (run strategies, start/stop
 //!   requests, crash-loop backoff, status).
 //! - [`scheduler`]: binds VMIs to Ready nodes with room.
+//! - [`migration`]: carries VirtualMachineInstanceMigrations out through
+//!   the VMI's `status.migrationState`, which the agents act on.
+//! - [`maintenance`]: maintenance mode: cordons a node and migrates (or
+//!   stops) its VMs; gives it back to service afterwards.
 //! - [`volume`]: keeps each Volume's Replica objects placed on nodes, and
 //!   replaces those of nodes that have been down too long.
-//! - [`node`]: marks nodes whose agent stopped posting status `Unknown`.
+//! - [`node`]: marks nodes whose agent stopped posting status `Unknown`,
+//!   and [`failover`] starts their VMs again elsewhere.
 //! - [`claim`]: provisions each PersistentVolumeClaim as the Volume of its
 //!   name, from its StorageClass (image, clone, expansion, status).
 //! - [`template`]: numbers VM template versions, keeps each template's
@@ -27,6 +32,9 @@
 
 pub mod claim;
 pub mod events;
+pub mod failover;
+pub mod maintenance;
+pub mod migration;
 pub mod network;
 pub mod node;
 pub mod runtime;
@@ -48,13 +56,34 @@ use sheaf_client::Api;
 /// tokio::spawn(sheaf_controllers::run_all(api));
 /// ```
 pub async fn run_all(api: Arc<dyn Api>) {
+    run_all_with(api, Settings::default()).await
+}
+
+/// The controllers' settings that `sheaf server` exposes as flags.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How long a node's agent may stay silent before its VMs are failed
+    /// over ([`node::GRACE`]).
+    pub node_grace: std::time::Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { node_grace: node::GRACE }
+    }
+}
+
+/// [`run_all`] with these settings.
+pub async fn run_all_with(api: Arc<dyn Api>, settings: Settings) {
     tokio::join!(
         vm::run(api.clone(), vm::Config::default()),
         scheduler::run(api.clone()),
+        migration::run(api.clone()),
+        maintenance::run(api.clone()),
         volume::run(api.clone()),
         claim::run(api.clone()),
         template::run(api.clone()),
         network::run(api.clone()),
-        node::run(api, node::Config::default()),
+        node::run(api, node::Config { grace: settings.node_grace }),
     );
 }

@@ -1,11 +1,12 @@
 //! The node lifecycle controller: a node whose agent stops posting its
-//! `Ready` heartbeat (it does every 10 s) for [`GRACE`] gets
+//! `Ready` heartbeat (it does every 5 s) for [`GRACE`] gets
 //! `Ready=Unknown`, reason `NodeStatusUnknown`, as Kubernetes' node
-//! lifecycle controller does. The scheduler then places no VM there, and
-//! the Volume controller counts how long the node has been down from the
-//! condition's `lastTransitionTime` (to replace its replicas after the
-//! volume's `staleReplicaTimeout`). The agent's next heartbeat sets the
-//! condition back to `True`.
+//! lifecycle controller does. The scheduler then places no VM there, the
+//! node's VMIs are failed over ([`crate::failover`]: started again
+//! elsewhere), and the Volume controller counts how long the node has been
+//! down from the condition's `lastTransitionTime` (to replace its replicas
+//! after the volume's `staleReplicaTimeout`). The agent's next heartbeat
+//! sets the condition back to `True`.
 //!
 //! A node is never judged on heartbeats older than this controller's own
 //! start: after the whole cluster was down, every node gets a full grace
@@ -21,11 +22,17 @@ use sheaf_client::{Api, ClientError, Gvr, Typed};
 use sheaf_types::core::Node;
 use sheaf_types::Time;
 
+use crate::failover;
 use crate::runtime::{Action, Controller, ObjectKey, Reconciler};
 
+/// The `Ready` reason of a node marked down by this controller.
+pub const NODE_STATUS_UNKNOWN: &str = "NodeStatusUnknown";
+
 /// How long a node's agent may stay silent before the node is `Unknown`
-/// (Kubernetes' node-monitor-grace-period).
-pub const GRACE: Duration = Duration::from_secs(40);
+/// and its VMs are failed over (`sheaf server --node-grace`).
+pub const GRACE: Duration = Duration::from_secs(30);
+/// While a silent node still has VMIs bound, they are looked at this often.
+const FAILOVER_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -64,6 +71,13 @@ impl Reconciler for NodeLifecycle {
         let Some(ready) = status.conditions.iter().find(|c| c.type_ == "Ready") else { return Ok(Action::Done) };
         if ready.status != "True" {
             // Down already; the agent's next heartbeat brings it back.
+            // Until then its VMIs run elsewhere.
+            if ready.reason.as_deref() == Some(NODE_STATUS_UNKNOWN) {
+                let since = ready.last_heartbeat_time.as_ref().map(|t| t.0.to_rfc3339()).unwrap_or_default();
+                if failover::fail_over_node(&self.api, &key.name, &since).await? > 0 {
+                    return Ok(Action::RequeueAfter(FAILOVER_RETRY));
+                }
+            }
             return Ok(Action::Done);
         }
         let Some(heartbeat) = ready.last_heartbeat_time.as_ref().map(|t| t.0) else { return Ok(Action::Done) };
@@ -75,7 +89,7 @@ impl Reconciler for NodeLifecycle {
         let mut conditions = status.conditions.clone();
         for c in conditions.iter_mut().filter(|c| c.type_ == "Ready") {
             c.status = "Unknown".into();
-            c.reason = Some("NodeStatusUnknown".into());
+            c.reason = Some(NODE_STATUS_UNKNOWN.into());
             c.message = Some(format!(
                 "the node's agent stopped posting its status (last heartbeat {}); \
                  check that the node is up and that `sheaf server` runs on it",
@@ -91,6 +105,7 @@ impl Reconciler for NodeLifecycle {
         });
         nodes.merge_patch(None, &key.name, patch, true).await?;
         tracing::warn!(node = %key, last_heartbeat = %heartbeat, "node not Ready: its agent stopped posting status");
-        Ok(Action::Done)
+        // The next pass, on the version just written, fails its VMIs over.
+        Ok(Action::RequeueAfter(Duration::ZERO))
     }
 }

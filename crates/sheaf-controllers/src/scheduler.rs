@@ -12,26 +12,82 @@
 //!   message "0/3 nodes are available: 1 Insufficient memory (wants 64Gi, 2Gi free), ..."
 //! ```
 //!
-//! A node fits when it is Ready (condition `Ready` is `True`), not cordoned
-//! (`spec.unschedulable`), has no `NoSchedule`/`NoExecute` taint the VMI
-//! does not tolerate, carries every label of the VMI's `nodeSelector`, and
-//! has the VMI's CPU and memory free: its allocatable resources minus the
-//! requests of the unfinished VMIs already bound to it. A VMI requests
-//! `resources.requests` (else `limits`) memory, else `memory.guest`, plus
-//! [`VMI_MEMORY_OVERHEAD`] for QEMU (unless `overcommitGuestOverhead`);
-//! and `resources.requests.cpu`, else a tenth of a CPU per vCPU (cores ×
-//! sockets × threads; KubeVirt's default allocation ratio of 10). Among the nodes that fit, the least loaded after
-//! placement wins (mean of the CPU and memory fractions in use; ties by
-//! name).
+//! # Which nodes fit
+//!
+//! A node fits when, checked in this order (the first failing check is the
+//! node's reason in the message):
+//!
+//! 1. it is Ready (condition `Ready` is `True`) and not cordoned
+//!    (`spec.unschedulable`);
+//! 2. it has no `NoSchedule`/`NoExecute` taint the VMI does not tolerate;
+//! 3. it carries every label of the VMI's `nodeSelector`, and matches one
+//!    of the `nodeSelectorTerms` of
+//!    `affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution`
+//!    (terms ORed, requirements ANDed; see
+//!    [`sheaf_types::kubevirt::affinity`] for the operators);
+//! 4. it has the VMI's CPU and memory free: its allocatable resources minus
+//!    the requests of the unfinished VMIs already bound to it. A VMI
+//!    requests `resources.requests` (else `limits`) memory, else
+//!    `memory.guest`, plus [`VMI_MEMORY_OVERHEAD`] for QEMU (unless
+//!    `overcommitGuestOverhead`); and `resources.requests.cpu`, else a tenth
+//!    of a CPU per vCPU (cores × sockets × threads; KubeVirt's default
+//!    allocation ratio of 10);
+//! 5. VM affinity, between the VMI and the unfinished VMIs bound to nodes
+//!    (`podAffinity`/`podAntiAffinity`, Kubernetes' inter-pod affinity with
+//!    VMIs for pods; a topology domain is the set of nodes with the same
+//!    value of the term's `topologyKey` label, `kubernetes.io/hostname`
+//!    making each node its own):
+//!    - no bound VMI whose required anti-affinity terms select this VMI is
+//!      in the node's domain of that term;
+//!    - every required affinity term has, in the node's domain, a bound VMI
+//!      matching all the terms — unless no bound VMI matches them anywhere
+//!      and the VMI matches its own terms (the first of a group that wants
+//!      to be together may go anywhere that has the topology labels);
+//!    - no required anti-affinity term has a matching bound VMI in the
+//!      node's domain (a node without the term's label is outside it).
+//!
+//! # Which fitting node wins
+//!
+//! Each fitting node gets four scores of 0 to 100, then the highest
+//! weighted sum wins (ties by name):
+//!
+//! ```text
+//!   total = 2 × node affinity + 2 × VM affinity + 2 × free + 1 × locality
+//! ```
+//!
+//! - **node affinity**: the sum of the weights of the
+//!   `nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution` terms
+//!   the node matches, scaled so that the best node has 100;
+//! - **VM affinity**: for each bound VMI in the node's domain, + the weight
+//!   of each preferred `podAffinity` term of the VMI it matches, − that of
+//!   each preferred `podAntiAffinity` term; the same for the bound VMI's own
+//!   preferred terms that select this VMI, and + 1 for its required
+//!   affinity terms that do (Kubernetes' hard pod affinity weight); scaled
+//!   from the lowest node (0) to the highest (100);
+//! - **free**: 100 × (1 − load), the load being the mean of the CPU and
+//!   memory fractions in use after placement (the least loaded node wins
+//!   when nothing else differs);
+//! - **locality**: the share of the VMI's volumes (claims resolved with
+//!   [`sheaf_client::claims::volume_for_claim`]) with a `Running` Replica on
+//!   the node, × 100: reads stay on the node. With the weights above a node
+//!   holding all the data wins over one up to 50 points (of 100) less
+//!   loaded, and a preference that tells nodes apart weighs more than
+//!   locality.
+//!
+//! These are the weights of Kubernetes' default scheduler (NodeAffinity and
+//! InterPodAffinity 2, the resource scores 1 + 1), locality added at 1.
+//!
+//! # Task model
 //!
 //! One VMI is scheduled at a time (a single worker), and each attempt
-//! reads nodes and VMIs fresh. Bindings the scheduler just made are also
-//! counted from memory until a list shows them (as Kubernetes' scheduler
-//! "assumes" pods), so that a list lagging behind its own writes never lets
-//! two VMIs take the same room.
+//! reads nodes, VMIs, and the VMI's Volumes and Replicas fresh. Bindings
+//! the scheduler just made are also counted from memory until a list shows
+//! them (as Kubernetes' scheduler "assumes" pods), so that a list lagging
+//! behind its own writes never lets two VMIs take the same room, nor two
+//! VMIs that repel each other the same domain.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -39,12 +95,14 @@ use std::time::Duration;
 use chrono::{SubsecRound, Utc};
 use serde_json::{json, Value};
 use sheaf_client::{Api, ClientError, Gvr, Selectors, Typed};
-use sheaf_types::core::{Node, Taint};
+use sheaf_types::core::{Namespace, Node, Taint};
+use sheaf_types::kubevirt::affinity::{PodAffinity, PodAffinityTerm, WeightedPodAffinityTerm};
 use sheaf_types::kubevirt::{
     PhaseTransitionTimestamp, Toleration, VirtualMachineInstance, VirtualMachineInstanceSpec,
     VirtualMachineInstanceStatus,
 };
 use sheaf_types::meta::{set_condition, Condition};
+use sheaf_types::storage::{Replica, VOLUME_LABEL};
 use sheaf_types::Time;
 use tokio::time::Instant;
 
@@ -148,10 +206,28 @@ impl Request {
 pub enum Rejection {
     NotReady,
     Cordoned,
-    Taint { key: String, value: String },
+    Taint {
+        key: String,
+        value: String,
+    },
     NodeSelector(String),
-    InsufficientCpu { wants: MilliCpu, free: MilliCpu },
-    InsufficientMemory { wants: Bytes, free: Bytes },
+    /// Matches none of the required node affinity terms.
+    NodeAffinity,
+    InsufficientCpu {
+        wants: MilliCpu,
+        free: MilliCpu,
+    },
+    InsufficientMemory {
+        wants: Bytes,
+        free: Bytes,
+    },
+    /// A bound VMI's required anti-affinity keeps this VMI out.
+    ExistingAntiAffinity,
+    /// A required VM affinity term has no matching VMI in the node's domain.
+    PodAffinity,
+    /// A required VM anti-affinity term has a matching VMI in the node's
+    /// domain.
+    PodAntiAffinity,
 }
 
 impl fmt::Display for Rejection {
@@ -161,6 +237,10 @@ impl fmt::Display for Rejection {
             Rejection::Cordoned => f.write_str("node(s) were unschedulable"),
             Rejection::Taint { key, value } => write!(f, "node(s) had untolerated taint {{{key}: {value}}}"),
             Rejection::NodeSelector(sel) => write!(f, "node(s) didn't match the VMI's nodeSelector ({sel})"),
+            Rejection::NodeAffinity => f.write_str("node(s) didn't match node affinity"),
+            Rejection::ExistingAntiAffinity => f.write_str("node(s) didn't satisfy existing VMIs' anti-affinity rules"),
+            Rejection::PodAffinity => f.write_str("node(s) didn't match pod affinity rules"),
+            Rejection::PodAntiAffinity => f.write_str("node(s) didn't match pod anti-affinity rules"),
             Rejection::InsufficientCpu { wants, free } => write!(f, "Insufficient cpu (wants {wants}, {free} free)"),
             Rejection::InsufficientMemory { wants, free } => {
                 write!(f, "Insufficient memory (wants {wants}, {free} free)")
@@ -217,6 +297,11 @@ pub fn evaluate(node: &Node, spec: &VirtualMachineInstanceSpec, used: Request) -
         let sel: Vec<String> = spec.node_selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
         return Err(vec![Rejection::NodeSelector(sel.join(","))]);
     }
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    let required = spec.affinity.as_ref().and_then(|a| a.node_affinity.as_ref()).and_then(|n| n.required.as_ref());
+    if required.is_some_and(|r| !r.matches(name, labels)) {
+        return Err(vec![Rejection::NodeAffinity]);
+    }
     let want = Request::of(spec);
     let alloc = allocatable(node);
     let free = Request {
@@ -259,14 +344,14 @@ pub struct Assumed {
     pub request: Request,
 }
 
-/// What the unfinished VMIs bound to each node take, leaving out the VMI
-/// with uid `except` (the one being placed). `assumed` bindings count too
-/// unless the list already shows them (bound or finished): a list may lag
-/// behind a write this scheduler just made.
 /// vCPUs per host CPU when a VMI requests no CPU explicitly (KubeVirt's
 /// `cpuAllocationRatio` default).
 pub const CPU_ALLOCATION_RATIO: u64 = 10;
 
+/// What the unfinished VMIs bound to each node take, leaving out the VMI
+/// with uid `except` (the one being placed). `assumed` bindings count too
+/// unless the list already shows them (bound or finished): a list may lag
+/// behind a write this scheduler just made.
 pub fn usage(vmis: &[VirtualMachineInstance], assumed: &[Assumed], except: &str) -> HashMap<String, Request> {
     let mut used: HashMap<String, Request> = HashMap::new();
     for v in vmis.iter().filter(|v| v.metadata.uid.as_deref() != Some(except) && !is_final(v)) {
@@ -286,32 +371,313 @@ pub fn usage(vmis: &[VirtualMachineInstance], assumed: &[Assumed], except: &str)
     used
 }
 
-/// The node chosen for a VMI, or why there is none.
+/// Weight of the preferred node affinity score in the total.
+pub const NODE_AFFINITY_WEIGHT: f64 = 2.0;
+/// Weight of the preferred VM (anti-)affinity score in the total.
+pub const VM_AFFINITY_WEIGHT: f64 = 2.0;
+/// Weight of the free-room score (100 × (1 − load)) in the total.
+pub const FREE_WEIGHT: f64 = 2.0;
+/// Weight of the storage locality score in the total.
+pub const LOCALITY_WEIGHT: f64 = 1.0;
+/// What a bound VMI's required affinity term that selects the VMI being
+/// placed adds to its domain (Kubernetes' `hardPodAffinityWeight`).
+const HARD_POD_AFFINITY_WEIGHT: i64 = 1;
+const MAX_SCORE: f64 = 100.0;
+
+/// A VMI bound to a node (or assumed to be), as VM (anti-)affinity sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer<'a> {
+    pub vmi: &'a VirtualMachineInstance,
+    pub node: &'a str,
+}
+
+/// The unfinished VMIs bound to nodes, leaving out the one with uid
+/// `except`; a listed VMI not yet bound there but with an `assumed`
+/// binding counts on its assumed node.
+pub fn peers<'a>(vmis: &'a [VirtualMachineInstance], assumed: &'a [Assumed], except: &str) -> Vec<Peer<'a>> {
+    vmis.iter()
+        .filter(|v| v.metadata.uid.as_deref() != Some(except) && !is_final(v))
+        .filter_map(|vmi| {
+            let node = node_of(vmi).or_else(|| {
+                let uid = vmi.metadata.uid.as_deref()?;
+                assumed.iter().find(|a| a.uid == uid).map(|a| a.node.as_str())
+            })?;
+            Some(Peer { vmi, node })
+        })
+        .collect()
+}
+
+/// Labels of each namespace, by name (for `namespaceSelector`).
+pub type NamespaceLabels = HashMap<String, BTreeMap<String, String>>;
+
+/// What placing one VMI reads besides the nodes.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    /// What the unfinished VMIs bound to each node take ([`usage`]).
+    pub used: &'a HashMap<String, Request>,
+    /// The VMIs bound to nodes ([`peers`]); None: VM (anti-)affinity is not
+    /// considered.
+    pub peers: Option<&'a [Peer<'a>]>,
+    /// Namespace labels, needed when a term has a `namespaceSelector`.
+    pub namespaces: &'a NamespaceLabels,
+    /// For each of the VMI's volumes that exists, the nodes holding a
+    /// Running replica of it.
+    pub replicas: &'a [BTreeSet<String>],
+}
+
+/// A fitting node's scores, each 0 to 100, and their weighted total.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Score {
+    pub node: String,
+    pub node_affinity: f64,
+    pub vm_affinity: f64,
+    pub free: f64,
+    pub locality: f64,
+    pub total: f64,
+}
+
+/// The node chosen for a VMI, or why there is none, from the nodes and
+/// what each one's bound VMIs take only: node affinity counts, VM
+/// (anti-)affinity and locality do not (see [`choose_in`]).
 pub fn choose(nodes: &[Node], used: &HashMap<String, Request>, vmi: &VirtualMachineInstance) -> Result<String, String> {
-    let mut best: Option<(f64, &str)> = None;
+    let namespaces = NamespaceLabels::new();
+    choose_in(nodes, &Context { used, peers: None, namespaces: &namespaces, replicas: &[] }, vmi)
+}
+
+/// The node chosen for a VMI, or why there is none.
+pub fn choose_in(nodes: &[Node], ctx: &Context<'_>, vmi: &VirtualMachineInstance) -> Result<String, String> {
+    let scores = score_nodes(nodes, ctx, vmi)?;
+    let best = scores.into_iter().reduce(|best, s| {
+        let better = match s.total.partial_cmp(&best.total) {
+            Some(Ordering::Greater) => true,
+            Some(Ordering::Equal) => s.node < best.node,
+            _ => false,
+        };
+        if better {
+            s
+        } else {
+            best
+        }
+    });
+    match best {
+        Some(s) => Ok(s.node),
+        None => Err(unschedulable_message(nodes.len(), &[])),
+    }
+}
+
+/// The scores of the nodes that fit, in the order given; Err: the
+/// unschedulable message when none does.
+pub fn score_nodes(nodes: &[Node], ctx: &Context<'_>, vmi: &VirtualMachineInstance) -> Result<Vec<Score>, String> {
+    let by_name: HashMap<&str, &Node> = nodes.iter().filter_map(|n| Some((n.metadata.name.as_deref()?, n))).collect();
+    let vm_affinity = ctx.peers.map(|peers| VmAffinity::new(vmi, peers, &by_name, ctx.namespaces));
+    let preferred = vmi
+        .spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .map(|n| n.preferred.as_slice())
+        .unwrap_or_default();
     let mut rejections = Vec::new();
+    // (node, load, preferred node affinity, preferred VM affinity)
+    let mut fits: Vec<(&str, f64, i64, i64)> = Vec::new();
     for node in nodes {
         let name = node.metadata.name.as_deref().unwrap_or_default();
-        match evaluate(node, &vmi.spec, used.get(name).copied().unwrap_or_default()) {
-            Ok(load) => {
-                let better = match best {
-                    None => true,
-                    Some((l, n)) => match load.partial_cmp(&l) {
-                        Some(Ordering::Less) => true,
-                        Some(Ordering::Equal) => name < n,
-                        _ => false,
-                    },
-                };
-                if better {
-                    best = Some((load, name));
+        let load = match evaluate(node, &vmi.spec, ctx.used.get(name).copied().unwrap_or_default()) {
+            Ok(load) => load,
+            Err(r) => {
+                rejections.extend(r);
+                continue;
+            }
+        };
+        let labels = &node.metadata.labels;
+        if let Some(r) = vm_affinity.as_ref().and_then(|a| a.check(labels)) {
+            rejections.push(r);
+            continue;
+        }
+        let node_pref = preferred
+            .iter()
+            .filter(|t| !t.preference.is_empty() && t.preference.matches(name, labels))
+            .map(|t| i64::from(t.weight))
+            .sum();
+        let vm_pref = vm_affinity.as_ref().map(|a| a.score(labels)).unwrap_or(0);
+        fits.push((name, load, node_pref, vm_pref));
+    }
+    if fits.is_empty() {
+        return Err(unschedulable_message(nodes.len(), &rejections));
+    }
+    // Node affinity: scaled to the best node (Kubernetes' default
+    // normalisation); VM affinity: from the lowest to the highest node.
+    let max_node = fits.iter().map(|f| f.2).max().unwrap_or(0);
+    let (min_vm, max_vm) = fits.iter().fold((i64::MAX, i64::MIN), |(lo, hi), f| (lo.min(f.3), hi.max(f.3)));
+    Ok(fits
+        .into_iter()
+        .map(|(name, load, node_pref, vm_pref)| {
+            let node_affinity = if max_node > 0 { MAX_SCORE * node_pref as f64 / max_node as f64 } else { 0.0 };
+            let vm_affinity =
+                if max_vm > min_vm { MAX_SCORE * (vm_pref - min_vm) as f64 / (max_vm - min_vm) as f64 } else { 0.0 };
+            let free = MAX_SCORE * (1.0 - load).clamp(0.0, 1.0);
+            let locality = if ctx.replicas.is_empty() {
+                0.0
+            } else {
+                MAX_SCORE * ctx.replicas.iter().filter(|r| r.contains(name)).count() as f64 / ctx.replicas.len() as f64
+            };
+            let total = NODE_AFFINITY_WEIGHT * node_affinity
+                + VM_AFFINITY_WEIGHT * vm_affinity
+                + FREE_WEIGHT * free
+                + LOCALITY_WEIGHT * locality;
+            Score { node: name.to_string(), node_affinity, vm_affinity, free, locality, total }
+        })
+        .collect())
+}
+
+/// A topology domain: a node label and its value.
+type Domain = (String, String);
+
+/// The VM (anti-)affinity of the VMI being placed against the bound VMIs,
+/// as counts per topology domain (Kubernetes' inter-pod affinity).
+#[derive(Debug, Default)]
+struct VmAffinity {
+    /// Topology keys of the required affinity terms.
+    affinity_keys: Vec<String>,
+    /// Domains holding a bound VMI that matches every required affinity
+    /// term, with how many.
+    affinity_counts: HashMap<Domain, usize>,
+    /// Whether the VMI matches its own required affinity terms.
+    matches_own_terms: bool,
+    /// Topology keys of the required anti-affinity terms.
+    anti_affinity_keys: Vec<String>,
+    /// Domains holding a bound VMI that a required anti-affinity term
+    /// selects.
+    anti_affinity_domains: BTreeSet<Domain>,
+    /// Domains holding a bound VMI whose required anti-affinity selects
+    /// the VMI.
+    existing_anti_affinity_domains: BTreeSet<Domain>,
+    /// Preferred (anti-)affinity, summed per domain.
+    preferences: HashMap<Domain, i64>,
+}
+
+fn namespace_of(vmi: &VirtualMachineInstance) -> &str {
+    vmi.metadata.namespace.as_deref().unwrap_or_default()
+}
+
+/// Whether `term`, a term of `owner`, selects `target`.
+fn term_selects(
+    term: &PodAffinityTerm,
+    owner: &VirtualMachineInstance,
+    target: &VirtualMachineInstance,
+    namespaces: &NamespaceLabels,
+) -> bool {
+    let ns = namespace_of(target);
+    term.covers_namespace(namespace_of(owner), ns, namespaces.get(ns))
+        && term.selector_for(&owner.metadata.labels).is_some_and(|s| s.matches(&target.metadata.labels))
+}
+
+fn pod_affinity(vmi: &VirtualMachineInstance) -> Option<&PodAffinity> {
+    vmi.spec.affinity.as_ref()?.pod_affinity.as_ref()
+}
+
+fn pod_anti_affinity(vmi: &VirtualMachineInstance) -> Option<&PodAffinity> {
+    vmi.spec.affinity.as_ref()?.pod_anti_affinity.as_ref()
+}
+
+fn required(a: Option<&PodAffinity>) -> &[PodAffinityTerm] {
+    a.map(|a| a.required.as_slice()).unwrap_or_default()
+}
+
+fn preferred(a: Option<&PodAffinity>) -> &[WeightedPodAffinityTerm] {
+    a.map(|a| a.preferred.as_slice()).unwrap_or_default()
+}
+
+fn domain(labels: &BTreeMap<String, String>, key: &str) -> Option<Domain> {
+    labels.get(key).map(|v| (key.to_string(), v.clone()))
+}
+
+impl VmAffinity {
+    fn new(
+        vmi: &VirtualMachineInstance,
+        peers: &[Peer<'_>],
+        nodes: &HashMap<&str, &Node>,
+        namespaces: &NamespaceLabels,
+    ) -> VmAffinity {
+        let (affinity, anti) = (pod_affinity(vmi), pod_anti_affinity(vmi));
+        let mut a = VmAffinity {
+            affinity_keys: required(affinity).iter().map(|t| t.topology_key.clone()).collect(),
+            matches_own_terms: !required(affinity).is_empty()
+                && required(affinity).iter().all(|t| term_selects(t, vmi, vmi, namespaces)),
+            anti_affinity_keys: required(anti).iter().map(|t| t.topology_key.clone()).collect(),
+            ..Default::default()
+        };
+        for peer in peers {
+            // A VMI on a node that is gone is in no domain.
+            let Some(node) = nodes.get(peer.node) else { continue };
+            let labels = &node.metadata.labels;
+            let other = peer.vmi;
+            let terms = required(affinity);
+            if !terms.is_empty() && terms.iter().all(|t| term_selects(t, vmi, other, namespaces)) {
+                for t in terms {
+                    if let Some(d) = domain(labels, &t.topology_key) {
+                        *a.affinity_counts.entry(d).or_default() += 1;
+                    }
                 }
             }
-            Err(r) => rejections.extend(r),
+            for t in required(anti).iter().filter(|t| term_selects(t, vmi, other, namespaces)) {
+                a.anti_affinity_domains.extend(domain(labels, &t.topology_key));
+            }
+            for t in required(pod_anti_affinity(other)).iter().filter(|t| term_selects(t, other, vmi, namespaces)) {
+                a.existing_anti_affinity_domains.extend(domain(labels, &t.topology_key));
+            }
+            // Preferences, both ways.
+            let mut add = |t: &PodAffinityTerm, weight: i64| {
+                if let Some(d) = domain(labels, &t.topology_key) {
+                    *a.preferences.entry(d).or_default() += weight;
+                }
+            };
+            for w in preferred(affinity).iter().filter(|w| term_selects(&w.pod_affinity_term, vmi, other, namespaces)) {
+                add(&w.pod_affinity_term, i64::from(w.weight));
+            }
+            for w in preferred(anti).iter().filter(|w| term_selects(&w.pod_affinity_term, vmi, other, namespaces)) {
+                add(&w.pod_affinity_term, -i64::from(w.weight));
+            }
+            let theirs = pod_affinity(other);
+            for t in required(theirs).iter().filter(|t| term_selects(t, other, vmi, namespaces)) {
+                add(t, HARD_POD_AFFINITY_WEIGHT);
+            }
+            for w in preferred(theirs).iter().filter(|w| term_selects(&w.pod_affinity_term, other, vmi, namespaces)) {
+                add(&w.pod_affinity_term, i64::from(w.weight));
+            }
+            let theirs = pod_anti_affinity(other);
+            for w in preferred(theirs).iter().filter(|w| term_selects(&w.pod_affinity_term, other, vmi, namespaces)) {
+                add(&w.pod_affinity_term, -i64::from(w.weight));
+            }
         }
+        a
     }
-    match best {
-        Some((_, name)) => Ok(name.to_string()),
-        None => Err(unschedulable_message(nodes.len(), &rejections)),
+
+    /// Why a node with these labels cannot take the VMI, if it cannot.
+    fn check(&self, labels: &BTreeMap<String, String>) -> Option<Rejection> {
+        if labels.iter().any(|(k, v)| self.existing_anti_affinity_domains.contains(&(k.clone(), v.clone()))) {
+            return Some(Rejection::ExistingAntiAffinity);
+        }
+        let mut all_found = true;
+        for key in &self.affinity_keys {
+            // A node without the topology label is in no domain.
+            let Some(d) = domain(labels, key) else { return Some(Rejection::PodAffinity) };
+            all_found &= self.affinity_counts.get(&d).is_some_and(|n| *n > 0);
+        }
+        if !all_found && !(self.affinity_counts.is_empty() && self.matches_own_terms) {
+            return Some(Rejection::PodAffinity);
+        }
+        let repelled = self
+            .anti_affinity_keys
+            .iter()
+            .filter_map(|key| domain(labels, key))
+            .any(|d| self.anti_affinity_domains.contains(&d));
+        repelled.then_some(Rejection::PodAntiAffinity)
+    }
+
+    /// The preferred (anti-)affinity of the node's domains, summed.
+    fn score(&self, labels: &BTreeMap<String, String>) -> i64 {
+        self.preferences.iter().filter(|((k, v), _)| labels.get(k) == Some(v)).map(|(_, w)| w).sum()
     }
 }
 
@@ -359,6 +725,13 @@ pub enum SchedulerError {
     List {
         key: ObjectKey,
         what: &'static str,
+        #[source]
+        source: ClientError,
+    },
+    #[error("cannot read the Volume of claim {claim} to schedule {key}: {source}")]
+    ReadVolume {
+        key: ObjectKey,
+        claim: String,
         #[source]
         source: ClientError,
     },
@@ -466,8 +839,13 @@ impl Reconciler for Scheduler {
         })?;
         let now = now();
         let assumed = self.assumed_bindings(&all);
-        let used = usage(&all, &assumed, vmi.metadata.uid.as_deref().unwrap_or_default());
-        match choose(&nodes, &used, &vmi) {
+        let uid = vmi.metadata.uid.as_deref().unwrap_or_default();
+        let used = usage(&all, &assumed, uid);
+        let peers = peers(&all, &assumed, uid);
+        let namespaces = self.namespace_labels(key, &vmi, &peers).await?;
+        let replicas = self.replica_nodes(key, &vmi).await?;
+        let ctx = Context { used: &used, peers: Some(&peers), namespaces: &namespaces, replicas: &replicas };
+        match choose_in(&nodes, &ctx, &vmi) {
             Ok(node) => self.bind(key, vmi, node, now).await,
             Err(message) => self.report_unschedulable(key, vmi, message, now).await,
         }
@@ -514,6 +892,63 @@ impl Scheduler {
             .record(&reference_to(&vmi), EventType::Normal, SCHEDULED, format!("Successfully assigned {key} to {node}"))
             .await;
         Ok(Action::Done)
+    }
+
+    /// The labels of every namespace, if a VM (anti-)affinity term of the
+    /// VMI or of a bound VMI selects namespaces by label; none otherwise.
+    async fn namespace_labels(
+        &self,
+        key: &ObjectKey,
+        vmi: &VirtualMachineInstance,
+        peers: &[Peer<'_>],
+    ) -> Result<NamespaceLabels, SchedulerError> {
+        let selects = |v: &VirtualMachineInstance| {
+            [pod_affinity(v), pod_anti_affinity(v)].into_iter().flatten().any(PodAffinity::selects_namespaces)
+        };
+        if !selects(vmi) && !peers.iter().any(|p| selects(p.vmi)) {
+            return Ok(NamespaceLabels::new());
+        }
+        let namespaces = Typed::<Namespace>::new(self.api.as_ref())
+            .list(None, &Selectors::default())
+            .await
+            .map_err(|source| SchedulerError::List { key: key.clone(), what: "namespaces", source })?;
+        Ok(namespaces.into_iter().filter_map(|n| Some((n.metadata.name?, n.metadata.labels))).collect())
+    }
+
+    /// For each of the VMI's volumes that exists, the nodes holding a
+    /// Running replica of it (for locality).
+    async fn replica_nodes(
+        &self,
+        key: &ObjectKey,
+        vmi: &VirtualMachineInstance,
+    ) -> Result<Vec<BTreeSet<String>>, SchedulerError> {
+        let api = self.api.as_ref();
+        let ns = key.namespace().unwrap_or_default();
+        let mut out = Vec::new();
+        let claims: BTreeSet<&str> = vmi.spec.volumes.iter().filter_map(|v| v.claim_name()).collect();
+        for claim in claims {
+            let volume = sheaf_client::claims::volume_for_claim(api, ns, claim)
+                .await
+                .map_err(|source| SchedulerError::ReadVolume { key: key.clone(), claim: claim.to_string(), source })?;
+            let Some(volume) = volume else { continue };
+            let name = volume.metadata.name.clone().unwrap_or_default();
+            let sel = Selectors { labels: format!("{VOLUME_LABEL}={name}"), fields: String::new() };
+            let replicas = Typed::<Replica>::new(api)
+                .list(Some(ns), &sel)
+                .await
+                .map_err(|source| SchedulerError::List { key: key.clone(), what: "replicas", source })?;
+            let uid = volume.metadata.uid.as_deref();
+            let nodes = replicas
+                .into_iter()
+                .filter(|r| r.spec.volume_name == name && !r.spec.node_name.is_empty())
+                .filter(|r| r.metadata.owner_references.iter().any(|o| Some(o.uid.as_str()) == uid))
+                .filter(|r| r.metadata.deletion_timestamp.is_none())
+                .filter(|r| r.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Running"))
+                .map(|r| r.spec.node_name)
+                .collect();
+            out.push(nodes);
+        }
+        Ok(out)
     }
 
     /// The bindings lists may not show yet; forgets those they show and

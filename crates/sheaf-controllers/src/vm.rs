@@ -743,6 +743,10 @@ fn ending(vmi: &VirtualMachineInstance, now: Time, window: Duration) -> Ending {
     if vmi.metadata.deletion_timestamp.is_some() {
         return Ending::Deleted;
     }
+    // Its node went away: says nothing about the VM itself.
+    if vmi.status.as_ref().and_then(|s| s.reason.as_deref()) == Some(crate::failover::NODE_UNREACHABLE) {
+        return Ending::Deleted;
+    }
     let running_since = entered(vmi, RUNNING);
     match (phase(vmi), running_since) {
         (FAILED, None) | (SUCCEEDED, None) => Ending::Crash,

@@ -21,6 +21,7 @@
 //! conformance suite (`tests/conformance.rs`) runs against both.
 
 pub mod etcd;
+pub mod etcd_members;
 pub mod sqlite;
 
 use std::pin::Pin;

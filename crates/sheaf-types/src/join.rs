@@ -46,6 +46,71 @@ pub fn parse(s: &str) -> Option<JoinToken> {
     ok.then_some(JoinToken { ca_hash, secret })
 }
 
+/// Where a further control-plane server asks to join (`POST`, bearer
+/// token: the node secret of the join token).
+pub const SERVER_JOIN_PATH: &str = "/sheaf/v1/join-server";
+
+/// Where a joined server asks for its etcd member (a learner until then)
+/// to become a voting member, once it has started (`POST`, same body and
+/// token as [`SERVER_JOIN_PATH`]).
+pub const SERVER_PROMOTE_PATH: &str = "/sheaf/v1/promote-server";
+
+/// The most servers (etcd voting members) a control plane has.
+pub const MAX_SERVERS: usize = 3;
+
+/// Every server of a control plane keeps a Lease
+/// `kube-system/sheaf-apiserver-<name>` with this label and its URL in
+/// [`SERVER_URL_ANNOTATION`], renewed while it runs, so that clients learn
+/// the servers they were not told about.
+pub const SERVER_LEASE_LABEL: &str = "sheaf.io/apiserver";
+pub const SERVER_URL_ANNOTATION: &str = "sheaf.io/url";
+pub const SERVER_LEASE_PREFIX: &str = "sheaf-apiserver-";
+pub const SERVER_LEASE_NAMESPACE: &str = "kube-system";
+
+/// A further server's request to join the control plane.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerJoinRequest {
+    /// Its name (the etcd member name, its Node name).
+    pub name: String,
+    /// The URL its etcd member is reached at by the others
+    /// (`https://NODE_IP:2380`).
+    pub peer_url: String,
+}
+
+/// One etcd member of the control plane.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdMember {
+    pub name: String,
+    pub peer_url: String,
+}
+
+/// What a joining server gets: the cluster's shared secrets and the etcd
+/// members, itself included, to start its etcd member with.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerJoinResponse {
+    pub ca_crt: String,
+    pub ca_key: String,
+    pub admin_token: String,
+    pub node_token: String,
+    /// The etcd key prefix the cluster's objects live under.
+    pub etcd_prefix: String,
+    pub members: Vec<EtcdMember>,
+}
+
+impl std::fmt::Debug for ServerJoinResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerJoinResponse").field("members", &self.members).finish_non_exhaustive()
+    }
+}
+
+/// etcd's `--initial-cluster`: `name=peer-url,...`.
+pub fn initial_cluster(members: &[EtcdMember]) -> String {
+    members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

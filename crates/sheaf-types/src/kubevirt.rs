@@ -2,9 +2,12 @@
 //! VirtualMachineInstanceMigration, with KubeVirt's field names so that
 //! KubeVirt manifests are read unchanged.
 //!
-//! Fields Sheaf does not interpret (affinity, probes, clock, features, ...)
-//! are kept as loose JSON objects: they round-trip unchanged and are not
-//! reported as unknown, but are not checked either.
+//! Fields Sheaf does not interpret (probes, clock, features, ...) are kept
+//! as loose JSON objects: they round-trip unchanged and are not reported as
+//! unknown, but are not checked either. `spec.affinity` is typed and checked
+//! ([`affinity`]).
+
+pub mod affinity;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -363,10 +366,10 @@ pub struct VirtualMachineInstanceSpec {
     /// Labels a node must have to run the instance.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
-    /// Node and pod affinity (core/v1 Affinity), kept as written.
+    /// Node affinity and VM (anti-)affinity (core/v1 Affinity): where the
+    /// scheduler may and prefers to place the instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "loose_object")]
-    pub affinity: Option<Value>,
+    pub affinity: Option<affinity::Affinity>,
     /// Scheduler to use; the default scheduler when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler_name: Option<String>,
@@ -1923,6 +1926,9 @@ fn validate_vmi_spec(spec: &VirtualMachineInstanceSpec, p: &str, errs: &mut Vec<
         }
     }
     validate_selector(&format!("{p}.nodeSelector"), &spec.node_selector, errs);
+    if let Some(a) = &spec.affinity {
+        affinity::validate(a, &format!("{p}.affinity"), errs);
+    }
     for (i, t) in spec.tolerations.iter().enumerate() {
         validate_toleration(&format!("{p}.tolerations[{i}]"), t, errs);
     }
@@ -3383,9 +3389,11 @@ mod tests {
         let defs = serde_json::to_value(g.definitions()).expect("defs");
         let cpu = &defs["Cpu"]["properties"]["cores"];
         assert!(cpu["description"].as_str().is_some_and(|d| d.contains("at least 1")), "{cpu}");
-        let affinity = &defs["VirtualMachineInstanceSpec"]["properties"]["affinity"];
-        assert_eq!(affinity["x-kubernetes-preserve-unknown-fields"], json!(true), "{affinity}");
-        assert!(affinity["description"].is_string(), "{affinity}");
+        let probe = &defs["VirtualMachineInstanceSpec"]["properties"]["livenessProbe"];
+        assert_eq!(probe["x-kubernetes-preserve-unknown-fields"], json!(true), "{probe}");
+        assert!(probe["description"].is_string(), "{probe}");
+        let node_affinity = &defs["NodeAffinity"]["properties"];
+        assert!(node_affinity["requiredDuringSchedulingIgnoredDuringExecution"].is_object(), "{node_affinity}");
         let guest = &defs["Memory"]["properties"]["guest"];
         assert!(guest.to_string().contains("Quantity"), "{guest}");
     }

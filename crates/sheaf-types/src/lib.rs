@@ -5,6 +5,7 @@
 //! This crate does no I/O.
 
 pub mod claim;
+pub mod coordination;
 pub mod core;
 pub mod harvester;
 pub mod join;

@@ -91,8 +91,11 @@ impl AgentFlags {
 /// `sheaf agent`'s arguments.
 #[derive(Args, Debug)]
 pub struct AgentArgs {
-    /// The API server: https://HOST:PORT (`sheaf server --listen`).
-    #[arg(long, env = "SHEAF_SERVER", value_name = "URL")]
+    /// The API server: https://HOST:PORT (`sheaf server --listen`); for an
+    /// HA control plane every server, comma-separated
+    /// (https://10.0.0.1:6443,https://10.0.0.2:6443,https://10.0.0.3:6443):
+    /// the agent switches to another when the one it uses cannot be reached.
+    #[arg(long, env = "SHEAF_SERVER", value_name = "URL[,URL...]")]
     pub server: String,
     /// The join token (the server's DATA_DIR/join.token, `SHEAF1::...`),
     /// or a bearer token the server accepts together with --ca-file.
@@ -172,30 +175,38 @@ async fn wait_for_server(api: &RemoteApi) -> anyhow::Result<()> {
     }
 }
 
-/// The cluster CA from the server's `/cacerts`, accepted only if its hash
+/// The cluster CA from a server's `/cacerts`, accepted only if its hash
 /// is the join token's (the connection is not verified: the hash is what
-/// makes it trusted). Retried while the server cannot be reached.
-async fn fetch_ca(server: &str, want_hash: &str) -> anyhow::Result<Vec<u8>> {
-    let url = format!("{}/cacerts", server.trim_end_matches('/'));
+/// makes it trusted). `servers` is one URL or several separated by commas,
+/// tried in turn; retried while none can be reached.
+pub(crate) async fn fetch_ca(servers: &str, want_hash: &str) -> anyhow::Result<Vec<u8>> {
     let client = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .build()
         .context("cannot make an HTTPS client")?;
+    let urls: Vec<String> = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("{}/cacerts", s.trim_end_matches('/')))
+        .collect();
     let mut warned = false;
-    let pem = loop {
-        match client.get(&url).send().await.and_then(|r| r.error_for_status()) {
-            Ok(r) => break r.text().await.with_context(|| format!("reading {url}"))?,
-            Err(e) if e.is_connect() || e.is_timeout() => {
-                if !warned {
-                    tracing::warn!(error = %e, "the API server cannot be reached yet; retrying every 2 s");
-                    warned = true;
+    let pem = 'found: loop {
+        for url in &urls {
+            match client.get(url).send().await.and_then(|r| r.error_for_status()) {
+                Ok(r) => break 'found r.text().await.with_context(|| format!("reading {url}"))?,
+                Err(e) if e.is_connect() || e.is_timeout() => {
+                    if !warned {
+                        tracing::warn!(error = %e, "the API server cannot be reached yet; retrying every 2 s");
+                        warned = true;
+                    }
                 }
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                Err(e) => bail!("cannot fetch the cluster CA from {url}: {e}"),
             }
-            Err(e) => bail!("cannot fetch the cluster CA from {url}: {e}"),
         }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     };
     let got = sheaf_types::join::ca_hash(&pem);
     if got != want_hash {
@@ -235,7 +246,7 @@ async fn start(args: &AgentArgs) -> anyhow::Result<(Arc<RemoteApi>, sheaf_agent:
     let node_ip = match args.node_ip {
         Some(ip) => ip,
         None => {
-            let addr = server_addr(api.server()).await?;
+            let addr = server_addr(&api.server()).await?;
             let ip = route_source(addr)
                 .with_context(|| format!("cannot find this machine's address towards {addr}; pass --node-ip"))?;
             tracing::info!(%ip, server = %addr, "the node's address is its source address towards the server");
@@ -262,6 +273,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         server = %api.server(), node = %cfg.node_name, node_ip = ?cfg.node_ip, run_dir = %cfg.run_root.display(),
         "sheaf agent connected"
     );
+    // Servers of an HA control plane that --server did not name.
+    tokio::spawn((*api).clone().learn_servers(Duration::from_secs(30)));
     let agent = tokio::spawn(sheaf_agent::run(api, cfg));
     tokio::select! {
         r = agent => r.context("the agent stopped")?,

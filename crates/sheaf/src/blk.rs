@@ -2,12 +2,13 @@
 //! server per replica, an engine per attached volume). They run on their
 //! own, so an agent restart never interrupts I/O.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use sheaf_blk::auth::ClusterKey;
 use sheaf_blk::replica_server::Address;
 use sheaf_blk::store::Replica;
 
@@ -23,7 +24,8 @@ const REBUILD_EVERY: Duration = Duration::from_secs(2);
 #[derive(Subcommand, Debug)]
 pub enum BlkCommand {
     /// Serve one replica (created on first use):
-    /// `sheaf blk replica --dir /var/lib/sheaf/replicas/vol1-a --volume vol1 --size 10Gi --listen unix:/run/sheaf/blk/vol1-a.sock`.
+    /// `sheaf blk replica --dir /var/lib/sheaf/replicas/vol1-a --volume vol1 --size 10Gi --listen unix:/run/sheaf/blk/vol1-a.sock`,
+    /// reached from other nodes too: `... --listen unix:/run/sheaf/blk/vol1-a.sock --listen tcp:10.0.0.2:0 --address-file /run/sheaf/blk/vol1-a.addr --auth-key-file /etc/sheaf/cluster.key`.
     Replica(ReplicaArgs),
     /// Run the engine of a volume and serve it over NBD and/or vhost-user-blk:
     /// `sheaf blk engine --volume vol1 --replica unix:/run/sheaf/blk/vol1-a.sock --replica tcp:10.0.0.2:7001 --nbd /run/sheaf/blk/vol1.nbd`,
@@ -45,6 +47,9 @@ pub struct RebuildArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value = "3600")]
     pub timeout: u64,
+    /// The cluster key proven to TCP replicas (see `sheaf blk replica --auth-key-file`).
+    #[arg(long, value_name = "FILE")]
+    pub auth_key_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -62,9 +67,25 @@ pub struct ReplicaArgs {
     /// through (a volume made from an image).
     #[arg(long)]
     pub base: Option<PathBuf>,
-    /// unix:PATH or tcp:HOST:PORT.
-    #[arg(long)]
-    pub listen: Address,
+    /// unix:PATH or tcp:IP:PORT (port 0: the kernel chooses; see
+    /// --address-file). Repeat it to listen on several, e.g. a unix socket
+    /// for this node's engines and TCP for other nodes'.
+    #[arg(long = "listen", required = true)]
+    pub listen: Vec<Address>,
+    /// Once listening, write the address other nodes reach (the first TCP
+    /// --listen, with the port chosen: tcp:IP:PORT; without one, the first
+    /// --listen) to this file, atomically.
+    #[arg(long, value_name = "FILE")]
+    pub address_file: Option<PathBuf>,
+    /// The cluster key (at least 32 bytes of secret, raw or hex, e.g.
+    /// `openssl rand -hex 32`; the same file on every node) that TCP
+    /// clients must prove they hold. Unix-socket clients are not asked.
+    #[arg(long, value_name = "FILE")]
+    pub auth_key_file: Option<PathBuf>,
+    /// Serve TCP without a cluster key: anyone who reaches the port can
+    /// read and overwrite the disk.
+    #[arg(long, conflicts_with = "auth_key_file")]
+    pub insecure_no_auth: bool,
 }
 
 #[derive(Args, Debug)]
@@ -105,6 +126,14 @@ pub struct EngineArgs {
     /// replica answers, the engine waits.
     #[arg(long, default_value_t = 8.0, value_parser = parse_seconds)]
     pub replica_timeout: f64,
+    /// The cluster key proven to TCP replicas (see `sheaf blk replica --auth-key-file`).
+    #[arg(long, value_name = "FILE")]
+    pub auth_key_file: Option<PathBuf>,
+    /// The target of a live migration: serve NBD at once but take the
+    /// volume over (new epoch, fencing the source's engine) only at the
+    /// first I/O request or the control socket's `activate`.
+    #[arg(long)]
+    pub standby: bool,
 }
 
 fn parse_block_size(s: &str) -> Result<u32, String> {
@@ -142,6 +171,13 @@ async fn serve_nbd(
             }
         });
     }
+}
+
+fn cluster_key(file: Option<&Path>) -> anyhow::Result<Option<ClusterKey>> {
+    Ok(match file {
+        Some(f) => Some(ClusterKey::from_file(f)?),
+        None => None,
+    })
 }
 
 /// A size as a Kubernetes quantity: `10Gi`, `512Mi`, `4096`.
@@ -186,13 +222,27 @@ pub fn run(a: BlkArgs) -> anyhow::Result<()> {
                 }
                 .with_context(|| format!("cannot create replica {}", r.dir.display()))?
             };
-            tracing::info!(dir = %r.dir.display(), volume = %r.volume, listen = %r.listen, "replica serving");
-            sheaf_blk::replica_server::serve(replica, &r.listen).with_context(|| format!("serving on {}", r.listen))
+            let options = sheaf_blk::replica_server::ServerOptions {
+                cluster_key: cluster_key(r.auth_key_file.as_deref())?,
+                insecure_no_auth: r.insecure_no_auth,
+            };
+            if let Some(f) = &r.address_file {
+                // Its presence means: listening now.
+                let _ = std::fs::remove_file(f);
+            }
+            let server = sheaf_blk::replica_server::Server::bind(replica, &r.listen, options)?;
+            if let Some(f) = &r.address_file {
+                server.write_address_file(f)?;
+            }
+            let listen: Vec<String> = server.addresses().iter().map(ToString::to_string).collect();
+            tracing::info!(dir = %r.dir.display(), volume = %r.volume, listen = %listen.join(" "), "replica serving");
+            Ok(server.run()?)
         }
         BlkCommand::Rebuild(r) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
-                let engine = Arc::new(sheaf_blk::engine::Engine::start(&r.volume, &r.replicas).await?);
+                let key = cluster_key(r.auth_key_file.as_deref())?;
+                let engine = Arc::new(sheaf_blk::engine::Engine::start_with_key(&r.volume, &r.replicas, key).await?);
                 let all = r.replicas.len();
                 let done = tokio::time::timeout(
                     std::time::Duration::from_secs(r.timeout),
@@ -212,19 +262,44 @@ pub fn run(a: BlkArgs) -> anyhow::Result<()> {
         BlkCommand::Engine(e) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
-                let engine = sheaf_blk::engine::Engine::start(&e.volume, &e.replicas).await?;
-                let engine = Arc::new(engine.with_replica_timeout(Duration::from_secs_f64(e.replica_timeout)));
-                tracing::info!(volume = %e.volume, epoch = engine.epoch(), healthy = ?engine.healthy(), "engine started");
-                tokio::spawn(engine.clone().rebuild_loop(REBUILD_EVERY, false));
-                if let Some(path) = e.control.clone() {
-                    let engine = engine.clone();
-                    tokio::spawn(async move {
-                        if let Err(err) = sheaf_blk::control::serve(engine, &path).await {
-                            tracing::error!(error = %err, path = %path.display(), "control socket failed");
-                        }
-                    });
-                }
-                let device: Arc<dyn sheaf_blk::nbd::Device> = engine;
+                let key = cluster_key(e.auth_key_file.as_deref())?;
+                let replica_timeout = Duration::from_secs_f64(e.replica_timeout);
+                let device: Arc<dyn sheaf_blk::nbd::Device> = if e.standby {
+                    anyhow::ensure!(
+                        e.vhost_user.is_none(),
+                        "--standby cannot be used with --vhost-user: a vhost-user-blk disk cannot be live-migrated \
+                         (the engine does not log dirty pages); give the VM an NBD disk (--nbd) to migrate it, \
+                         or stop it and start it on the other node"
+                    );
+                    let standby = sheaf_blk::standby::StandbyEngine::prepare(&e.volume, &e.replicas, key).await?;
+                    let standby =
+                        Arc::new(standby.with_replica_timeout(replica_timeout).with_rebuild_loop(REBUILD_EVERY));
+                    tracing::info!(volume = %e.volume, size = sheaf_blk::nbd::Device::size(&*standby),
+                        "engine on standby: it takes the volume over at the first I/O request or on activate");
+                    if let Some(path) = e.control.clone() {
+                        let standby = standby.clone();
+                        tokio::spawn(async move {
+                            if let Err(err) = sheaf_blk::control::serve_standby(standby, &path).await {
+                                tracing::error!(error = %err, path = %path.display(), "control socket failed");
+                            }
+                        });
+                    }
+                    standby
+                } else {
+                    let engine = sheaf_blk::engine::Engine::start_with_key(&e.volume, &e.replicas, key).await?;
+                    let engine = Arc::new(engine.with_replica_timeout(replica_timeout));
+                    tracing::info!(volume = %e.volume, epoch = engine.epoch(), healthy = ?engine.healthy(), "engine started");
+                    tokio::spawn(engine.clone().rebuild_loop(REBUILD_EVERY, false));
+                    if let Some(path) = e.control.clone() {
+                        let engine = engine.clone();
+                        tokio::spawn(async move {
+                            if let Err(err) = sheaf_blk::control::serve(engine, &path).await {
+                                tracing::error!(error = %err, path = %path.display(), "control socket failed");
+                            }
+                        });
+                    }
+                    engine
+                };
                 let vhost_user = match &e.vhost_user {
                     Some(path) => {
                         // Like QEMU's serial property: longer ones are cut.

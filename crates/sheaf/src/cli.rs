@@ -7,6 +7,7 @@ mod client;
 mod hotplug;
 pub mod image;
 mod manifest;
+pub mod node;
 mod printer;
 pub mod template;
 pub mod vm;
@@ -273,6 +274,11 @@ pub async fn template(a: template::TemplateArgs) -> anyhow::Result<()> {
 
 pub async fn volume(a: volume::VolumeArgs) -> anyhow::Result<()> {
     finish(volume::run(a).await)
+}
+
+/// `sheaf node ...`.
+pub async fn node(a: node::NodeArgs) -> anyhow::Result<()> {
+    finish(node::run(a).await)
 }
 
 fn finish(r: anyhow::Result<()>) -> anyhow::Result<()> {

@@ -5,6 +5,9 @@
 mod agent;
 mod blk;
 mod cli;
+mod control_plane;
+mod leader;
+mod managed_etcd;
 mod server;
 
 use std::path::PathBuf;
@@ -60,6 +63,8 @@ enum Command {
     Vm(cli::vm::VmArgs),
     /// Replicated volumes and snapshots: `sheaf volume create data --size 10Gi`.
     Volume(cli::volume::VolumeArgs),
+    /// Nodes: `sheaf node cordon|uncordon|maintain|unmaintain NODE`.
+    Node(cli::node::NodeArgs),
     /// VM images: `sheaf image upload disk.qcow2`, `sheaf image create NAME --url URL`.
     Image(cli::image::ImageArgs),
     /// VM templates: `sheaf template list`, `sheaf template show NS/NAME[:VERSION]`.
@@ -89,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         Command::Delete(a) => rt.block_on(cli::delete(a)),
         Command::Vm(a) => rt.block_on(cli::vm(a)),
         Command::Volume(a) => rt.block_on(cli::volume(a)),
+        Command::Node(a) => rt.block_on(cli::node(a)),
         Command::Template(a) => rt.block_on(cli::template(a)),
         Command::Image(a) => rt.block_on(cli::image(a)),
         Command::Blk(a) => {

@@ -7,6 +7,9 @@
 //! copying only what it missed. A remote replica process is SIGKILLed and
 //! rebuilt. At the end a remote replica alone serves every write.
 //!
+//! Every process has the cluster key: the TCP connections between
+//! namespaces start with the key handshake.
+//!
 //! Needs root (namespaces, veth) and qemu-io (qemu-utils).
 
 use std::path::{Path, PathBuf};
@@ -110,11 +113,34 @@ fn spawn(prefix: &[&str], args: &[&str], log: &Path) -> Child {
     c.args(args).stdout(Stdio::null()).stderr(log).spawn().expect("spawn sheaf")
 }
 
+/// The cluster key every process of the test is given (in `dir`).
+fn key_file(dir: &Path) -> String {
+    let path = dir.join("cluster.key");
+    if !path.exists() {
+        std::fs::write(&path, "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0\n").expect("key file");
+    }
+    path.display().to_string()
+}
+
 /// A replica of volume `vol`, here (`ns` None, on a unix socket) or in a
 /// namespace on TCP port 7001.
 fn replica(dir: &Path, name: &str, ns: Option<&str>, listen: &str) -> Child {
     let data = dir.join(name).display().to_string();
-    let args = ["blk", "replica", "--dir", &data, "--volume", "vol", "--size", "64Mi", "--listen", listen];
+    let key = key_file(dir);
+    let args = [
+        "blk",
+        "replica",
+        "--dir",
+        &data,
+        "--volume",
+        "vol",
+        "--size",
+        "64Mi",
+        "--listen",
+        listen,
+        "--auth-key-file",
+        &key,
+    ];
     let log = dir.join(format!("{name}.log"));
     let before = log_count(&log, &["replica serving"]);
     let c = match ns {
@@ -127,9 +153,6 @@ fn replica(dir: &Path, name: &str, ns: Option<&str>, listen: &str) -> Child {
         while !Path::new(p).exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-    } else {
-        // The log line comes just before bind.
-        std::thread::sleep(Duration::from_millis(200));
     }
     c
 }
@@ -143,7 +166,9 @@ fn verify(mib: u64, p: u8) -> String {
 
 fn engine(dir: &Path, nbd: &Path, replicas: &[String], log: &str) -> Child {
     let nbd_s = nbd.display().to_string();
-    let mut args = vec!["blk", "engine", "--volume", "vol", "--nbd", &nbd_s, "--replica-timeout", "2"];
+    let key = key_file(dir);
+    let mut args =
+        vec!["blk", "engine", "--volume", "vol", "--nbd", &nbd_s, "--replica-timeout", "2", "--auth-key-file", &key];
     for r in replicas {
         args.extend(["--replica", r.as_str()]);
     }

@@ -86,11 +86,13 @@ fn engine_args_match_replicas(s: &Server, blk: &Path) -> bool {
                 .collect()
         })
         .unwrap_or_default();
-    let addresses = all_path(s, "replicas", "{.items[*].status.address}");
-    let addresses: Vec<&str> = addresses.split_whitespace().collect();
-    !addresses.is_empty()
-        && args.matches("--replica").count() == addresses.len()
-        && addresses.iter().all(|a| args.contains(a))
+    // One node: the engine reaches every replica on its unix socket,
+    // `r-<replica uid>.sock` (other nodes would use `status.address`).
+    let uids = all_path(s, "replicas", "{.items[*].metadata.uid}");
+    let uids: Vec<&str> = uids.split_whitespace().collect();
+    !uids.is_empty()
+        && args.matches("--replica").count() == uids.len()
+        && uids.iter().all(|u| args.contains(&format!("r-{u}.sock")))
 }
 
 #[test]

@@ -52,6 +52,10 @@ pub enum VmAction {
     /// Claims made from its dataVolumeTemplates always go with it; the
     /// others are kept unless --remove-disks says (asked on a terminal).
     Delete(VmDeleteArgs),
+    /// Live-migrate a running VM to another node (a
+    /// VirtualMachineInstanceMigration); waits until it ends and prints
+    /// the guest's downtime: `sheaf vm migrate myvm [--node node-2]`.
+    Migrate(MigrateArgs),
     /// Create a VM from a VM template:
     /// `sheaf vm create web1 --template harvester-public/linux-cloud-init-template --image default/ubuntu`.
     Create(Box<super::template::VmCreateArgs>),
@@ -76,6 +80,21 @@ pub struct VmTarget {
     pub namespace: Option<String>,
     #[command(flatten)]
     pub conn: ConnArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub target: VmTarget,
+    /// The node to migrate to (default: the scheduler's choice).
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// Return once the migration is created instead of waiting for it.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting after this many seconds (the migration goes on).
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +127,7 @@ pub async fn run(a: VmArgs) -> anyhow::Result<()> {
         VmAction::Removevolume(a) => return super::hotplug::remove(a).await,
         VmAction::Delete(d) => return delete(d).await,
         VmAction::Create(c) => return super::template::create_vm(c).await,
+        VmAction::Migrate(m) => return migrate(m).await,
         VmAction::Guestosinfo(t) => {
             let client = Client::connect(&t.conn)?;
             let info = client.get_json(&path(&client, t, "virtualmachineinstances", "guestosinfo")).await?;
@@ -130,6 +150,73 @@ pub async fn run(a: VmArgs) -> anyhow::Result<()> {
     };
     println!("VM {} {done}", t.name);
     Ok(())
+}
+
+/// `sheaf vm migrate`: see [`VmAction::Migrate`].
+async fn migrate(a: &MigrateArgs) -> anyhow::Result<()> {
+    let t = &a.target;
+    let client = Client::connect(&t.conn)?;
+    let ns = t.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| client.namespace.clone());
+    let mut spec = serde_json::json!({"vmiName": t.name});
+    if let Some(node) = &a.node {
+        spec["addedNodeSelector"] = serde_json::json!({"kubernetes.io/hostname": node});
+    }
+    let body = serde_json::json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstanceMigration",
+        "metadata": {"generateName": format!("{}-migration-", t.name), "namespace": ns},
+        "spec": spec,
+    });
+    let list = format!("/apis/kubevirt.io/v1/namespaces/{}/virtualmachineinstancemigrations", encode(&ns));
+    let reply = client
+        .request(Method::POST, &list, "application/json", Some(("application/json", serde_json::to_vec(&body)?)))
+        .await?;
+    let name = reply.body.pointer("/metadata/name").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+    println!("VirtualMachineInstanceMigration {ns}/{name} created");
+    if a.no_wait {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.timeout);
+    let mut last = String::new();
+    loop {
+        let m = client.get_json(&format!("{list}/{}", encode(&name))).await?;
+        let phase = m.pointer("/status/phase").and_then(serde_json::Value::as_str).unwrap_or("Pending").to_string();
+        if phase != last {
+            println!("  {phase}");
+            last = phase.clone();
+        }
+        let state = m.pointer("/status/migrationState").cloned().unwrap_or_default();
+        match phase.as_str() {
+            "Succeeded" => {
+                let n = |k: &str| state.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+                println!(
+                    "VM {} migrated from {} to {}: downtime {} ms, total {} ms",
+                    t.name,
+                    state.get("sourceNode").and_then(serde_json::Value::as_str).unwrap_or("?"),
+                    state.get("targetNode").and_then(serde_json::Value::as_str).unwrap_or("?"),
+                    n("downtimeMilliseconds"),
+                    n("totalTimeMilliseconds")
+                );
+                return Ok(());
+            }
+            "Failed" => {
+                let why = m
+                    .pointer("/status/conditions")
+                    .and_then(serde_json::Value::as_array)
+                    .and_then(|c| c.iter().find_map(|c| c.get("message").and_then(serde_json::Value::as_str)))
+                    .or_else(|| state.get("failureReason").and_then(serde_json::Value::as_str))
+                    .unwrap_or("no reason was given");
+                anyhow::bail!("the migration of VM {} failed: {why}", t.name);
+            }
+            _ => {}
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the migration {ns}/{name} is still {phase} after {} s; follow it with `kubectl get vmim {name} -w`",
+            a.timeout
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// `sheaf vm delete`: see [`VmAction::Delete`].

@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 pub mod blk;
+pub mod counter;
 pub mod guest;
+pub mod ha;
 pub mod nodes;
 pub mod vmnet;
 

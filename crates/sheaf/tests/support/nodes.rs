@@ -98,6 +98,11 @@ impl Cluster {
     /// per node (each with the tiny guest as image `sheaf/tiny`); returns
     /// once every Node is Ready.
     pub fn start(root: &Path, nodes: usize) -> Cluster {
+        Self::start_with(root, nodes, &[])
+    }
+
+    /// [`Cluster::start`] with more `sheaf server` flags.
+    pub fn start_with(root: &Path, nodes: usize, server_args: &[&str]) -> Cluster {
         assert!((1..=4).contains(&nodes), "a cluster has 1 to 4 nodes");
         let pid = std::process::id();
         let k = slot();
@@ -154,7 +159,9 @@ impl Cluster {
             std::fs::create_dir_all(&n.run_dir).expect("node dirs");
             super::guest::install_image(&n.root, "tiny", "sheaf_tiny", &["vmlinuz", "initramfs.cpio.gz"]);
         }
-        let server = Server::start_on(&switch_ip, &["--no-agent"]);
+        let mut args = vec!["--no-agent"];
+        args.extend_from_slice(server_args);
+        let server = Server::start_on(&switch_ip, &args);
         let agents = handles.iter().map(|_| None).collect();
         let mut c = Cluster { server, nodes: handles, switch, switch_ip, root: root.to_path_buf(), agents, net };
         for i in 0..nodes {
@@ -212,6 +219,34 @@ impl Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// SIGKILLs every process of node `node`: its agent and everything
+    /// that runs in its namespace (QEMUs, engines, replica servers,
+    /// dnsmasq), as when the machine loses power.
+    pub fn kill_node(&mut self, node: usize) {
+        self.kill_agent(node);
+        let ns = self.nodes[node].ns.clone();
+        for _ in 0..50 {
+            let out = Command::new("ip").args(["netns", "pids", &ns]).output().expect("ip netns pids");
+            let pids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+            if pids.is_empty() {
+                return;
+            }
+            let _ = Command::new("kill").arg("-9").args(&pids).stderr(Stdio::null()).status();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("processes of {ns} do not die");
+    }
+
+    /// Cuts node `node` off the switch (its cable pulled).
+    pub fn cut(&self, node: usize) {
+        run_ip(&["link", "set", &self.nodes[node].veth, "down"]);
+    }
+
+    /// Plugs node `node` back into the switch.
+    pub fn reconnect(&self, node: usize) {
+        run_ip(&["link", "set", &self.nodes[node].veth, "up"]);
     }
 
     /// The agent's process id (0 when not running).
