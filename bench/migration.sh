@@ -12,7 +12,8 @@
 #     model and memory, started by hand on the same nodes (one with
 #     `-incoming tcp:...`), the same memory filled the same way, migrated
 #     over the same switch with QMP `migrate` and the same parameters
-#     (downtime-limit 100 ms, no bandwidth cap); `query-migrate`'s figures.
+#     (downtime-limit 100 ms, no bandwidth cap, TLS with a pre-shared key
+#     as Sheaf's); `query-migrate`'s figures.
 # Then failover: a VM with a 2-replica volume on node-0; every process of
 # node-0 is SIGKILLed and its link cut; the time until the VM runs on
 # node-1 (server started with --node-grace GRACE). Results:
@@ -242,7 +243,10 @@ for size in $SIZES; do
   # ------------------------------------------------------------ baseline
   d0=$WORK/base-$size
   mkdir -p "$d0"
-  base_qemu() {  # NODE DIR [-incoming URI]
+  psk=$WORK/base-psk
+  mkdir -p "$psk"
+  (umask 077; echo "sheaf:$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >"$psk/keys.psk")
+  base_qemu() {  # NODE DIR [QEMU ARGS...]: with TLS credentials to receive
     local n=$1 d=$2; shift 2
     mkdir -p "$d"
     nsx "$n" qemu-system-x86_64 -name "guest=base-$size" -nodefaults -no-user-config -accel "$accel" \
@@ -250,6 +254,7 @@ for size in $SIZES; do
       -kernel "$guest/vmlinuz" -initrd "$guest/initramfs.cpio.gz" -append "console=ttyS0 quiet" \
       -chardev "socket,id=serial0,path=$d/serial.sock,server=on,wait=off" -serial chardev:serial0 \
       -qmp "unix:$d/qmp.sock,server=on,wait=off" -display none -device virtio-rng-pci \
+      -object "tls-creds-psk,id=tls0,endpoint=server,dir=$psk" \
       -daemonize -pidfile "$d/qemu.pid" "$@"
   }
   src=0; sdir=$d0/run0
@@ -261,10 +266,14 @@ for size in $SIZES; do
   for r in $(seq "$RUNS"); do
     dst=$((1 - src)); ddir=$d0/run$r
     mport=$(nsx "$dst" python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "${node_ip[$dst]}")
-    base_qemu "$dst" "$ddir" -incoming "tcp:${node_ip[$dst]}:$mport"
+    base_qemu "$dst" "$ddir" -incoming defer
     for _ in $(seq 50); do [[ -S $ddir/qmp.sock ]] && break; sleep 0.1; done
+    qmp "$ddir/qmp.sock" '{"execute":"migrate-set-parameters","arguments":{"tls-creds":"tls0"}}' \
+      "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"tcp:${node_ip[$dst]}:$mport\"}}" >/dev/null
+    # Credentials to send with, as Sheaf adds them before it migrates.
     qmp "$sdir/qmp.sock" \
-      '{"execute":"migrate-set-parameters","arguments":{"downtime-limit":100,"max-bandwidth":10737418240}}' \
+      "{\"execute\":\"object-add\",\"arguments\":{\"qom-type\":\"tls-creds-psk\",\"id\":\"send$r\",\"endpoint\":\"client\",\"dir\":\"$psk\",\"username\":\"sheaf\"}}" \
+      "{\"execute\":\"migrate-set-parameters\",\"arguments\":{\"downtime-limit\":100,\"max-bandwidth\":10737418240,\"tls-creds\":\"send$r\"}}" \
       "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"tcp:${node_ip[$dst]}:$mport\"}}" >/dev/null
     while :; do
       info=$(qmp "$sdir/qmp.sock" '{"execute":"query-migrate"}')

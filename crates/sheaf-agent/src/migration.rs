@@ -6,10 +6,11 @@
 //!
 //! ```text
 //!  target: seeds, taps, standby engines, QEMU -incoming defer,
+//!          TLS (a PSK derived from the cluster key),
 //!          migrate-incoming tcp:NODE-IP:PORT ──▶ targetNodeAddress
 //!          ... waits: completed and bound here ─▶ the runner adopts QEMU
 //!                     failed / aborted / another migration ─▶ discard
-//!  source: migrate ─▶ query-migrate every 100 ms ─▶ completed: hand the
+//!  source: TLS, migrate ─▶ query-migrate every 100 ms ─▶ completed: hand the
 //!          volumes over, bind the VMI to the target, quit QEMU, clean up
 //! ```
 
@@ -26,6 +27,46 @@ use sheaf_types::kubevirt::VirtualMachineInstance;
 use sheaf_types::Time;
 
 use crate::runner::{self, RunnerEnv, Start};
+
+/// The id of QEMU's TLS credentials object for migrations.
+const TLS_ID: &str = "sheaf-migration-tls";
+/// The PSK identity both sides use.
+const TLS_USER: &str = "sheaf";
+
+/// Sets QEMU up to migrate over TLS with a pre-shared key derived from the
+/// cluster key (every node derives the same; nothing else has it):
+/// `keys.psk` in `dir/migration-tls/` (mode 0600), a `tls-creds-psk`
+/// object (`server` on the target, `client` on the source) and the
+/// migration's `tls-creds`. The stream is encrypted and both QEMUs prove
+/// the key.
+async fn use_tls(env: &RunnerEnv, qmp: &Qmp, dir: &std::path::Path, server: bool) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let secret = env.storage.derived_secret("qemu migration psk").ok_or("this node has no cluster key")?;
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let tls = dir.join("migration-tls");
+    std::fs::create_dir_all(&tls).map_err(|e| format!("creating {}: {e}", tls.display()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tls.join("keys.psk"))
+        .and_then(|mut f| f.write_all(format!("{TLS_USER}:{hex}\n").as_bytes()))
+        .map_err(|e| format!("writing the migration key: {e}"))?;
+    // A failed earlier attempt may have left the object.
+    let _ = qmp.execute("object-del", Some(json!({"id": TLS_ID}))).await;
+    let mut obj = json!({"qom-type": "tls-creds-psk", "id": TLS_ID, "dir": tls.display().to_string(),
+        "endpoint": if server { "server" } else { "client" }});
+    if !server {
+        obj["username"] = json!(TLS_USER);
+    }
+    qmp.execute("object-add", Some(obj)).await.map_err(|e| format!("QEMU refused the TLS credentials: {e}"))?;
+    qmp.execute("migrate-set-parameters", Some(json!({"tls-creds": TLS_ID})))
+        .await
+        .map(drop)
+        .map_err(|e| format!("QEMU refused TLS for the migration: {e}"))
+}
 
 /// How long a prepared target waits for its migration to end.
 const TARGET_WAIT: Duration = Duration::from_secs(1800);
@@ -160,14 +201,17 @@ async fn target(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, node_ip: IpAdd
     // runner adopts the QEMU.
     let listening = match runner::connect_qmp(&dir).await {
         None => Err("QEMU's monitor did not come up".to_string()),
-        Some(qmp) => qmp
-            .execute(
-                "migrate-incoming",
-                Some(json!({"uri": format!("tcp:{}", std::net::SocketAddr::new(node_ip, port))})),
-            )
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string()),
+        Some(qmp) => match use_tls(&env, &qmp, &dir, true).await {
+            Err(e) => Err(e),
+            Ok(()) => qmp
+                .execute(
+                    "migrate-incoming",
+                    Some(json!({"uri": format!("tcp:{}", std::net::SocketAddr::new(node_ip, port))})),
+                )
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        },
     };
     if let Err(e) = listening {
         runner::discard(&env, &dir);
@@ -267,6 +311,9 @@ pub async fn send(env: &RunnerEnv, qmp: &Qmp, vmi: &VirtualMachineInstance, stat
             _ => Sent::Failed("the source's agent restarted during the migration, and QEMU was not migrating".into()),
         };
     }
+    if let Err(e) = use_tls(env, qmp, &dir, false).await {
+        return Sent::Failed(e);
+    }
     let params = json!({"downtime-limit": DOWNTIME_LIMIT_MS, "max-bandwidth": 10u64 << 30});
     if let Err(e) = qmp.execute("migrate-set-parameters", Some(params)).await {
         return Sent::Failed(format!("QEMU refused the migration parameters: {e}"));
@@ -274,7 +321,9 @@ pub async fn send(env: &RunnerEnv, qmp: &Qmp, vmi: &VirtualMachineInstance, stat
     if let Err(e) = qmp.migrate(&format!("tcp:{}", std::net::SocketAddr::new(ip, port))).await {
         return Sent::Failed(format!("QEMU cannot start the migration: {e}"));
     }
-    patch_state(env, vmi, json!({"startTimestamp": Time::now()}), json!({})).await;
+    // `tls`: the stream is encrypted (both QEMUs have the credentials, or
+    // the migration would fail).
+    patch_state(env, vmi, json!({"startTimestamp": Time::now(), "tls": "psk"}), json!({})).await;
     follow(qmp, &dir).await
 }
 

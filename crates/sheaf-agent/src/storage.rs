@@ -293,6 +293,21 @@ impl Storage {
         self.cluster_key.clone()
     }
 
+    /// A secret for `purpose` derived from the cluster key (every node
+    /// derives the same): SHA-256 of a label, the purpose and the key.
+    /// None without a cluster key.
+    pub fn derived_secret(&self, purpose: &str) -> Option<[u8; 32]> {
+        if self.key_bytes.is_empty() {
+            return None;
+        }
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"sheaf derived secret v1\0");
+        ctx.update(purpose.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(&self.key_bytes);
+        ctx.finish().as_ref().try_into().ok()
+    }
+
     /// This node's images (base images of volumes made from an image).
     pub fn images_root(&self) -> PathBuf {
         self.disks.first().map(|d| d.path.join("images")).unwrap_or_else(|| self.run_root.join("images"))

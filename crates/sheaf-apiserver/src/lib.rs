@@ -89,13 +89,14 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ap
 }
 
 /// Creates the objects every cluster has: the `default`, `kube-system`
-/// (where the servers' leader election Lease lives) and `sheaf-system`
-/// namespaces and the default StorageClass `sheaf`.
+/// (where the servers' leader election Lease lives), `kube-node-lease`
+/// (the nodes' heartbeat Leases) and `sheaf-system` namespaces and the
+/// default StorageClass `sheaf`.
 pub async fn bootstrap(server: &ApiServer) -> ApiResult<()> {
     let Some(rt) = server.registry.find("", "v1", "namespaces").cloned() else {
         return Ok(());
     };
-    for ns in ["default", "kube-system", "sheaf-system"] {
+    for ns in ["default", "kube-system", "kube-node-lease", "sheaf-system"] {
         let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
         match server.objects.create(&rt, None, body, &Default::default()).await {
             Ok(_) => {}

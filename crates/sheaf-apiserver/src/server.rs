@@ -381,6 +381,11 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
                     }
                     Ok((StatusCode::ACCEPTED, "").into_response())
                 }
+                ("virtualmachines", "migrate", Method::PUT) => {
+                    let bytes = read_body(body).await?;
+                    subresources::vm_migrate(&s.objects, ns, name, &bytes).await?;
+                    Ok((StatusCode::ACCEPTED, "").into_response())
+                }
                 ("virtualmachines", _, Method::PUT) => {
                     subresources::vm_action(&s.objects, ns, name, action).await?;
                     Ok((StatusCode::ACCEPTED, "").into_response())

@@ -88,25 +88,23 @@ fn admit<'a>(
     s: &'a ServerJoin,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(ServerJoinRequest, &'a [String]), Response> {
+) -> Result<(ServerJoinRequest, &'a [String]), ApiError> {
     if !s.authorized(headers) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "joining the control plane takes the join token's node secret (the first server's DATA_DIR/join.token)",
-        )
-        .into_response());
+        ));
     }
     let req: ServerJoinRequest = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the join request is not valid: {e}")).into_response())?;
-    check(&req).map_err(|m| ApiError::bad_request(m).into_response())?;
+        .map_err(|e| ApiError::bad_request(format!("the join request is not valid: {e}")))?;
+    check(&req).map_err(ApiError::bad_request)?;
     let Some(endpoints) = &s.etcd_endpoints else {
         return Err(ApiError::bad_request(
             "this server does not run an etcd member of its own (it keeps its objects in SQLite, or in an \
              external etcd); only a control plane started with `sheaf server --cluster-init` takes further \
              servers. Join this machine as a node with `sheaf agent`",
-        )
-        .into_response());
+        ));
     };
     Ok((req, endpoints))
 }
@@ -134,7 +132,7 @@ fn json_ok(v: &impl serde::Serialize) -> Response {
 async fn join(State(s): State<Arc<ServerJoin>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let (req, endpoints) = match admit(&s, &headers, &body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     match etcd_members::add_member(endpoints, &req.name, &req.peer_url, MAX_SERVERS).await {
         Ok(members) => {
@@ -152,7 +150,7 @@ async fn join(State(s): State<Arc<ServerJoin>>, headers: HeaderMap, body: axum::
 async fn promote(State(s): State<Arc<ServerJoin>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let (req, endpoints) = match admit(&s, &headers, &body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     match etcd_members::promote(endpoints, &req.peer_url).await {
         Ok(()) => {

@@ -43,12 +43,58 @@ pub fn discovery() -> Value {
     json!({
         "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{GROUP}/v1"),
         "resources": [
-            vm("start"), vm("stop"), vm("restart"), vm("addvolume"), vm("removevolume"),
+            vm("start"), vm("stop"), vm("restart"), vm("migrate"), vm("addvolume"), vm("removevolume"),
             vmi("pause", "update"), vmi("unpause", "update"), vmi("softreboot", "update"),
             vmi("addvolume", "update"), vmi("removevolume", "update"),
             vmi("console", "get"), vmi("vnc", "get"), vmi("guestosinfo", "get"),
         ],
     })
+}
+
+/// Handles `PUT .../virtualmachines/NAME/migrate` (what `virtctl migrate`
+/// sends; body: KubeVirt's MigrateOptions, `dryRun` and
+/// `addedNodeSelector`): a VirtualMachineInstanceMigration of the VM's
+/// running instance, as KubeVirt makes it.
+pub async fn vm_migrate(objects: &Objects, ns: &str, name: &str, body: &[u8]) -> ApiResult<()> {
+    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not MigrateOptions JSON: {e}")))?
+    };
+    let Some(vmi_rt) = objects.registry.find("kubevirt.io", "v1", "virtualmachineinstances").cloned() else {
+        return Err(ApiError::internal("VirtualMachineInstance kind is not registered"));
+    };
+    let Some(mig_rt) = objects.registry.find("kubevirt.io", "v1", "virtualmachineinstancemigrations").cloned() else {
+        return Err(ApiError::internal("VirtualMachineInstanceMigration kind is not registered"));
+    };
+    let Some(vm_rt) = objects.registry.find("kubevirt.io", "v1", "virtualmachines").cloned() else {
+        return Err(ApiError::internal("VirtualMachine kind is not registered"));
+    };
+    // 404 when there is no such VM.
+    objects.get(&vm_rt, Some(ns), name).await?;
+    let vmi = match objects.get(&vmi_rt, Some(ns), name).await {
+        Ok(v) => v,
+        Err(e) if e.code == http::StatusCode::NOT_FOUND => {
+            return Err(conflict(format!("VM {name:?} is not running; start it before migrating it")));
+        }
+        Err(e) => return Err(e),
+    };
+    if vmi.pointer("/status/phase").and_then(Value::as_str) != Some("Running") {
+        return Err(conflict(format!("VM {name:?} is not running; start it before migrating it")));
+    }
+    let mut spec = json!({"vmiName": name});
+    if let Some(sel) = opts.get("addedNodeSelector").filter(|v| !v.is_null()) {
+        spec["addedNodeSelector"] = sel.clone();
+    }
+    let migration = json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+        "metadata": {"generateName": "kubevirt-migrate-vm-", "namespace": ns},
+        "spec": spec,
+    });
+    let dry_run = opts.get("dryRun").and_then(Value::as_array).is_some_and(|d| !d.is_empty());
+    let write = WriteOptions { dry_run, ..WriteOptions::default() };
+    objects.create(&mig_rt, Some(ns), migration, &write).await.map(drop)
 }
 
 fn conflict(message: impl Into<String>) -> ApiError {

@@ -358,8 +358,8 @@ impl Engine {
         let mut conns = Vec::new();
         let mut epochs = Vec::new();
         let mut problems = Vec::new();
-        for a in replicas {
-            match Self::probe(volume, a, key.as_ref()).await {
+        for probed in Self::probe_all(volume, replicas, key.as_ref()).await {
+            match probed {
                 Ok((c, info)) => {
                     epochs.push(info.epoch);
                     conns.push(c);
@@ -436,8 +436,8 @@ impl Engine {
     ) -> Result<Vec<Info>, EngineError> {
         let mut infos = Vec::new();
         let mut problems = Vec::new();
-        for a in replicas {
-            match Self::probe(volume, a, key).await {
+        for probed in Self::probe_all(volume, replicas, key).await {
+            match probed {
                 Ok((_, info)) => infos.push(info),
                 Err(e) => problems.push(e.to_string()),
             }
@@ -490,6 +490,30 @@ impl Engine {
             }
         }
         Err(EngineError::NoReplica(problems.join("; ")))
+    }
+
+    /// [`Self::probe`] of every replica at once, in their order: a node
+    /// that is down (its connect times out) delays the start once, not once
+    /// per replica.
+    async fn probe_all(
+        volume: &str,
+        replicas: &[Address],
+        key: Option<&ClusterKey>,
+    ) -> Vec<Result<(Conn, Info), EngineError>> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, a) in replicas.iter().cloned().enumerate() {
+            let (volume, key) = (volume.to_string(), key.cloned());
+            set.spawn(async move { (i, Self::probe(&volume, &a, key.as_ref()).await) });
+        }
+        let mut out = Vec::with_capacity(replicas.len());
+        while let Some(done) = set.join_next().await {
+            match done {
+                Ok(r) => out.push(r),
+                Err(e) => out.push((usize::MAX, Err(EngineError::Invalid(format!("a replica probe failed: {e}"))))),
+            }
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, r)| r).collect()
     }
 
     /// Connects and reads the replica's info (no epoch needed).

@@ -778,4 +778,41 @@ mod tests {
         assert!(matches!(RemoteApi::new("https://10.0.0.1:6443", b"", "t"), Err(RemoteError::NoCa)));
         assert!(matches!(RemoteApi::new("https://10.0.0.1:6443", b"", " "), Err(RemoteError::NoToken)));
     }
+
+    /// A CA certificate (never used to verify anything here).
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBeTCCAR+gAwIBAgIUcJzczgaHUp+kKWRmW6hiXzbTnIIwCgYIKoZIzj0EAwIw\nEjEQMA4GA1UEAwwHdGVzdC1jYTAeFw0yNjEyMDExNTE2MjRaFw0zNjExMjgxNTE2\nMjRaMBIxEDAOBgNVBAMMB3Rlc3QtY2EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNC\nAASdj+eYiUZzTUCFcRCoy8xYRWCQkFnvG6wgn87+kZPURUxDoABnHX2Twj6Scuj2\n4sZ1dkjcJsXCTY9Dtw+W8wbco1MwUTAdBgNVHQ4EFgQU3L30l30OBjCKUBhBKOlU\nCqBZQjkwHwYDVR0jBBgwFoAU3L30l30OBjCKUBhBKOlUCqBZQjkwDwYDVR0TAQH/\nBAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEA7sMwk3hcEYw6JWodji4yPUmOE5+C\n1a/5GLTqUtl8S60CIBrvfhqNUxjqndXwKZGMuuB5Cl6xeAZcqzscdRLHyrfK\n-----END CERTIFICATE-----\n";
+
+    #[tokio::test]
+    async fn several_servers() {
+        let api = RemoteApi::new(
+            "https://10.0.0.1:6443, https://10.0.0.2:6443/,https://10.0.0.1:6443",
+            TEST_CA.as_bytes(),
+            "t",
+        )
+        .expect("client");
+        assert_eq!(api.servers(), ["https://10.0.0.1:6443", "https://10.0.0.2:6443"]);
+        assert_eq!(api.server(), "https://10.0.0.1:6443");
+        assert!(api.add_server("https://10.0.0.3:6443"));
+        assert!(!api.add_server("https://10.0.0.2:6443"), "known already");
+        assert!(!api.add_server("http://10.0.0.4:6443"), "not https");
+        assert!(!api.add_server(""), "no URL");
+        // Clones share the list.
+        assert_eq!(api.clone().servers().len(), 3);
+        let e = RemoteApi::new("https://10.0.0.1:6443,http://x:1", TEST_CA.as_bytes(), "t").expect_err("one is bad");
+        assert!(matches!(e, RemoteError::BadUrl { .. }), "{e}");
+        assert!(matches!(RemoteApi::new(" , ", TEST_CA.as_bytes(), "t"), Err(RemoteError::BadUrl { .. })));
+
+        // Nothing listens on these loopback ports: every server is tried,
+        // the answer names the last, and the current one stays.
+        let dead = |port: u16| format!("https://127.0.0.1:{port}");
+        let ports: Vec<u16> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port())
+            .collect();
+        let api =
+            RemoteApi::new(&format!("{},{}", dead(ports[0]), dead(ports[1])), TEST_CA.as_bytes(), "t").expect("client");
+        let e = api.get(Gvr { group: "", version: "v1", plural: "nodes" }, None, "n").await.expect_err("unreachable");
+        assert_eq!(e.code, 503, "{e}");
+        assert!(e.message.contains(&dead(ports[1])), "the last server tried: {e}");
+        assert_eq!(api.server(), dead(ports[0]));
+    }
 }

@@ -117,7 +117,7 @@ impl Maintenance {
         if vm.metadata.annotations.contains_key(STOPPED_FOR) {
             return Ok(());
         }
-        let previous = serde_json::to_value(&vm.spec.run_strategy)
+        let previous = serde_json::to_value(vm.spec.run_strategy)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_else(|| if vm.spec.running == Some(true) { "Always".into() } else { "Halted".into() });
@@ -171,7 +171,7 @@ impl Maintenance {
         }
         let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let name = vmi.metadata.name.clone().unwrap_or_default();
-        let strategy = vmi.spec.eviction_strategy.clone();
+        let strategy = vmi.spec.eviction_strategy;
         let ours: Vec<&VirtualMachineInstanceMigration> = migrations
             .iter()
             .filter(|m| {

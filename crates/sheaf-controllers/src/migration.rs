@@ -209,7 +209,12 @@ impl Migrations {
         for (k, v) in &m.spec.added_node_selector {
             wanted.spec.node_selector.insert(k.clone(), v.clone());
         }
-        Ok(scheduler::choose(&nodes, &used, &wanted))
+        // Its VM (anti-)affinity against the other VMIs (not itself, on the
+        // source); namespace selectors in those terms match no namespace.
+        let peers = scheduler::peers(&vmis, &[], vmi.metadata.uid.as_deref().unwrap_or_default());
+        let namespaces = scheduler::NamespaceLabels::new();
+        let ctx = scheduler::Context { used: &used, peers: Some(&peers), namespaces: &namespaces, replicas: &[] };
+        Ok(scheduler::choose_in(&nodes, &ctx, &wanted))
     }
 }
 

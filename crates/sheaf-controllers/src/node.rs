@@ -1,5 +1,7 @@
 //! The node lifecycle controller: a node whose agent stops posting its
-//! `Ready` heartbeat (it does every 5 s) for [`GRACE`] gets
+//! `Ready` heartbeat and renewing its Lease `kube-node-lease/<node>` (it
+//! does both every 5 s; the newer of the condition's `lastHeartbeatTime`
+//! and the Lease's `renewTime` counts) for [`GRACE`] gets
 //! `Ready=Unknown`, reason `NodeStatusUnknown`, as Kubernetes' node
 //! lifecycle controller does. The scheduler then places no VM there, the
 //! node's VMIs are failed over ([`crate::failover`]: started again
@@ -11,7 +13,7 @@
 //! A node is never judged on heartbeats older than this controller's own
 //! start: after the whole cluster was down, every node gets a full grace
 //! period to report in, instead of all being marked down at once.
-//! Nodes without a heartbeat time (made by hand) are left alone.
+//! Nodes without a heartbeat time or Lease (made by hand) are left alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +21,16 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
 use sheaf_client::{Api, ClientError, Gvr, Typed};
+use sheaf_types::coordination::Lease;
 use sheaf_types::core::Node;
 use sheaf_types::Time;
 
 use crate::failover;
 use crate::runtime::{Action, Controller, ObjectKey, Reconciler};
+
+/// The namespace of the nodes' heartbeat Leases, one per node, named after
+/// it.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
 /// The `Ready` reason of a node marked down by this controller.
 pub const NODE_STATUS_UNKNOWN: &str = "NodeStatusUnknown";
@@ -80,7 +87,10 @@ impl Reconciler for NodeLifecycle {
             }
             return Ok(Action::Done);
         }
-        let Some(heartbeat) = ready.last_heartbeat_time.as_ref().map(|t| t.0) else { return Ok(Action::Done) };
+        let lease = Typed::<Lease>::new(self.api.as_ref()).get(Some(NODE_LEASE_NAMESPACE), &key.name).await?;
+        let renewed = lease.and_then(|l| l.spec.renew_time).map(|t| t.0);
+        let posted = ready.last_heartbeat_time.as_ref().map(|t| t.0);
+        let Some(heartbeat) = posted.max(renewed) else { return Ok(Action::Done) };
         let now = Utc::now();
         let silent = (now - heartbeat.max(self.started)).to_std().unwrap_or_default();
         if silent < self.config.grace {

@@ -37,14 +37,19 @@
 //!    VMIs for pods; a topology domain is the set of nodes with the same
 //!    value of the term's `topologyKey` label, `kubernetes.io/hostname`
 //!    making each node its own):
-//!    - no bound VMI whose required anti-affinity terms select this VMI is
-//!      in the node's domain of that term;
 //!    - every required affinity term has, in the node's domain, a bound VMI
 //!      matching all the terms — unless no bound VMI matches them anywhere
 //!      and the VMI matches its own terms (the first of a group that wants
 //!      to be together may go anywhere that has the topology labels);
 //!    - no required anti-affinity term has a matching bound VMI in the
-//!      node's domain (a node without the term's label is outside it).
+//!      node's domain (a node without the term's label is outside it);
+//!    - no bound VMI whose required anti-affinity terms select this VMI is
+//!      in the node's domain of that term (the rule holds both ways).
+//!
+//!    Terms select VMIs by their labels (`labelSelector`: unset selects
+//!    none, `{}` all; `matchLabelKeys`/`mismatchLabelKeys` add the placed
+//!    VMI's values) in the term owner's namespace, or in `namespaces` and
+//!    those `namespaceSelector` picks by label (`{}`: all).
 //!
 //! # Which fitting node wins
 //!
@@ -653,18 +658,20 @@ impl VmAffinity {
         a
     }
 
-    /// Why a node with these labels cannot take the VMI, if it cannot.
+    /// Why a node with these labels cannot take the VMI, if it cannot. The
+    /// VMI's own rules are reported before those of the bound VMIs (when a
+    /// group repels itself, its own rule is the one to read about).
     fn check(&self, labels: &BTreeMap<String, String>) -> Option<Rejection> {
-        if labels.iter().any(|(k, v)| self.existing_anti_affinity_domains.contains(&(k.clone(), v.clone()))) {
-            return Some(Rejection::ExistingAntiAffinity);
-        }
         let mut all_found = true;
         for key in &self.affinity_keys {
             // A node without the topology label is in no domain.
             let Some(d) = domain(labels, key) else { return Some(Rejection::PodAffinity) };
             all_found &= self.affinity_counts.get(&d).is_some_and(|n| *n > 0);
         }
-        if !all_found && !(self.affinity_counts.is_empty() && self.matches_own_terms) {
+        // The first of a group: no VMI matches the terms anywhere yet, and
+        // this one matches them itself.
+        let first_of_group = self.affinity_counts.is_empty() && self.matches_own_terms;
+        if !(all_found || first_of_group) {
             return Some(Rejection::PodAffinity);
         }
         let repelled = self
@@ -672,7 +679,12 @@ impl VmAffinity {
             .iter()
             .filter_map(|key| domain(labels, key))
             .any(|d| self.anti_affinity_domains.contains(&d));
-        repelled.then_some(Rejection::PodAntiAffinity)
+        if repelled {
+            return Some(Rejection::PodAntiAffinity);
+        }
+        let kept_out =
+            labels.iter().any(|(k, v)| self.existing_anti_affinity_domains.contains(&(k.clone(), v.clone())));
+        kept_out.then_some(Rejection::ExistingAntiAffinity)
     }
 
     /// The preferred (anti-)affinity of the node's domains, summed.
@@ -769,12 +781,16 @@ pub struct Scheduler {
 pub async fn run(api: Arc<dyn Api>) {
     let reconciler = Arc::new(Scheduler::new(api.clone()));
     Controller::new("scheduler", api, Gvr::of::<VirtualMachineInstance>())
-        // A VMI that finished or went away frees room for the waiting ones.
+        // A VMI that finished or went away frees room for the waiting ones;
+        // one bound to a node may be what those with VM affinity wait for.
         .also_on_primary(|change, vmi, store| {
             let frees = change == Change::Deleted
                 || matches!(vmi.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+            let bound = vmi.pointer("/status/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
             if frees {
                 pending_keys(store)
+            } else if bound {
+                store.keys_where(|v| is_pending_json(v) && v.pointer("/spec/affinity/podAffinity").is_some())
             } else {
                 Vec::new()
             }
@@ -1190,5 +1206,460 @@ mod tests {
             evaluate(&n, &v.spec, Request::default()),
             Err(vec![Rejection::NodeSelector("disk=ssd,gpu=yes".into())])
         );
+    }
+
+    // ------------------------------------------------------------ affinity
+
+    use serde_json::json;
+    use sheaf_types::kubevirt::affinity::Affinity;
+
+    /// A Ready 4-CPU 8Gi node with these labels (and its hostname label).
+    fn labelled(name: &str, labels: &[(&str, &str)]) -> Node {
+        let mut n = node(name, "4", "8Gi");
+        n.metadata.labels.insert("kubernetes.io/hostname".into(), name.into());
+        for (k, v) in labels {
+            n.metadata.labels.insert(k.to_string(), v.to_string());
+        }
+        n
+    }
+
+    fn with_affinity(mut v: VirtualMachineInstance, affinity: Value) -> VirtualMachineInstance {
+        let a: Affinity = serde_json::from_value(affinity).unwrap_or_else(|e| panic!("{e}"));
+        v.spec.affinity = Some(a);
+        v
+    }
+
+    /// A VMI in namespace `default` with these labels.
+    fn app(name: &str, labels: &[(&str, &str)]) -> VirtualMachineInstance {
+        let mut v = vmi(name, "1Gi");
+        v.metadata.namespace = Some("default".into());
+        v.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        v
+    }
+
+    fn on(mut v: VirtualMachineInstance, node: &str) -> VirtualMachineInstance {
+        v.status = Some(VirtualMachineInstanceStatus {
+            node_name: Some(node.into()),
+            phase: Some("Running".into()),
+            ..Default::default()
+        });
+        v
+    }
+
+    /// Places `v` with VM affinity against `others` and locality from
+    /// `replicas`.
+    fn place_in(
+        nodes: &[Node],
+        others: &[VirtualMachineInstance],
+        namespaces: &NamespaceLabels,
+        replicas: &[BTreeSet<String>],
+        v: &VirtualMachineInstance,
+    ) -> Result<String, String> {
+        let uid = v.metadata.uid.as_deref().unwrap_or_default();
+        let used = usage(others, &[], uid);
+        let peers = peers(others, &[], uid);
+        choose_in(nodes, &Context { used: &used, peers: Some(&peers), namespaces, replicas }, v)
+    }
+
+    fn place_among(
+        nodes: &[Node],
+        others: &[VirtualMachineInstance],
+        v: &VirtualMachineInstance,
+    ) -> Result<String, String> {
+        place_in(nodes, others, &NamespaceLabels::new(), &[], v)
+    }
+
+    /// The nodes of `nodes` a VMI with this required node affinity fits.
+    fn fitting(nodes: &[Node], terms: Value) -> Vec<String> {
+        let v = with_affinity(
+            vmi("x", "1Gi"),
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}),
+        );
+        nodes
+            .iter()
+            .filter(|n| evaluate(n, &v.spec, Request::default()).is_ok())
+            .filter_map(|n| n.metadata.name.clone())
+            .collect()
+    }
+
+    fn expr(key: &str, op: &str, values: &[&str]) -> Value {
+        json!({"matchExpressions": [{"key": key, "operator": op, "values": values}]})
+    }
+
+    #[test]
+    fn node_affinity_operators() {
+        let nodes = [
+            labelled("a", &[("zone", "east"), ("cores", "8")]),
+            labelled("b", &[("zone", "west"), ("cores", "16")]),
+            labelled("c", &[("cores", "many")]),
+        ];
+        assert_eq!(fitting(&nodes, json!([expr("zone", "In", &["east", "north"])])), ["a"]);
+        assert_eq!(fitting(&nodes, json!([expr("zone", "NotIn", &["east"])])), ["b", "c"], "no label: not in");
+        assert_eq!(fitting(&nodes, json!([expr("zone", "Exists", &[])])), ["a", "b"]);
+        assert_eq!(fitting(&nodes, json!([expr("zone", "DoesNotExist", &[])])), ["c"]);
+        assert_eq!(fitting(&nodes, json!([expr("cores", "Gt", &["8"])])), ["b"], "strictly, and integers only");
+        assert_eq!(fitting(&nodes, json!([expr("cores", "Lt", &["16"])])), ["a"]);
+        assert_eq!(fitting(&nodes, json!([expr("cores", "Lt", &["x"])])), Vec::<String>::new());
+        assert_eq!(fitting(&nodes, json!([expr("zone", "Near", &["east"])])), Vec::<String>::new());
+        let by_name = |op: &str| json!([{"matchFields": [{"key": "metadata.name", "operator": op, "values": ["b"]}]}]);
+        assert_eq!(fitting(&nodes, by_name("In")), ["b"]);
+        assert_eq!(fitting(&nodes, by_name("NotIn")), ["a", "c"]);
+        let other_field = json!([{"matchFields": [{"key": "spec.podCIDR", "operator": "In", "values": ["b"]}]}]);
+        assert_eq!(fitting(&nodes, other_field), Vec::<String>::new());
+    }
+
+    #[test]
+    fn node_affinity_terms_are_ored_and_requirements_anded() {
+        let nodes = [
+            labelled("a", &[("zone", "east"), ("disk", "ssd")]),
+            labelled("b", &[("zone", "east")]),
+            labelled("c", &[("zone", "west"), ("disk", "ssd")]),
+        ];
+        let anded = json!([{"matchExpressions": [
+            {"key": "zone", "operator": "In", "values": ["east"]},
+            {"key": "disk", "operator": "Exists"}
+        ]}]);
+        assert_eq!(fitting(&nodes, anded), ["a"]);
+        let ored = json!([expr("zone", "In", &["west"]), {"matchFields": [
+            {"key": "metadata.name", "operator": "In", "values": ["b"]}]}]);
+        assert_eq!(fitting(&nodes, ored), ["b", "c"]);
+        // Labels and fields of one term are ANDed too.
+        let both = json!([{"matchExpressions": [{"key": "disk", "operator": "Exists"}],
+            "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["a"]}]}]);
+        assert_eq!(fitting(&nodes, both), ["c"]);
+        // An empty term matches no node; another term still may.
+        assert_eq!(fitting(&nodes, json!([{}])), Vec::<String>::new());
+        assert_eq!(fitting(&nodes, json!([{}, expr("zone", "In", &["west"])])), ["c"]);
+        // With the nodeSelector: both must hold.
+        let mut v = with_affinity(
+            vmi("x", "1Gi"),
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [expr("zone", "In", &["east"])]}}}),
+        );
+        v.spec.node_selector.insert("disk".into(), "ssd".into());
+        assert_eq!(place(&nodes, &[], &v), Ok("a".to_string()));
+    }
+
+    #[test]
+    fn node_affinity_refusals_are_counted_per_node() {
+        let nodes = [labelled("a", &[]), labelled("b", &[])];
+        let v = with_affinity(
+            vmi("x", "1Gi"),
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [expr("zone", "In", &["east"])]}}}),
+        );
+        assert_eq!(
+            place(&nodes, &[], &v),
+            Err("0/2 nodes are available: 2 node(s) didn't match node affinity.".into())
+        );
+    }
+
+    #[test]
+    fn preferred_node_affinity_weights_add_up_and_beat_load() {
+        let nodes = [
+            labelled("a", &[("zone", "east")]),
+            labelled("b", &[("disk", "ssd")]),
+            labelled("c", &[("disk", "ssd"), ("zone", "east")]),
+        ];
+        let prefer = |terms: Value| {
+            with_affinity(
+                vmi("x", "1Gi"),
+                json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": terms}}),
+            )
+        };
+        let v = prefer(json!([
+            {"weight": 10, "preference": expr("zone", "In", &["east"])},
+            {"weight": 20, "preference": expr("disk", "In", &["ssd"])}
+        ]));
+        // c matches both terms (30) although it is the most loaded.
+        let busy = [bound("y", "4Gi", "c")];
+        assert_eq!(place(&nodes, &busy, &v), Ok("c".to_string()));
+        let scores = score_nodes(
+            &nodes,
+            &Context { used: &usage(&busy, &[], "x"), peers: None, namespaces: &NamespaceLabels::new(), replicas: &[] },
+            &v,
+        );
+        let by_node: Vec<(String, f64)> =
+            scores.unwrap_or_default().into_iter().map(|s| (s.node, s.node_affinity)).collect();
+        assert_eq!(by_node, [("a".into(), 100.0 / 3.0), ("b".into(), 200.0 / 3.0), ("c".into(), 100.0)]);
+        // Preferences never exclude: a node matching none still fits.
+        let v = prefer(json!([{"weight": 100, "preference": expr("gpu", "Exists", &[])}]));
+        assert_eq!(place(&nodes, &busy, &v), Ok("a".to_string()), "least loaded, then by name");
+    }
+
+    fn anti(selector: Value, key: &str) -> Value {
+        json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": selector, "topologyKey": key}]}})
+    }
+
+    fn together(selector: Value, key: &str) -> Value {
+        json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": selector, "topologyKey": key}]}})
+    }
+
+    const HOST: &str = "kubernetes.io/hostname";
+
+    #[test]
+    fn required_anti_affinity_spreads_by_domain() {
+        let nodes = [
+            labelled("a", &[("zone", "east")]),
+            labelled("b", &[("zone", "east")]),
+            labelled("c", &[("zone", "west")]),
+        ];
+        let web = |name: &str| {
+            with_affinity(app(name, &[("app", "web")]), anti(json!({"matchLabels": {"app": "web"}}), HOST))
+        };
+        let first = on(web("w1"), "a");
+        assert_eq!(place_among(&nodes, std::slice::from_ref(&first), &web("w2")), Ok("b".to_string()));
+        let second = on(web("w2"), "b");
+        let third = on(web("w3"), "c");
+        assert_eq!(
+            place_among(&nodes, &[first.clone(), second.clone(), third], &web("w4")),
+            Err("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules.".into())
+        );
+        // By zone: a and b are one domain.
+        let by_zone = |name: &str| {
+            with_affinity(app(name, &[("app", "db")]), anti(json!({"matchLabels": {"app": "db"}}), "zone"))
+        };
+        assert_eq!(place_among(&nodes, &[on(by_zone("d1"), "a")], &by_zone("d2")), Ok("c".to_string()));
+        // A node without the topology label is in no domain: it fits.
+        let mut bare = labelled("d", &[]);
+        bare.metadata.labels.clear();
+        let nodes = [labelled("a", &[("zone", "east")]), bare];
+        assert_eq!(place_among(&nodes, &[on(by_zone("d1"), "a")], &by_zone("d2")), Ok("d".to_string()));
+        // Other labels, finished VMIs and the VMI itself do not repel.
+        let nodes = [labelled("a", &[])];
+        let other = on(app("o", &[("app", "other")]), "a");
+        let mut done = on(app("w0", &[("app", "web")]), "a");
+        if let Some(s) = done.status.as_mut() {
+            s.phase = Some("Succeeded".into());
+        }
+        let me = on(web("w1"), "a");
+        assert_eq!(place_among(&nodes, &[other, done, me.clone()], &me), Ok("a".to_string()));
+    }
+
+    #[test]
+    fn bound_vmis_anti_affinity_keeps_others_away() {
+        let nodes = [labelled("a", &[]), labelled("b", &[])];
+        // The bound VMI repels app=web; the new one has no affinity itself.
+        let loner = on(with_affinity(app("loner", &[]), anti(json!({"matchLabels": {"app": "web"}}), HOST)), "a");
+        assert_eq!(
+            place_among(&nodes, std::slice::from_ref(&loner), &app("w", &[("app", "web")])),
+            Ok("b".to_string())
+        );
+        let nodes = [labelled("a", &[])];
+        assert_eq!(
+            place_among(&nodes, &[loner], &app("w", &[("app", "web")])),
+            Err("0/1 nodes are available: 1 node(s) didn't satisfy existing VMIs' anti-affinity rules.".into())
+        );
+    }
+
+    #[test]
+    fn required_affinity_follows_its_group() {
+        let nodes = [
+            labelled("a", &[("zone", "east")]),
+            labelled("b", &[("zone", "west")]),
+            labelled("c", &[("zone", "west")]),
+        ];
+        let db = on(app("db", &[("app", "db")]), "c");
+        let near_db =
+            with_affinity(app("web", &[("app", "web")]), together(json!({"matchLabels": {"app": "db"}}), "zone"));
+        // b and c share the zone; b is emptier.
+        assert_eq!(place_among(&nodes, std::slice::from_ref(&db), &near_db), Ok("b".to_string()));
+        // No db anywhere, and the VMI is not a db itself: nowhere.
+        assert_eq!(
+            place_among(&nodes, &[], &near_db),
+            Err("0/3 nodes are available: 3 node(s) didn't match pod affinity rules.".into())
+        );
+        // The first of a group that wants to be together goes anywhere with
+        // the topology label.
+        let mut bare = labelled("d", &[]);
+        bare.metadata.labels.clear();
+        let nodes = [labelled("a", &[("zone", "east")]), bare.clone()];
+        let group = |name: &str| {
+            with_affinity(app(name, &[("app", "g")]), together(json!({"matchLabels": {"app": "g"}}), "zone"))
+        };
+        assert_eq!(place_among(&nodes, &[], &group("g1")), Ok("a".to_string()));
+        assert_eq!(
+            place_among(&[bare], &[], &group("g1")),
+            Err("0/1 nodes are available: 1 node(s) didn't match pod affinity rules.".into())
+        );
+        // A matching VMI on a node without the label makes no domain.
+        let nodes = [labelled("a", &[("zone", "east")]), labelled("b", &[])];
+        assert_eq!(place_among(&nodes, &[on(app("g0", &[("app", "g")]), "b")], &group("g1")), Ok("a".to_string()));
+    }
+
+    #[test]
+    fn required_affinity_peers_must_match_every_term() {
+        let nodes = [labelled("a", &[("zone", "east")]), labelled("b", &[("zone", "west")])];
+        let two_terms = json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"},
+            {"labelSelector": {"matchLabels": {"tier": "gold"}}, "topologyKey": "zone"}
+        ]}});
+        let v = with_affinity(app("web", &[]), two_terms);
+        let db_only = on(app("db", &[("app", "db")]), "a");
+        let gold = on(app("gold", &[("app", "db"), ("tier", "gold")]), "b");
+        assert_eq!(place_among(&nodes, &[db_only.clone(), gold], &v), Ok("b".to_string()));
+        assert!(place_among(&nodes, &[db_only], &v).is_err(), "a peer matching one term is not enough");
+    }
+
+    /// Whether `others`, all on the one node there is, keep `v` off it.
+    fn kept_off(others: &[VirtualMachineInstance], namespaces: &NamespaceLabels, v: &VirtualMachineInstance) -> bool {
+        place_in(&[labelled("a", &[])], others, namespaces, &[], v).is_err()
+    }
+
+    #[test]
+    fn selectors_and_namespaces() {
+        let mut elsewhere = on(app("other-ns", &[("app", "web")]), "a");
+        elsewhere.metadata.namespace = Some("prod".into());
+        let elsewhere = [elsewhere];
+        let none = NamespaceLabels::new();
+        let rule = |term: Value| json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}});
+        let web = |term: Value| with_affinity(app("w", &[("app", "web")]), rule(term));
+        let sel = json!({"matchLabels": {"app": "web"}});
+        // Own namespace only by default.
+        assert!(!kept_off(&elsewhere, &none, &web(json!({"labelSelector": sel, "topologyKey": HOST}))));
+        // Listed namespaces.
+        let v = web(json!({"labelSelector": sel, "topologyKey": HOST, "namespaces": ["prod"]}));
+        assert!(kept_off(&elsewhere, &none, &v));
+        // A namespace selector, by the namespaces' labels; {} is every one.
+        let labels: NamespaceLabels = [("prod".to_string(), [("env".to_string(), "prod".to_string())].into())].into();
+        let v = web(json!({"labelSelector": sel, "topologyKey": HOST,
+            "namespaceSelector": {"matchLabels": {"env": "prod"}}}));
+        assert!(kept_off(&elsewhere, &labels, &v));
+        assert!(!kept_off(&elsewhere, &none, &v), "prod has no labels here");
+        let v = web(json!({"labelSelector": sel, "topologyKey": HOST, "namespaceSelector": {}}));
+        assert!(kept_off(&elsewhere, &labels, &v));
+
+        // An empty label selector selects every VMI, a missing one none.
+        let other = [on(app("x", &[("app", "other")]), "a")];
+        assert!(kept_off(&other, &none, &web(json!({"labelSelector": {}, "topologyKey": HOST}))));
+        assert!(!kept_off(&other, &none, &web(json!({"topologyKey": HOST}))));
+        // matchExpressions, ANDed with matchLabels.
+        let exprs = |op: &str, values: &[&str]| {
+            web(json!({"labelSelector": {"matchExpressions": [{"key": "app", "operator": op, "values": values}]},
+                "topologyKey": HOST}))
+        };
+        assert!(kept_off(&other, &none, &exprs("In", &["other", "x"])));
+        assert!(!kept_off(&other, &none, &exprs("In", &["web"])));
+        assert!(!kept_off(&other, &none, &exprs("NotIn", &["other"])));
+        assert!(kept_off(&other, &none, &exprs("NotIn", &["web"])));
+        assert!(kept_off(&other, &none, &exprs("Exists", &[])));
+        assert!(!kept_off(&other, &none, &exprs("DoesNotExist", &[])));
+        let both = web(json!({"labelSelector": {"matchLabels": {"app": "other"},
+            "matchExpressions": [{"key": "tier", "operator": "Exists"}]}, "topologyKey": HOST}));
+        assert!(!kept_off(&other, &none, &both));
+    }
+
+    #[test]
+    fn match_label_keys_use_the_placed_vmis_values() {
+        let v1 = [on(app("v1", &[("app", "web"), ("version", "1")]), "a")];
+        let none = NamespaceLabels::new();
+        let term = |field: &str, version: &str| {
+            let rule = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": HOST, field: ["version"]}]}});
+            with_affinity(app("v", &[("app", "web"), ("version", version)]), rule)
+        };
+        // matchLabelKeys: only VMIs of the same version repel.
+        assert!(kept_off(&v1, &none, &term("matchLabelKeys", "1")));
+        assert!(!kept_off(&v1, &none, &term("matchLabelKeys", "2")));
+        // mismatchLabelKeys: only VMIs of another version repel.
+        assert!(!kept_off(&v1, &none, &term("mismatchLabelKeys", "1")));
+        assert!(kept_off(&v1, &none, &term("mismatchLabelKeys", "2")));
+    }
+
+    #[test]
+    fn preferred_vm_affinity_scores_both_ways() {
+        let nodes = [labelled("a", &[]), labelled("b", &[]), labelled("c", &[])];
+        let pref = |kind: &str, weight: i32| {
+            json!({kind: {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": weight, "podAffinityTerm": {
+                "labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": HOST}}]}})
+        };
+        let dbs = [
+            on(app("db1", &[("app", "db")]), "b"),
+            on(app("db2", &[("app", "db")]), "c"),
+            on(app("db3", &[("app", "db")]), "c"),
+        ];
+        // Near the dbs: c has two, even though it is the most loaded.
+        let near = with_affinity(app("web", &[]), pref("podAffinity", 10));
+        assert_eq!(place_among(&nodes, &dbs, &near), Ok("c".to_string()));
+        // Away from them: a has none.
+        let away = with_affinity(app("web", &[]), pref("podAntiAffinity", 10));
+        assert_eq!(place_among(&nodes, &dbs, &away), Ok("a".to_string()));
+        // The bound VMIs' own preferences count for the new one.
+        let likes_web = |name: &str, node: &str| {
+            let mut v = with_affinity(app(name, &[]), pref("podAffinity", 50));
+            if let Some(a) = v.spec.affinity.as_mut().and_then(|a| a.pod_affinity.as_mut()) {
+                a.preferred[0].pod_affinity_term.label_selector =
+                    serde_json::from_value(json!({"matchLabels": {"app": "web"}})).ok();
+            }
+            on(v, node)
+        };
+        let web = app("web", &[("app", "web")]);
+        assert_eq!(place_among(&nodes, &[likes_web("l1", "b")], &web), Ok("b".to_string()));
+        // Scores go from 0 (lowest node) to 100 (highest).
+        let used = usage(&dbs, &[], "web");
+        let peers = peers(&dbs, &[], "web");
+        let ns = NamespaceLabels::new();
+        let ctx = Context { used: &used, peers: Some(&peers), namespaces: &ns, replicas: &[] };
+        let scores: Vec<f64> =
+            score_nodes(&nodes, &ctx, &near).unwrap_or_default().iter().map(|s| s.vm_affinity).collect();
+        assert_eq!(scores, [0.0, 50.0, 100.0]);
+    }
+
+    #[test]
+    fn assumed_bindings_count_for_anti_affinity() {
+        let nodes = [labelled("a", &[]), labelled("b", &[])];
+        let web = |name: &str| {
+            with_affinity(app(name, &[("app", "web")]), anti(json!({"matchLabels": {"app": "web"}}), HOST))
+        };
+        // w1 was just bound to a, but the list still shows it unbound.
+        let listed = [web("w1")];
+        let assumed = [Assumed { uid: "w1".into(), node: "a".into(), request: Request::of(&listed[0].spec) }];
+        let w2 = web("w2");
+        let used = usage(&listed, &assumed, "w2");
+        let peers = peers(&listed, &assumed, "w2");
+        let ns = NamespaceLabels::new();
+        let ctx = Context { used: &used, peers: Some(&peers), namespaces: &ns, replicas: &[] };
+        assert_eq!(choose_in(&nodes, &ctx, &w2), Ok("b".to_string()));
+    }
+
+    #[test]
+    fn locality_prefers_the_nodes_holding_the_data() {
+        let nodes = [labelled("a", &[]), labelled("b", &[]), labelled("c", &[])];
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<String>>();
+        let v = app("vm", &[]);
+        // One volume with a replica on c: c, though a and b tie on load.
+        assert_eq!(place_in(&nodes, &[], &NamespaceLabels::new(), &[set(&["c"])], &v), Ok("c".to_string()));
+        // Two volumes: b holds both, c one.
+        let replicas = [set(&["b", "c"]), set(&["b"])];
+        assert_eq!(place_in(&nodes, &[], &NamespaceLabels::new(), &replicas, &v), Ok("b".to_string()));
+        // Locality gives way to a much emptier node (more than 50 points).
+        let mut big = bound("big", "6Gi", "c");
+        big.spec.domain.resources.requests.insert("cpu".into(), q("3"));
+        let busy = [big];
+        assert_eq!(place_in(&nodes, &busy, &NamespaceLabels::new(), &[set(&["c"])], &v), Ok("a".to_string()));
+        // But not to a slightly emptier one.
+        let busy = [bound("small", "1Gi", "c")];
+        assert_eq!(place_in(&nodes, &busy, &NamespaceLabels::new(), &[set(&["c"])], &v), Ok("c".to_string()));
+        // And never to a node that does not fit.
+        let mut cordoned = labelled("c", &[]);
+        cordoned.spec = Some(NodeSpec { unschedulable: Some(true), ..Default::default() });
+        let nodes = [labelled("a", &[]), cordoned];
+        assert_eq!(place_in(&nodes, &[], &NamespaceLabels::new(), &[set(&["c"])], &v), Ok("a".to_string()));
+    }
+
+    #[test]
+    fn choose_without_vmis_ignores_vm_affinity() {
+        // As a migration target search does: node affinity still holds.
+        let nodes = [labelled("a", &[("zone", "east")]), labelled("b", &[])];
+        let v = with_affinity(
+            app("w", &[("app", "web")]),
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [expr("zone", "Exists", &[])]}},
+                "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}]}}),
+        );
+        assert_eq!(choose(&nodes, &HashMap::new(), &v), Ok("a".to_string()));
     }
 }

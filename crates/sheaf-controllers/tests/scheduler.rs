@@ -1,16 +1,18 @@
 //! The scheduler against a real API server: binding, refusals with their
-//! reasons, and retries when nodes or room appear.
+//! reasons, and retries when nodes or room appear; node affinity, VM
+//! anti-affinity and storage locality.
 
 mod common;
 
 use common::{Cluster, Run};
-use serde_json::json;
+use serde_json::{json, Value};
 use sheaf_client::Gvr;
 use sheaf_controllers::scheduler::{NODE_NAME_LABEL, VMI_MEMORY_OVERHEAD};
 use sheaf_controllers::vm;
 use sheaf_types::core::Node;
 use sheaf_types::kubevirt::VirtualMachineInstance;
 use sheaf_types::meta::Condition;
+use sheaf_types::storage::{Replica, Volume};
 
 fn node_of(v: Option<&VirtualMachineInstance>) -> Option<&str> {
     v?.status.as_ref()?.node_name.as_deref()
@@ -136,5 +138,182 @@ async fn a_vm_shows_error_unschedulable_until_it_can_start() -> anyhow::Result<(
     c.add_node("large", "8", "128Gi", true).await?;
     c.wait_vmi("huge", "bound", |v| node_of(v) == Some("large")).await;
     c.wait_printable("huge", "Starting").await;
+    Ok(())
+}
+
+// ------------------------------------------------------------ placement
+
+/// Registers a Ready 4-CPU 8Gi node labelled with its hostname and `labels`.
+async fn add_labelled_node(c: &Cluster, name: &str, labels: Value) -> anyhow::Result<()> {
+    let mut all = json!({"kubernetes.io/hostname": name});
+    if let (Some(m), Value::Object(extra)) = (all.as_object_mut(), labels) {
+        m.extend(extra);
+    }
+    c.add_node_with(name, "4", "8Gi", true, all, json!({})).await
+}
+
+async fn bound_to(c: &Cluster, name: &str) -> Option<String> {
+    let vmi = c.wait_vmi(name, "bound", |v| node_of(v).is_some()).await;
+    node_of(vmi.as_ref()).map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_node_affinity_picks_the_matching_node() -> anyhow::Result<()> {
+    let c = scheduler().await?;
+    add_labelled_node(&c, "a", json!({"zone": "west"})).await?;
+    add_labelled_node(&c, "b", json!({"zone": "east", "cores": "16"})).await?;
+    let affinity = |terms: Value| {
+        json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": terms}}}})
+    };
+    let east = json!([{"matchExpressions": [
+        {"key": "zone", "operator": "In", "values": ["east", "north"]},
+        {"key": "cores", "operator": "Gt", "values": ["8"]}]}]);
+    c.create_vmi("east", "1Gi", affinity(east)).await?;
+    assert_eq!(bound_to(&c, "east").await.as_deref(), Some("b"));
+
+    // Nothing matches: unschedulable, named per node, until a node does.
+    let north = json!([{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["north"]}]}]);
+    c.create_vmi("north", "1Gi", affinity(north)).await?;
+    let vmi = c.wait_vmi("north", "unschedulable", |v| unschedulable_message(v).is_some()).await;
+    assert_eq!(
+        unschedulable_message(vmi.as_ref()),
+        Some("0/2 nodes are available: 2 node(s) didn't match node affinity.")
+    );
+    add_labelled_node(&c, "c", json!({"zone": "north"})).await?;
+    assert_eq!(bound_to(&c, "north").await.as_deref(), Some("c"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preferred_node_affinity_wins_over_the_name_order() -> anyhow::Result<()> {
+    let c = scheduler().await?;
+    add_labelled_node(&c, "a", json!({})).await?;
+    add_labelled_node(&c, "b", json!({"disk": "ssd"})).await?;
+    let prefer = json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 80, "preference": {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}}]}}});
+    c.create_vmi("fast", "1Gi", prefer).await?;
+    assert_eq!(bound_to(&c, "fast").await.as_deref(), Some("b"));
+    // Without the preference, equal nodes go by name.
+    c.create_vmi("plain", "1Gi", json!({})).await?;
+    assert_eq!(bound_to(&c, "plain").await.as_deref(), Some("a"));
+    Ok(())
+}
+
+fn web_anti_affinity() -> Value {
+    json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}})
+}
+
+/// Creates a VMI labelled `app: web` that keeps away from the others.
+async fn create_web(c: &Cluster, name: &str) -> anyhow::Result<()> {
+    let mut spec = common::template_spec("1Gi");
+    if let (Some(s), Value::Object(extra)) = (spec.as_object_mut(), web_anti_affinity()) {
+        s.extend(extra);
+    }
+    let body = json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+        "spec": spec,
+    });
+    c.api.create(Gvr::of::<VirtualMachineInstance>(), Some("default"), body).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_affinity_spreads_a_group_and_refuses_a_third() -> anyhow::Result<()> {
+    let c = scheduler().await?;
+    add_labelled_node(&c, "a", json!({})).await?;
+    add_labelled_node(&c, "b", json!({})).await?;
+    // Back to back: the second is placed before lists may show the first.
+    create_web(&c, "web1").await?;
+    create_web(&c, "web2").await?;
+    let web1 = bound_to(&c, "web1").await;
+    let web2 = bound_to(&c, "web2").await;
+    let mut nodes = vec![web1.clone(), web2];
+    nodes.sort();
+    assert_eq!(nodes, [Some("a".to_string()), Some("b".to_string())]);
+
+    create_web(&c, "web3").await?;
+    let vmi = c.wait_vmi("web3", "unschedulable", |v| unschedulable_message(v).is_some()).await;
+    assert_eq!(
+        unschedulable_message(vmi.as_ref()),
+        Some("0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules.")
+    );
+    let event = c.wait_event("web3", "FailedScheduling", 1).await;
+    assert!(event.message.unwrap_or_default().contains("pod anti-affinity"));
+
+    // A VMI of the group that finishes frees its node for another.
+    c.agent_reports("web1", json!({"phase": "Succeeded"})).await?;
+    assert_eq!(bound_to(&c, "web3").await, web1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locality_chooses_the_node_of_a_running_replica() -> anyhow::Result<()> {
+    let c = scheduler().await?;
+    for name in ["a", "b", "c"] {
+        add_labelled_node(&c, name, json!({})).await?;
+    }
+    let volume = c
+        .api
+        .create(
+            Gvr::of::<Volume>(),
+            Some("default"),
+            json!({"apiVersion": "sheaf.io/v1alpha1", "kind": "Volume",
+                   "metadata": {"name": "data", "namespace": "default"}, "spec": {"size": "1Gi"}}),
+        )
+        .await?;
+    let uid = volume["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    // A Running replica on b, a failed one on a.
+    for (node, state) in [("b", "Running"), ("a", "Failed")] {
+        let replica = c
+            .api
+            .create(
+                Gvr::of::<Replica>(),
+                Some("default"),
+                json!({"apiVersion": "sheaf.io/v1alpha1", "kind": "Replica",
+                    "metadata": {"name": format!("data-{node}"), "namespace": "default",
+                                 "labels": {"sheaf.io/volume": "data"},
+                                 "ownerReferences": [{"apiVersion": "sheaf.io/v1alpha1", "kind": "Volume",
+                                                      "name": "data", "uid": uid, "controller": true}]},
+                    "spec": {"volumeName": "data", "nodeName": node}}),
+            )
+            .await?;
+        let mut replica = replica;
+        replica["status"] = json!({"state": state});
+        c.api.update_status(Gvr::of::<Replica>(), Some("default"), replica).await?;
+    }
+    let spec = json!({
+        "domain": {
+            "devices": {"disks": [{"name": "data", "disk": {"bus": "virtio"}}]},
+            "resources": {"requests": {"memory": "1Gi"}}
+        },
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
+    });
+    c.create_vmi("db", "1Gi", spec).await?;
+    assert_eq!(bound_to(&c, "db").await.as_deref(), Some("b"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_vm_affinity_waits_for_its_peer_and_joins_it() -> anyhow::Result<()> {
+    let c = scheduler().await?;
+    add_labelled_node(&c, "a", json!({"zone": "east"})).await?;
+    add_labelled_node(&c, "b", json!({"zone": "west"})).await?;
+    let near_db = json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}]}}});
+    c.create_vmi("web", "1Gi", near_db).await?;
+    let vmi = c.wait_vmi("web", "unschedulable", |v| unschedulable_message(v).is_some()).await;
+    assert_eq!(
+        unschedulable_message(vmi.as_ref()),
+        Some("0/2 nodes are available: 2 node(s) didn't match pod affinity rules.")
+    );
+    // The db goes west, to b, and web follows it there.
+    let west = json!({"nodeSelector": {"zone": "west"}});
+    c.create_vmi("db", "1Gi", west).await?;
+    c.patch_metadata(Gvr::of::<VirtualMachineInstance>(), "db", json!({"labels": {"app": "db"}})).await?;
+    assert_eq!(bound_to(&c, "db").await.as_deref(), Some("b"));
+    assert_eq!(bound_to(&c, "web").await.as_deref(), Some("b"));
     Ok(())
 }

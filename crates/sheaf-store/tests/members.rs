@@ -4,6 +4,7 @@
 //! idempotent per peer URL, one at a time, and refused by name clashes.
 
 #[path = "support/etcd.rs"]
+#[allow(dead_code)]
 mod etcd_support;
 
 use etcd_support::EtcdProcess;

@@ -13,7 +13,8 @@
 //! - otherwise the store is SQLite, or an external etcd (`--store etcd`).
 //!
 //! A server that joined once finds its member in `DATA_DIR/etcd` when it
-//! restarts and just starts it again; `--server` is then not contacted.
+//! restarts and just starts it again; with `--server` it only asks for its
+//! promotion again, in the background (answered at once when it votes).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -86,7 +87,13 @@ async fn post(
 ) -> Result<bytes::Bytes, JoinError> {
     let server = server.trim_end_matches('/');
     // The CA is trusted because its hash is the token's.
-    let ca = crate::agent::fetch_ca(server, &token.ca_hash).await.map_err(|e| JoinError::Refused(format!("{e:#}")))?;
+    // (fetch_ca waits for an unreachable server: bounded, so that the
+    // next server is tried.)
+    let ca = match tokio::time::timeout(Duration::from_secs(15), crate::agent::fetch_ca(server, &token.ca_hash)).await {
+        Ok(Ok(ca)) => ca,
+        Ok(Err(e)) => return Err(JoinError::Refused(format!("{e:#}"))),
+        Err(_) => return Err(JoinError::Retry(format!("{server} cannot be reached"))),
+    };
     let cert = reqwest::Certificate::from_pem(&ca).map_err(|e| JoinError::Refused(format!("the cluster CA: {e}")))?;
     let http = reqwest::Client::builder()
         .use_rustls_tls()
@@ -144,6 +151,26 @@ pub async fn promote(servers: Vec<String>, join_token: String, req: ServerJoinRe
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The etcd key prefix of this server's control plane, kept in
+/// `DATA_DIR/etcd.prefix` so that later starts need no `--etcd-prefix`:
+/// the one `received` in the join answer, else the file's, else `flag`
+/// (a first `--cluster-init`); written to the file in the first and last
+/// case.
+pub fn keep_prefix(data_dir: &Path, flag: &str, received: Option<&str>) -> String {
+    let path = data_dir.join("etcd.prefix");
+    let prefix = match received {
+        Some(p) => p.to_string(),
+        None => match std::fs::read_to_string(&path).map(|p| p.trim().to_string()) {
+            Ok(p) if !p.is_empty() => return p,
+            _ => flag.to_string(),
+        },
+    };
+    if let Err(e) = std::fs::write(&path, &prefix) {
+        tracing::warn!(error = %e, path = %path.display(), "cannot keep the etcd key prefix");
+    }
+    prefix
 }
 
 /// Writes the secrets a joining server received.

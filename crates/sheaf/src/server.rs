@@ -320,17 +320,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     // A further server of an HA control plane, the first time: join, and
     // take the cluster's secrets (and its key prefix).
-    let mut etcd_prefix = args.etcd_prefix.clone();
     let joined = if !args.join_server.is_empty() && !control_plane::has_member(&etcd_dir) {
         let req = sheaf_types::join::ServerJoinRequest { name: name.clone(), peer_url: peer_url.clone() };
         let token = args.token.clone().unwrap_or_default();
         let resp = control_plane::join(&args.join_server, &token, &req).await?;
         control_plane::install_secrets(&args.data_dir, &resp)?;
         tracing::info!(members = ?resp.members, "joined the control plane; starting this server's etcd member");
-        etcd_prefix = resp.etcd_prefix.clone();
         Some(resp)
     } else {
         None
+    };
+    // The control plane's key prefix is the first server's.
+    let etcd_prefix = if args.managed_etcd() {
+        control_plane::keep_prefix(&args.data_dir, &args.etcd_prefix, joined.as_ref().map(|r| r.etcd_prefix.as_str()))
+    } else {
+        args.etcd_prefix.clone()
     };
     if args.managed_etcd() && args.node_ip().is_loopback() {
         tracing::warn!(

@@ -8,9 +8,10 @@
 //! every acknowledged write is there afterwards, the leader Lease moves to
 //! a survivor whose controllers act (a VM gets its VMI), and the Node
 //! heartbeats of an agent given all three URLs and of one given only the
-//! first (it learns the others from the servers' Leases) go on. The killed server,
-//! started again, comes back from its data directory. Needs root and
-//! Debian's etcd-server.
+//! first (it learns the others from the servers' Leases) go on. The
+//! killed server, started again, comes back from its data directory; a
+//! leader stopped with SIGTERM hands the lease over at once and stops its
+//! etcd member. Needs root and Debian's etcd-server.
 
 mod support;
 
@@ -247,5 +248,17 @@ fn three_servers_survive_losing_one() {
     });
     let h = lease_holder(&cp, 0);
     assert!(h.starts_with("s1_") || h.starts_with("s2_"), "the lease stays with the survivor: {h}");
+
+    // A leader stopped with SIGTERM hands the lease over at once, and
+    // stops its etcd member with it.
+    let leader = if h.starts_with("s1_") { 1 } else { 2 };
+    let stopped_at = Instant::now();
+    assert!(cp.terminate_server(leader, Duration::from_secs(20)), "server and member exit on SIGTERM\n{}", cp.logs());
+    let other = 3 - leader;
+    cp.wait_for("the lease moves at once after a SIGTERM", Duration::from_secs(10), || {
+        let h = lease_holder(&cp, 0);
+        h.starts_with("s0_") || h.starts_with(&format!("s{other}_"))
+    });
+    eprintln!("the lease moved {:?} after the SIGTERM", stopped_at.elapsed());
     eprintln!("done in {:?}", started.elapsed());
 }

@@ -99,6 +99,7 @@ fn a_vm_moves_to_another_node_without_losing_writes_or_its_address() {
     let state = |k: &str| jsonpath(s, "vmi", "mover", &format!("{{.status.migrationState.{k}}}"));
     assert_eq!(state("completed"), "true");
     assert_eq!(state("sourceNode"), c.nodes[src].name);
+    assert_eq!(state("tls"), "psk", "the stream was not encrypted");
     let downtime: u64 = state("downtimeMilliseconds").parse().expect("downtime in the VMI's status");
     let phase = s.kubectl_ok(&["get", "vmim", "-o", "jsonpath={.items[0].status.phase}"]);
     assert_eq!(phase, "Succeeded", "{}", s.kubectl_ok(&["get", "vmim", "-o", "yaml"]));
@@ -174,6 +175,24 @@ fn migrations_that_cannot_work_fail_with_the_reason() {
     // A VMI that does not exist.
     let e = s.cli_fail(&["vm", "migrate", "ghost", "--timeout", "60"]);
     assert!(e.contains("does not exist"), "{e}");
+    // virtctl's way: PUT .../virtualmachines/NAME/migrate makes the object.
+    let put = |vm: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H"])
+            .arg(format!("Authorization: Bearer {}", s.token()))
+            .args(["-H", "Content-Type: application/json", "-d", "{}"])
+            .arg(format!(
+                "{}/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachines/{vm}/migrate",
+                s.url()
+            ))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(put("pinned"), "202");
+    let made = s.kubectl_ok(&["get", "vmim", "-o", "jsonpath={.items[*].metadata.name}"]);
+    assert!(made.contains("kubevirt-migrate-vm-"), "{made}");
+    assert_eq!(put("ghost"), "404", "no such VM");
     // The VM kept running where it was.
     assert_eq!(jsonpath(s, "vmi", "pinned", "{.status.phase}"), "Running");
     assert_eq!(jsonpath(s, "vmi", "pinned", "{.status.nodeName}"), c.nodes[0].name);

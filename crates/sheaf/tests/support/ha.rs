@@ -304,6 +304,27 @@ impl ControlPlane {
         }
     }
 
+    /// SIGTERMs server `i` and waits for it to exit; true when it and
+    /// everything else in its namespace (its etcd member) is gone within
+    /// `timeout` (what is left is then SIGKILLed).
+    pub fn terminate_server(&mut self, i: usize, timeout: Duration) -> bool {
+        let Some(mut child) = self.servers[i].child.take() else { return true };
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + timeout;
+        let mut clean = false;
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) && pids_in(&self.servers[i].slot.ns).is_empty() {
+                clean = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        kill_all_in(&self.servers[i].slot.ns);
+        let _ = child.kill();
+        let _ = child.wait();
+        clean
+    }
+
     /// Starts `sheaf agent` named `name` in spare namespace `spare`, with
     /// `servers` as --server and the join token; logs to ROOT/NAME.log.
     pub fn start_agent(&mut self, spare: usize, name: &str, servers: &str) -> PathBuf {
