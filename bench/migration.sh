@@ -198,7 +198,7 @@ running_on() {  # NAME -> "UID NODE" once Running
   local t
   for t in $(seq 600); do
     if [[ $(kubectl get vmi "$1" -o jsonpath='{.status.phase}' 2>/dev/null) == Running ]]; then
-      kubectl get vmi "$1" -o jsonpath='{.metadata.uid} {.status.nodeName}'
+      kubectl get vmi "$1" -o jsonpath='{.metadata.uid} {.status.nodeName}{"\n"}'
       return
     fi
     sleep 0.2

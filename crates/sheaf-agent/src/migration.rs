@@ -241,16 +241,16 @@ async fn target(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, node_ip: IpAdd
             runner::discard(&env, &dir);
             return;
         };
+        // Bound here: the migration completed and this node's runner owns
+        // the QEMU now (even if the next migration has already begun).
+        if cur.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(env.node.as_str()) {
+            return;
+        }
         let state = state_of(&cur);
         if str_at(&state, "migrationUid") != Some(id.as_str()) || state.get("failed") == Some(&json!(true)) {
             let log = std::fs::read_to_string(sheaf_qemu::machine::qemu_log(&dir)).unwrap_or_default();
             tracing::warn!(%ns, %name, migration = %id, qemu_log = %log.trim(), "migration failed or replaced; the target is discarded");
             runner::discard(&env, &dir);
-            return;
-        }
-        let here = cur.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(env.node.as_str());
-        if state.get("completed") == Some(&json!(true)) && here {
-            // The VMI's runner on this node adopts the QEMU.
             return;
         }
         if runner::live_qemu(&dir).is_none() {
