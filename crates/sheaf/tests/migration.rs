@@ -152,6 +152,24 @@ fn a_vm_moves_to_another_node_without_losing_writes_or_its_address() {
         })
         .unwrap_or_default();
     assert!(engines.is_empty(), "engines left on the source: {engines:?}");
+
+    // And straight back: the node it left takes it again (the previous
+    // target's bookkeeping must not touch it), with its data.
+    let (ok, out) = s.sheaf_cli(&["vm", "migrate", "mover", "--node", &c.nodes[src].name, "--timeout", "180"]);
+    assert!(ok, "{out}\n{}", c.logs());
+    assert!(
+        eventually(Duration::from_secs(30), || jsonpath(
+            s,
+            "vmi",
+            "mover",
+            "{.metadata.uid} {.status.phase} {.status.nodeName}"
+        ) == format!("{uid} Running {}", c.nodes[src].name)),
+        "after moving back: {}",
+        jsonpath(s, "vmi", "mover", "{.status}")
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(jsonpath(s, "vmi", "mover", "{.metadata.uid} {.status.phase}"), format!("{uid} Running"));
+    assert_eq!(counter::on_disk(&c.nodes[src].run_dir, &uid, "/dev/vdb"), on_disk, "the data moved back with it");
 }
 
 #[test]
