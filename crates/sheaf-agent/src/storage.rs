@@ -424,6 +424,19 @@ impl Storage {
         Ok(pid)
     }
 
+    /// How the process in `pidfile` (one this agent started) ended, for
+    /// messages: "exited with exit status: 1", "still running".
+    fn exit_of(&self, pidfile: &Path) -> String {
+        let pid: Option<u32> = std::fs::read_to_string(pidfile).ok().and_then(|p| p.trim().parse().ok());
+        let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match children.iter_mut().find(|c| Some(c.id()) == pid).map(Child::try_wait) {
+            Some(Ok(Some(status))) => format!("exited with {status}"),
+            Some(Ok(None)) => "still running, not serving within 10 s".into(),
+            Some(Err(e)) => format!("unknown: {e}"),
+            None => "not started by this agent".into(),
+        }
+    }
+
     fn reap(&self) {
         let mut c = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         c.retain_mut(|ch| !matches!(ch.try_wait(), Ok(Some(_))));
@@ -675,7 +688,11 @@ impl Storage {
                 if alive(&p.pid, &needle).is_none() {
                     break;
                 }
+                // A vhost-user volume's socket comes up with the NBD one;
+                // wait for both (a standby engine serves NBD only).
+                let vhost_up = standby || vol.spec.frontend.as_deref() != Some("vhost-user") || p.vhost.exists();
                 if p.nbd.exists()
+                    && vhost_up
                     && control::call(&p.ctl, &ControlRequest::Status, Duration::from_secs(2)).await.is_ok()
                 {
                     ready = true;
@@ -684,10 +701,11 @@ impl Storage {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             if !ready {
+                let how = self.exit_of(&p.pid);
                 stop(&p.pid, &needle);
                 return Err(msg(
                     &v.name,
-                    format!("the engine of Volume {ns}/{claim} did not start: {}", log_tail(&p.log)),
+                    format!("the engine of Volume {ns}/{claim} did not start ({how}): {}", log_tail(&p.log)),
                 ));
             }
             tracing::info!(volume = %format!("{ns}/{claim}"), vmi = %vmi_uid, "volume attached");

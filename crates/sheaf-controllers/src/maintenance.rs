@@ -6,7 +6,7 @@
 //!     each unfinished VMI on the node:
 //!       migratable, evictionStrategy not None ─▶ a VirtualMachineInstanceMigration
 //!                                                 (at most MAX_PARALLEL at once)
-//!       else, or its migration failed:
+//!       else, or 3 of its migrations failed:
 //!         evictionStrategy LiveMigrate ─▶ blocked: the progress says why
 //!         otherwise ─▶ stopped: the VM's runStrategy becomes Halted (the old
 //!                      one is kept in an annotation), a VMI without VM deleted
@@ -44,6 +44,9 @@ pub const MIGRATION_LABEL: &str = "sheaf.io/maintenance-node";
 pub const MAX_PARALLEL: usize = 2;
 /// `source.component` of the Events.
 pub const COMPONENT: &str = "sheaf-maintenance";
+/// Failed migrations of one VM before maintenance stops it (or, with
+/// `evictionStrategy: LiveMigrate`, reports it blocked).
+pub const MIGRATION_ATTEMPTS: usize = 3;
 
 pub struct Maintenance {
     api: Arc<dyn Api>,
@@ -182,11 +185,20 @@ impl Maintenance {
         if ours.iter().any(|m| !matches!(phase_of(m), "Succeeded" | "Failed")) {
             return Ok(Step::Moving);
         }
-        let failed = ours.iter().find(|m| phase_of(m) == "Failed").map(|m| {
-            m.status
-                .as_ref()
-                .and_then(|s| s.conditions.iter().find_map(|c| c.message.clone()))
-                .unwrap_or_else(|| "its migration failed".into())
+        // A migration may fail for a passing reason (a busy target): it is
+        // tried again, up to MIGRATION_ATTEMPTS times, before giving up.
+        let failures: Vec<String> = ours
+            .iter()
+            .filter(|m| phase_of(m) == "Failed")
+            .map(|m| {
+                m.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.iter().find_map(|c| c.message.clone()))
+                    .unwrap_or_else(|| "its migration failed".into())
+            })
+            .collect();
+        let failed = (failures.len() >= MIGRATION_ATTEMPTS).then(|| {
+            format!("{} migrations failed, the last: {}", failures.len(), failures.last().cloned().unwrap_or_default())
         });
         let why_not = match failed {
             Some(f) => Some(f),

@@ -67,7 +67,12 @@ fn maintenance_moves_vms_away_and_gives_the_node_back() {
     for (vm, was) in [("with-disk", &disk_uid), ("plain", &plain_uid)] {
         let now = jsonpath(s, "vmi", vm, "{.metadata.uid} {.status.phase} {.status.nodeName}");
         let w: Vec<&str> = now.split_whitespace().collect();
-        assert_eq!((w[0], w[1]), (was.as_str(), "Running"), "{vm}: {now}");
+        assert!(
+            w.len() == 3 && (w[0], w[1]) == (was.as_str(), "Running"),
+            "{vm} did not migrate: {now:?}\nmigrations: {}\n{}",
+            s.kubectl_ok(&["get", "vmim", "-o", "yaml"]),
+            c.logs()
+        );
         assert!(w[2] == n1 || w[2] == n2, "{vm} on {}", w[2]);
     }
     // The one with node-local data was stopped, and remembers why.

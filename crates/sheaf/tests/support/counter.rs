@@ -5,42 +5,13 @@
 //! number in `/tmp/acked`. After a migration or a failover, the disk must
 //! hold at least the last acknowledged number.
 
-use std::io::{Read as _, Write as _};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Types `command` once on the serial console of VMI `uid` under
 /// `run_dir` and returns what the guest prints until `needle` appears.
 pub fn type_once(run_dir: &Path, uid: &str, command: &str, needle: &str, timeout: Duration) -> String {
-    let socket = run_dir.join(uid).join("serial.sock");
-    let deadline = Instant::now() + timeout;
-    let mut conn = loop {
-        match UnixStream::connect(&socket) {
-            Ok(c) => break c,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "cannot connect to {}: {e}", socket.display());
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    };
-    conn.set_read_timeout(Some(Duration::from_millis(200))).expect("read timeout");
-    conn.write_all(format!("\n{command}\n").as_bytes()).expect("write to the serial console");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match conn.read(&mut buf) {
-            Ok(0) => panic!("the serial console {} closed: {}", socket.display(), String::from_utf8_lossy(&seen)),
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(e) => panic!("reading the serial console {}: {e}", socket.display()),
-        }
-        let text = String::from_utf8_lossy(&seen).to_string();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "{needle:?} not on the serial console after {command:?}: {text}");
-    }
+    super::nodes::serial_until(run_dir, uid, command, needle, timeout, None)
 }
 
 /// Waits until the guest's shell answers on its console.

@@ -339,6 +339,20 @@ impl Drop for Net {
 /// starting); returns everything read. Choose a needle that the typed line
 /// itself does not contain (e.g. `echo A-$((6*7))`, needle `A-42`).
 pub fn serial_exec(run_dir: &Path, uid: &str, command: &str, needle: &str, timeout: Duration) -> String {
+    serial_until(run_dir, uid, command, needle, timeout, Some(Duration::from_secs(3)))
+}
+
+/// Types `command` on the serial console of VMI `uid` under `run_dir`,
+/// again every `retype` if given (once otherwise), until `needle` appears
+/// in what the guest prints; returns everything read.
+pub fn serial_until(
+    run_dir: &Path,
+    uid: &str,
+    command: &str,
+    needle: &str,
+    timeout: Duration,
+    retype: Option<Duration>,
+) -> String {
     let socket = run_dir.join(uid).join("serial.sock");
     let deadline = Instant::now() + timeout;
     let mut conn = loop {
@@ -355,8 +369,13 @@ pub fn serial_exec(run_dir: &Path, uid: &str, command: &str, needle: &str, timeo
     let mut last_typed: Option<Instant> = None;
     let mut buf = [0u8; 4096];
     loop {
-        if last_typed.is_none_or(|t| t.elapsed() > Duration::from_secs(3)) {
-            conn.write_all(format!("{command}\n").as_bytes()).expect("write to the serial console");
+        let again = match (last_typed, retype) {
+            (None, _) => true,
+            (Some(t), Some(every)) => t.elapsed() > every,
+            (Some(_), None) => false,
+        };
+        if again {
+            conn.write_all(format!("\n{command}\n").as_bytes()).expect("write to the serial console");
             last_typed = Some(Instant::now());
         }
         match conn.read(&mut buf) {
