@@ -23,10 +23,11 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use sheaf_client::{Gvr, Selectors, WatchEvent};
 use sheaf_qemu::qmp::Qmp;
-use sheaf_types::kubevirt::VirtualMachineInstance;
+use sheaf_types::kubevirt::{migration_state, VirtualMachineInstance};
 use sheaf_types::Time;
 
-use crate::runner::{self, RunnerEnv, Start};
+use crate::runner::{self, ns_name, RunnerEnv, Start};
+use crate::storage::log_tail;
 
 /// The id of QEMU's TLS credentials object for migrations.
 const TLS_ID: &str = "sheaf-migration-tls";
@@ -77,18 +78,6 @@ fn state_of(vmi: &VirtualMachineInstance) -> Value {
     vmi.status.as_ref().and_then(|s| s.migration_state.clone()).unwrap_or(Value::Null)
 }
 
-fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
-}
-
-fn settled(state: &Value) -> bool {
-    state.get("completed") == Some(&json!(true)) || state.get("failed") == Some(&json!(true))
-}
-
-fn ns_name(vmi: &VirtualMachineInstance) -> (String, String) {
-    (vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into()), vmi.metadata.name.clone().unwrap_or_default())
-}
-
 /// Merges `state` into the VMI's `status.migrationState`, pinned to its uid
 /// (and `extra` into its status).
 async fn patch_state(env: &RunnerEnv, vmi: &VirtualMachineInstance, state: Value, extra: Value) -> bool {
@@ -111,8 +100,7 @@ async fn patch_state(env: &RunnerEnv, vmi: &VirtualMachineInstance, state: Value
 pub(crate) async fn fail(env: &RunnerEnv, vmi: &VirtualMachineInstance, reason: &str) {
     let (ns, name) = ns_name(vmi);
     tracing::warn!(%ns, %name, reason, "migration failed");
-    patch_state(env, vmi, json!({"failed": true, "failureReason": reason, "endTimestamp": Time::now()}), json!({}))
-        .await;
+    patch_state(env, vmi, migration_state::failure(reason, Time::now()), json!({})).await;
 }
 
 /// Watches for migrations to this node and prepares a target for each.
@@ -159,8 +147,11 @@ fn consider(
     tasks.retain(|_, t| !t.is_finished());
     let Ok(vmi) = serde_json::from_value::<VirtualMachineInstance>(obj) else { return };
     let state = state_of(&vmi);
-    let Some(id) = str_at(&state, "migrationUid").map(str::to_string) else { return };
-    if settled(&state) || str_at(&state, "targetNodeAddress").is_some() || tasks.contains_key(&id) {
+    let Some(id) = migration_state::text(&state, "migrationUid").map(str::to_string) else { return };
+    if migration_state::ended(&state)
+        || migration_state::text(&state, "targetNodeAddress").is_some()
+        || tasks.contains_key(&id)
+    {
         return;
     }
     if vmi.metadata.deletion_timestamp.is_some() {
@@ -247,22 +238,16 @@ async fn target(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, node_ip: IpAdd
             return;
         }
         let state = state_of(&cur);
-        if str_at(&state, "migrationUid") != Some(id.as_str()) || state.get("failed") == Some(&json!(true)) {
+        if migration_state::text(&state, "migrationUid") != Some(id.as_str()) || migration_state::failed(&state) {
             let log = std::fs::read_to_string(sheaf_qemu::machine::qemu_log(&dir)).unwrap_or_default();
             tracing::warn!(%ns, %name, migration = %id, qemu_log = %log.trim(), "migration failed or replaced; the target is discarded");
             runner::discard(&env, &dir);
             return;
         }
         if runner::live_qemu(&dir).is_none() {
-            let log = std::fs::read_to_string(sheaf_qemu::machine::qemu_log(&dir)).unwrap_or_default();
+            let tail = log_tail(&sheaf_qemu::machine::qemu_log(&dir));
             runner::discard(&env, &dir);
-            let tail: Vec<&str> = log.lines().rev().take(3).collect();
-            fail(
-                &env,
-                &cur,
-                &format!("the target QEMU ended: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")),
-            )
-            .await;
+            fail(&env, &cur, &format!("the target QEMU ended: {tail}")).await;
             return;
         }
         if tokio::time::Instant::now() > deadline {
@@ -288,7 +273,7 @@ pub enum Sent {
 pub async fn send(env: &RunnerEnv, qmp: &Qmp, vmi: &VirtualMachineInstance, state: &Value) -> Sent {
     let dir = runner::run_dir(&env.run_root, vmi.metadata.uid.as_deref().unwrap_or_default());
     let (Some(addr), Some(port)) = (
-        str_at(state, "targetNodeAddress"),
+        migration_state::text(state, "targetNodeAddress"),
         state.get("targetDirectMigrationNodePorts").and_then(Value::as_object).and_then(|p| p.keys().next()),
     ) else {
         return Sent::Failed("the target published no address".into());
@@ -301,7 +286,7 @@ pub async fn send(env: &RunnerEnv, qmp: &Qmp, vmi: &VirtualMachineInstance, stat
         Ok(p) => p,
         Err(_) => return Sent::Failed(format!("the target's port {port:?} is not a port")),
     };
-    if str_at(state, "startTimestamp").is_some() {
+    if migration_state::text(state, "startTimestamp").is_some() {
         // Started before this agent restarted: follow it if QEMU still is
         // at it.
         return match qmp.query_migrate().await {
@@ -343,16 +328,9 @@ async fn follow(qmp: &Qmp, dir: &std::path::Path) -> Sent {
             Some("failed") | Some("cancelled") => {
                 let why = match info.other.get("error-desc").and_then(Value::as_str) {
                     Some(d) => d.to_string(),
-                    None => {
-                        let log = std::fs::read_to_string(sheaf_qemu::machine::qemu_log(dir)).unwrap_or_default();
-                        let tail: Vec<&str> = log.lines().rev().take(3).collect();
-                        let tail = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
-                        if tail.is_empty() {
-                            "QEMU gave no reason".to_string()
-                        } else {
-                            tail
-                        }
-                    }
+                    None => Some(log_tail(&sheaf_qemu::machine::qemu_log(dir)))
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| "QEMU gave no reason".to_string()),
                 };
                 return Sent::Failed(format!("QEMU's migration failed: {why}"));
             }
@@ -365,7 +343,7 @@ async fn follow(qmp: &Qmp, dir: &std::path::Path) -> Sent {
 /// target's now. The caller then quits its QEMU and cleans up.
 pub async fn completed(env: &RunnerEnv, vmi: &VirtualMachineInstance, state: &Value, downtime_ms: u64, total_ms: u64) {
     let (ns, name) = ns_name(vmi);
-    let target = str_at(state, "targetNode").unwrap_or_default().to_string();
+    let target = migration_state::text(state, "targetNode").unwrap_or_default().to_string();
     let uid = vmi.metadata.uid.clone().unwrap_or_default();
     env.storage.hand_over(&uid, &target).await;
     let done = json!({

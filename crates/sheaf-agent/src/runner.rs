@@ -16,7 +16,7 @@ use sheaf_client::{Api, Gvr};
 use sheaf_qemu::machine;
 use sheaf_qemu::qga::{self, GuestInfo};
 use sheaf_qemu::qmp::Qmp;
-use sheaf_types::kubevirt::{vmi_requests, VirtualMachineInstance};
+use sheaf_types::kubevirt::{migration_state, vmi_requests, VirtualMachineInstance};
 use sheaf_types::Time;
 use tokio::sync::mpsc;
 
@@ -67,7 +67,7 @@ pub fn vnc_socket(root: &Path, uid: &str) -> PathBuf {
     machine::vnc_socket(&run_dir(root, uid))
 }
 
-fn ns_name(vmi: &VirtualMachineInstance) -> (String, String) {
+pub(crate) fn ns_name(vmi: &VirtualMachineInstance) -> (String, String) {
     (vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into()), vmi.metadata.name.clone().unwrap_or_default())
 }
 
@@ -445,9 +445,9 @@ pub fn discard_orphans(env: &RunnerEnv, listed: &std::collections::HashSet<Strin
 /// the source, the target is ready, and it has not ended.
 fn to_send(env: &RunnerEnv, vmi: &VirtualMachineInstance) -> Option<Value> {
     let state = vmi.status.as_ref()?.migration_state.clone()?;
-    let s = |k: &str| state.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
-    let ended = state.get("completed") == Some(&json!(true)) || state.get("failed") == Some(&json!(true));
-    (s("sourceNode") == Some(env.node.as_str()) && s("targetNodeAddress").is_some() && !ended).then_some(state)
+    let s = |k: &str| migration_state::text(&state, k);
+    let sending = s("sourceNode") == Some(env.node.as_str()) && s("targetNodeAddress").is_some();
+    (sending && !migration_state::ended(&state)).then_some(state)
 }
 
 /// Sends the VM to the migration's target in a task of its own; the

@@ -109,7 +109,8 @@ fn stop(pidfile: &Path, needle: &str) {
     let _ = std::fs::remove_file(pidfile);
 }
 
-fn log_tail(path: &Path) -> String {
+/// The last three lines of the log at `path`, joined with ` | `.
+pub(crate) fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(3).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")

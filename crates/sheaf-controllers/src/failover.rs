@@ -29,7 +29,7 @@ use std::sync::Arc;
 use chrono::{SubsecRound, Utc};
 use serde_json::{json, Value};
 use sheaf_client::{Api, ClientError, Gvr, Selectors, Typed};
-use sheaf_types::kubevirt::VirtualMachineInstance;
+use sheaf_types::kubevirt::{migration_state, VirtualMachineInstance};
 use sheaf_types::Time;
 
 use crate::events::{reference_to, EventRecorder, EventType};
@@ -98,7 +98,7 @@ pub async fn fail_over_node(api: &Arc<dyn Api>, node: &str, since: &str) -> Resu
     let sel = Selectors { labels: String::new(), fields: format!("status.migrationState.targetNode={node}") };
     for vmi in vmis.list(None, &sel).await? {
         let state = vmi.status.as_ref().and_then(|s| s.migration_state.clone()).unwrap_or(Value::Null);
-        if state.get("completed") == Some(&json!(true)) || state.get("failed") == Some(&json!(true)) {
+        if migration_state::ended(&state) {
             continue;
         }
         let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
@@ -106,7 +106,7 @@ pub async fn fail_over_node(api: &Arc<dyn Api>, node: &str, since: &str) -> Resu
         let reason = format!("the target node {node} stopped answering (last heartbeat {since})");
         let patch = json!({
             "metadata": {"uid": vmi.metadata.uid},
-            "status": {"migrationState": {"failed": true, "failureReason": reason, "endTimestamp": Time(Utc::now())}},
+            "status": {"migrationState": migration_state::failure(&reason, Time(Utc::now()))},
         });
         match vmis.merge_patch(Some(&ns), &name, patch, true).await {
             Ok(_) => changed += 1,

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use sheaf_client::{Api, ClientError, Gvr, Selectors, Typed};
 use sheaf_types::core::Node;
 use sheaf_types::kubevirt::{
-    EvictionStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+    migration_state, EvictionStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
 };
 
 use crate::events::{reference_to, EventRecorder, EventType};
@@ -75,8 +75,7 @@ fn finished(v: &VirtualMachineInstance) -> bool {
 
 fn migrating_from(v: &VirtualMachineInstance, node: &str) -> bool {
     let Some(s) = v.status.as_ref().and_then(|s| s.migration_state.as_ref()) else { return false };
-    let ended = s.get("completed") == Some(&json!(true)) || s.get("failed") == Some(&json!(true));
-    !ended && s.get("sourceNode").and_then(Value::as_str) == Some(node)
+    !migration_state::ended(s) && migration_state::text(s, "sourceNode") == Some(node)
 }
 
 fn phase_of(m: &VirtualMachineInstanceMigration) -> &str {

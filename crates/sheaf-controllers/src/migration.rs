@@ -26,7 +26,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::{json, Value};
 use sheaf_client::{Api, ClientError, Gvr, Selectors, Typed};
 use sheaf_types::core::Node;
-use sheaf_types::kubevirt::{VirtualMachineInstance, VirtualMachineInstanceMigration};
+use sheaf_types::kubevirt::{migration_state, VirtualMachineInstance, VirtualMachineInstanceMigration};
 use sheaf_types::meta::{set_condition, Condition};
 use sheaf_types::Time;
 
@@ -81,12 +81,8 @@ fn phase_of(m: &VirtualMachineInstanceMigration) -> &str {
     m.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
 }
 
-fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
-}
-
 fn time_at(v: &Value, key: &str) -> Option<DateTime<Utc>> {
-    str_at(v, key).and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
+    migration_state::text(v, key).and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
 }
 
 /// Why `vmi` cannot be live-migrated, if it cannot.
@@ -182,7 +178,7 @@ impl Migrations {
         let name = vmi.metadata.name.as_deref().unwrap_or_default();
         let patch = json!({
             "metadata": {"uid": vmi.metadata.uid},
-            "status": {"migrationState": {"failed": true, "failureReason": reason, "endTimestamp": now()}},
+            "status": {"migrationState": migration_state::failure(reason, now())},
         });
         Typed::<VirtualMachineInstance>::new(self.api.as_ref()).merge_patch(ns, name, patch, true).await.map(|_| ())
     }
@@ -238,20 +234,19 @@ impl Reconciler for Migrations {
             return Ok(Action::Done);
         };
         let state = vmi.status.as_ref().and_then(|s| s.migration_state.clone()).unwrap_or(Value::Null);
-        let ours = str_at(&state, "migrationUid") == Some(uid.as_str());
-        let settled = |s: &Value| s.get("completed") == Some(&json!(true)) || s.get("failed") == Some(&json!(true));
+        let ours = migration_state::text(&state, "migrationUid") == Some(uid.as_str());
         if ours {
-            if state.get("failed") == Some(&json!(true)) {
-                let why = str_at(&state, "failureReason").unwrap_or("the migration failed").to_string();
+            if migration_state::failed(&state) {
+                let why = migration_state::text(&state, "failureReason").unwrap_or("the migration failed").to_string();
                 self.set_status(&m, FAILED, Some(&state), Some(("MigrationFailed", &why))).await?;
                 return Ok(Action::Done);
             }
-            if state.get("completed") == Some(&json!(true)) {
+            if migration_state::completed(&state) {
                 self.set_status(&m, SUCCEEDED, Some(&state), None).await?;
                 return Ok(Action::Done);
             }
             let age = |k: &str| time_at(&state, k).map(|t| (Utc::now() - t).to_std().unwrap_or_default());
-            if str_at(&state, "startTimestamp").is_some() {
+            if migration_state::text(&state, "startTimestamp").is_some() {
                 if age("startTimestamp").is_some_and(|a| a > RUN_TIMEOUT) {
                     self.fail_in_vmi(&vmi, "the migration did not complete within 30 minutes").await?;
                     return Ok(Action::RequeueAfter(Duration::from_secs(1)));
@@ -259,12 +254,12 @@ impl Reconciler for Migrations {
                 self.set_status(&m, RUNNING, Some(&state), None).await?;
                 return Ok(Action::RequeueAfter(Duration::from_secs(30)));
             }
-            if str_at(&state, "targetNodeAddress").is_some() {
+            if migration_state::text(&state, "targetNodeAddress").is_some() {
                 self.set_status(&m, TARGET_READY, Some(&state), None).await?;
                 return Ok(Action::RequeueAfter(Duration::from_secs(30)));
             }
             if age("targetNodeChosenTimestamp").is_some_and(|a| a > TARGET_TIMEOUT) {
-                let target = str_at(&state, "targetNode").unwrap_or("?");
+                let target = migration_state::text(&state, "targetNode").unwrap_or("?");
                 self.fail_in_vmi(&vmi, &format!("the target node {target} did not get ready within 5 minutes")).await?;
                 return Ok(Action::RequeueAfter(Duration::from_secs(1)));
             }
@@ -280,17 +275,21 @@ impl Reconciler for Migrations {
         }
         // Not started yet. Another one goes first while it runs, and until
         // its migration object has recorded how it ended.
-        if let Some(other) = str_at(&state, "migrationUid") {
+        if let Some(other) = migration_state::text(&state, "migrationUid") {
             let recorded = typed
                 .list(Some(ns), &Selectors::default())
                 .await?
                 .into_iter()
                 .find(|o| o.metadata.uid.as_deref() == Some(other))
                 .is_none_or(|o| matches!(phase_of(&o), SUCCEEDED | FAILED));
-            if !settled(&state) || !recorded {
+            if !migration_state::ended(&state) || !recorded {
                 let message = format!("another migration of {ns}/{vmi_name} is in progress; this one waits");
                 self.set_status(&m, PENDING, None, Some(("MigrationInProgress", &message))).await?;
-                return Ok(Action::RequeueAfter(Duration::from_secs(if settled(&state) { 1 } else { 5 })));
+                return Ok(Action::RequeueAfter(Duration::from_secs(if migration_state::ended(&state) {
+                    1
+                } else {
+                    5
+                })));
             }
         }
         let vmi_phase = vmi.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");

@@ -8,6 +8,7 @@
 //! ([`affinity`]).
 
 pub mod affinity;
+pub mod migration_state;
 
 use std::collections::{BTreeMap, BTreeSet};
 
