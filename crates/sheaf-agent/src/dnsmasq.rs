@@ -29,17 +29,33 @@ pub fn pid(dir: &Path) -> Option<u32> {
     String::from_utf8_lossy(&cmdline).contains(&conf_file(dir).display().to_string()).then_some(pid)
 }
 
-/// Stops the dnsmasq of `dir` (waits up to 2 s for it to go).
+/// Whether process `pid` has let go of its sockets: gone, or a zombie.
+/// (Its command line empties earlier, when its memory is released, while
+/// it still holds its files.)
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| matches!(state, 'Z' | 'X')),
+    }
+}
+
+/// Stops the dnsmasq of `dir` and waits until it has exited (up to 2 s,
+/// then it is killed and waited for again), so that its sockets are free
+/// for the next one.
 pub fn stop(dir: &Path) {
     let Some(p) = pid(dir) else { return };
-    let _ = Command::new("kill").arg(p.to_string()).status();
-    for _ in 0..40 {
-        if pid(dir).is_none() {
-            return;
+    for signal in ["-TERM", "-KILL"] {
+        let _ = Command::new("kill").args([signal, &p.to_string()]).status();
+        for _ in 0..40 {
+            if exited(p) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
 }
 
 /// The configuration file's text: `options` (dnsmasq long options without
@@ -94,6 +110,23 @@ pub fn ensure(dir: &Path, netns: Option<&str>, options: &[String], hosts: &[Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_has_exited_once_it_is_gone_or_a_zombie() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep starts");
+        assert!(!exited(child.id()));
+        child.kill().expect("sleep is killed");
+        // Not reaped yet: a zombie, which holds no files any more.
+        for _ in 0..100 {
+            if exited(child.id()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(exited(child.id()));
+        child.wait().expect("sleep is reaped");
+        assert!(exited(child.id()));
+    }
 
     #[test]
     fn one_file_holds_options_and_leases() {
