@@ -18,7 +18,7 @@ if [[ $want_test -eq 1 ]]; then
   # Test guests (built from Debian packages), and the tools tests drive
   # guests and volumes with.
   packages+=(genisoimage busybox-static cpio kmod debootstrap e2fsprogs
-    iputils-ping openssh-client python3 procps)
+    iputils-ping openssh-client python3 python3-venv procps)
 fi
 etcd_was_installed=0
 dpkg-query -W -f='${Status}' etcd-server 2>/dev/null | grep -q "install ok installed" && etcd_was_installed=1
@@ -61,5 +61,15 @@ if [[ $want_test -eq 1 ]]; then
     echo "kubectl not found; installing Debian's kubernetes-client"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kubernetes-client >/dev/null
+  fi
+  # moto's S3 server, which sheaf-backup's tests run the S3 store against
+  # (tests/support/moto.rs finds it here, or at $SHEAF_MOTO).
+  moto_venv=/opt/sheaf-test/moto
+  if [[ ! -x $moto_venv/bin/moto_server ]]; then
+    echo "installing moto's S3 server into $moto_venv"
+    $SUDO rm -rf "$moto_venv"
+    $SUDO mkdir -p "$(dirname "$moto_venv")"
+    $SUDO python3 -m venv "$moto_venv"
+    $SUDO "$moto_venv/bin/pip" install -q 'moto[server]==5.1.22'
   fi
 fi

@@ -8,6 +8,7 @@
 //! can be restarted (or crash) without touching running guests.
 
 pub mod accel;
+pub mod backup;
 pub mod cluster_key;
 pub mod disks;
 pub mod dnsmasq;
@@ -85,6 +86,7 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
         storage::Storage::new(api.clone(), &cfg.node_name, &cfg.disks, &cfg.run_root).serve_over_tcp(node_ip, key),
     );
     tokio::spawn(storage::run(storage.clone()));
+    tokio::spawn(backup::run(storage.clone()));
     let images = Arc::new(
         images::Images::new(api.clone(), &cfg.node_name, &storage.images_root())
             .with_cluster_key(storage.cluster_key()),

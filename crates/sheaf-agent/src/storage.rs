@@ -289,6 +289,14 @@ impl Storage {
         self
     }
 
+    pub fn api(&self) -> Arc<dyn Api> {
+        self.api.clone()
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// The cluster key, for other in-process readers of replicas.
     pub fn cluster_key(&self) -> Option<ClusterKey> {
         self.cluster_key.clone()
@@ -444,7 +452,7 @@ impl Storage {
     }
 
     /// Replicas of `vol` (not being deleted), local ones first.
-    async fn replicas_of(&self, vol: &Volume) -> Result<Vec<Replica>, String> {
+    pub(crate) async fn replicas_of(&self, vol: &Volume) -> Result<Vec<Replica>, String> {
         let (ns, vname) = name(&vol.metadata);
         let uid = vol.metadata.uid.clone().unwrap_or_default();
         let sel = Selectors { labels: format!("{VOLUME_LABEL}={vname}"), fields: String::new() };
@@ -467,7 +475,7 @@ impl Storage {
         replicas.iter().filter_map(|r| self.address_of(r)).collect()
     }
 
-    fn address_of(&self, r: &Replica) -> Option<Address> {
+    pub(crate) fn address_of(&self, r: &Replica) -> Option<Address> {
         if r.spec.node_name == self.node {
             let uid = r.metadata.uid.as_deref()?;
             return Some(Address::Unix(self.replica_paths(uid).0));
@@ -533,7 +541,7 @@ impl Storage {
         }
     }
 
-    fn running(r: &Replica) -> bool {
+    pub(crate) fn running(r: &Replica) -> bool {
         r.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Running")
     }
 
@@ -615,8 +623,7 @@ impl Storage {
                         ),
                     ));
                 }
-                let restoring = vol.spec.from_snapshot.is_some()
-                    && vol.status.as_ref().and_then(|s| s.restored_from.as_ref()).is_none();
+                let restoring = vol.awaiting_fill();
                 let replicas = self.replicas_of(&vol).await.map_err(|e| msg(&v.name, e))?;
                 let running = replicas.iter().filter(|r| Self::running(r)).count();
                 let all = running == replicas.len() && !replicas.is_empty();
@@ -625,7 +632,7 @@ impl Storage {
                 }
                 if Instant::now() > deadline {
                     let why = if restoring {
-                        "is still being filled from its snapshot".to_string()
+                        "is still being filled from its snapshot or backup".to_string()
                     } else {
                         format!("has no running replica ({} placed)", replicas.len())
                     };
@@ -1108,7 +1115,7 @@ impl Storage {
     /// Whether a detached volume has work waiting.
     fn pending(vol: &Volume, replicas: &[Replica], snaps: &[VolumeSnapshot]) -> bool {
         let status = vol.status.clone().unwrap_or_default();
-        let restoring = vol.spec.from_snapshot.is_some() && status.restored_from.is_none();
+        let restoring = vol.awaiting_fill();
         let revert = vol.metadata.annotations.contains_key(REVERT_ANNOTATION);
         let grow = status.size.is_some_and(|s| s < vol.size_bytes());
         let names: Vec<&str> = replicas.iter().map(|r| r.metadata.name.as_deref().unwrap_or_default()).collect();
@@ -1376,6 +1383,15 @@ impl Storage {
                 }
             }
         }
+        // Or from its backup.
+        if let (Some(from), None) = (&vol.spec.from_backup, &status.restored_from) {
+            if let Some(done) = self.fill_from_backup(vol, &engine, ns.as_deref(), from).await {
+                status.restored_from = Some(format!("backup/{from}"));
+                status.restore_progress = Some(100);
+                status.restore_error = None;
+                tracing::info!(volume = %vname, backup = %from, bytes = done, "volume filled from its backup");
+            }
+        }
         if (engine.size() as i64) < vol.size_bytes() {
             if let Err(e) = engine.expand(vol.size_bytes() as u64).await {
                 tracing::warn!(volume = %vname, error = %e, "cannot grow the volume");
@@ -1445,6 +1461,10 @@ impl Storage {
             s.replicas = self.replica_summary(&replicas, None);
             s.actual_size = Self::actual_size(&replicas);
             s.restored_from = status.restored_from.clone();
+            if status.restore_progress.is_some() {
+                s.restore_progress = status.restore_progress;
+                s.restore_error = None;
+            }
             if status.last_revert.is_some() {
                 s.last_revert = status.last_revert.clone();
             }
@@ -1469,6 +1489,43 @@ impl Storage {
                     *replicas = now;
                 }
                 Err(e) => tracing::debug!(volume = %vname, error = %e, "the new replica set is not usable yet"),
+            }
+        }
+    }
+
+    /// Fills `vol` from Backup `from`, reporting progress in its status;
+    /// the bytes written, or None (the reason is in the status) to try
+    /// again at the next pass.
+    async fn fill_from_backup(&self, vol: &Volume, engine: &Engine, ns: Option<&str>, from: &str) -> Option<u64> {
+        let (_, vname) = name(&vol.metadata);
+        let percent = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let p2 = percent.clone();
+        let report = move |p| p2.store(p, std::sync::atomic::Ordering::Relaxed);
+        let work = crate::backup::restore(self, engine, ns, from, &report);
+        tokio::pin!(work);
+        let mut reported = None;
+        let result = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let p = percent.load(std::sync::atomic::Ordering::Relaxed);
+                    if reported != Some(p) {
+                        reported = Some(p);
+                        self.patch_status(vol, |s| {
+                            s.restore_progress = Some(p);
+                            s.restore_error = None;
+                        })
+                        .await;
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(volume = %vname, backup = %from, error = %e, "cannot fill the volume from its backup yet");
+                self.patch_status(vol, |s| s.restore_error = Some(e)).await;
+                None
             }
         }
     }

@@ -276,6 +276,42 @@ impl SnapshotReader {
         }
         Ok(r.payload)
     }
+
+    /// Which of `count` blocks (of [`crate::store::BLOCK`] bytes) from
+    /// `block` changed since snapshot `from` (`None`: since the volume was
+    /// empty, its base image not counted) up to this reader's snapshot: a
+    /// bitmap, bit `i % 8` of byte `i / 8` (least significant first) for
+    /// block `block + i`, what an incremental backup reads. A set bit may
+    /// be a block rewritten with the same data; a clear bit reads the same
+    /// in both snapshots. At most [`crate::store::MAX_DELTA_BLOCKS`] blocks
+    /// per call, within [`SnapshotReader::size`]; `from` must be older than
+    /// this snapshot. Writes after this snapshot are never included.
+    pub async fn changed(&self, from: Option<&str>, block: u64, count: u64) -> Result<Vec<u8>, EngineError> {
+        let range = proto::DeltaRange { from: from.map(str::to_string), to: self.snapshot.clone(), block, count };
+        let payload = serde_json::to_vec(&range).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let req = Request { op: Op::SnapshotDelta, id: 0, epoch: 0, offset: 0, len: 0, payload: payload.into() };
+        let r = answer(&self.conn, self.conn.send(&req)).await?;
+        if r.code != code::OK {
+            return Err(reply_error(&self.conn.address, &r));
+        }
+        if r.payload.len() as u64 != count.div_ceil(8) {
+            return Err(EngineError::Replica {
+                replica: self.conn.address.to_string(),
+                message: format!("answered a change map of {count} blocks with {} bytes", r.payload.len()),
+            });
+        }
+        Ok(r.payload)
+    }
+
+    /// The replica's size in bytes when the reader was opened.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The snapshot it reads.
+    pub fn snapshot(&self) -> &str {
+        &self.snapshot
+    }
 }
 
 /// The default for [`Engine::with_replica_timeout`] (Longhorn's engine

@@ -53,12 +53,28 @@ pub enum Op {
     /// volume was when the snapshot was taken. Needs no epoch (snapshots
     /// are immutable), so a clone can read while the volume is in use.
     ReadSnapshot = 16,
+    /// Payload: [`DeltaRange`] JSON; replies with a bitmap of the blocks
+    /// that changed between two snapshots (see
+    /// [`crate::store::Replica::changed_blocks`]). Needs no epoch, like
+    /// [`Op::ReadSnapshot`]: a backup reads while the volume is in use.
+    SnapshotDelta = 17,
 }
 
 /// Blocks of one snapshot layer.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerRange {
     pub snapshot: String,
+    pub block: u64,
+    pub count: u64,
+}
+
+/// Blocks of snapshot `to` to compare with snapshot `from` (`None`: with
+/// an empty volume), for [`Op::SnapshotDelta`]:
+/// `{"from": null|"name", "to": "name", "block": N, "count": N}`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeltaRange {
+    pub from: Option<String>,
+    pub to: String,
     pub block: u64,
     pub count: u64,
 }
@@ -82,6 +98,7 @@ impl Op {
             14 => Op::Revert,
             15 => Op::Expand,
             16 => Op::ReadSnapshot,
+            17 => Op::SnapshotDelta,
             _ => return None,
         })
     }
@@ -274,5 +291,17 @@ mod tests {
         huge[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(read_request(&mut &huge[..]).await.is_err());
         assert!(read_request(&mut &bytes[..10]).await.is_err(), "a cut header is an error, not EOF");
+    }
+
+    #[test]
+    fn delta_ranges_are_the_documented_json() {
+        let r = DeltaRange { from: None, to: "s2".into(), block: 8, count: 64 };
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json, serde_json::json!({"from": null, "to": "s2", "block": 8, "count": 64}));
+        let r: DeltaRange =
+            serde_json::from_str(r#"{"from": "s1", "to": "s2", "block": 0, "count": 1}"#).expect("parse");
+        assert_eq!(r.from.as_deref(), Some("s1"));
+        assert_eq!(Op::from_u8(17), Some(Op::SnapshotDelta));
+        assert_eq!(Op::SnapshotDelta as u8, 17);
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::auth::ClusterKey;
-use crate::proto::{self, code, Info, LayerRange, Op, Reply, Request};
+use crate::proto::{self, code, DeltaRange, Info, LayerRange, Op, Reply, Request};
 use crate::store::{Replica, StoreError};
 
 /// Where a replica server listens or an engine connects.
@@ -115,10 +115,11 @@ pub fn handle(replica: &Shared, req: Request) -> Reply {
         Ok(r)
     };
     match req.op {
-        Op::Info | Op::Read | Op::Chain | Op::LayerSums | Op::LayerData | Op::ReadSnapshot => {
+        Op::Info | Op::Read | Op::Chain | Op::LayerSums | Op::LayerData | Op::ReadSnapshot | Op::SnapshotDelta => {
             let Ok(r) = replica.read() else { return lock_error(id) };
             // Anyone may ask what the replica is (an engine learns the
-            // epoch to claim this way) and read its immutable snapshots.
+            // epoch to claim this way), read its immutable snapshots and
+            // ask which blocks changed between two of them.
             if req.op == Op::Info {
                 return reply(id, Ok(serde_json::to_vec(&info(&r)).unwrap_or_default()));
             }
@@ -129,6 +130,11 @@ pub fn handle(replica: &Shared, req: Request) -> Reply {
                 let mut buf = vec![0u8; req.len as usize];
                 let name = String::from_utf8_lossy(&req.payload);
                 return reply(id, r.read_snapshot(&name, req.offset, &mut buf).map(|_| buf));
+            }
+            if req.op == Op::SnapshotDelta {
+                let delta = serde_json::from_slice::<DeltaRange>(&req.payload)
+                    .map_err(|e| StoreError::Invalid(format!("bad snapshot delta range: {e}")));
+                return reply(id, delta.and_then(|d| r.changed_blocks(d.from.as_deref(), &d.to, d.block, d.count)));
             }
             if !epoch_ok(&r) {
                 return stale(&r);
@@ -387,4 +393,40 @@ fn authenticate(mut conn: std::net::TcpStream, key: Option<&ClusterKey>) -> Opti
     let _ = conn.set_read_timeout(None);
     let _ = conn.set_write_timeout(None);
     Some(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::BLOCK;
+
+    fn request(op: Op, epoch: u64, payload: Vec<u8>) -> Request {
+        Request { op, id: 1, epoch, offset: 0, len: 0, payload: payload.into() }
+    }
+
+    #[test]
+    fn snapshot_deltas_need_no_epoch() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let mut r = Replica::create(&t.path().join("r"), "vol", 16 * BLOCK).expect("create");
+        r.write(3 * BLOCK, &[1u8; BLOCK as usize]).expect("write");
+        r.snapshot("s").expect("snapshot");
+        r.set_epoch(5).expect("epoch");
+        let shared: Shared = Arc::new(RwLock::new(r));
+        let delta = |d: &DeltaRange| serde_json::to_vec(d).expect("json");
+        let ok = DeltaRange { from: None, to: "s".into(), block: 0, count: 16 };
+        for epoch in [0, 4, 5] {
+            let rep = handle(&shared, request(Op::SnapshotDelta, epoch, delta(&ok)));
+            assert_eq!((rep.code, rep.payload), (code::OK, vec![0b1000, 0]), "epoch {epoch}");
+        }
+        assert_eq!(handle(&shared, request(Op::Chain, 4, Vec::new())).code, code::STALE_EPOCH, "others are fenced");
+        let bad = DeltaRange { from: Some("s".into()), to: "s".into(), block: 0, count: 16 };
+        let rep = handle(&shared, request(Op::SnapshotDelta, 0, delta(&bad)));
+        assert_eq!(rep.code, code::INVALID);
+        assert!(String::from_utf8_lossy(&rep.payload).contains("is not older than"));
+        let rep = handle(&shared, request(Op::SnapshotDelta, 0, b"{".to_vec()));
+        assert_eq!(rep.code, code::INVALID);
+        assert!(String::from_utf8_lossy(&rep.payload).contains("bad snapshot delta range"));
+        let gone = DeltaRange { from: None, to: "gone".into(), block: 0, count: 16 };
+        assert_eq!(handle(&shared, request(Op::SnapshotDelta, 0, delta(&gone))).code, code::INVALID);
+    }
 }

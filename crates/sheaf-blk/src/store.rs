@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 /// Bytes per block: the unit of checksums, presence and snapshots.
 pub const BLOCK: u64 = 4096;
+/// Blocks one [`Replica::changed_blocks`] call may cover (16 GiB; a
+/// bitmap of 512 KiB).
+pub const MAX_DELTA_BLOCKS: u64 = 1 << 22;
 pub(crate) const HEADER: u64 = 4096;
 pub(crate) const ENTRY: u64 = 8;
 const MAGIC: &[u8; 8] = b"SHEAFSUM";
@@ -897,6 +900,87 @@ impl Replica {
         self.snapshot_index(snapshot)
     }
 
+    /// Which of `count` blocks from `block` changed between snapshot
+    /// `from` and snapshot `to`: a bitmap, bit `i % 8` of byte `i / 8`
+    /// (least significant first) for block `block + i`, set when a layer
+    /// strictly above `from` up to and including `to` holds the block
+    /// (data or zero). With `from = None`, every layer from the bottom of
+    /// the chain up to `to` counts; the base image is not a layer, its
+    /// blocks are not included. What an incremental backup reads.
+    ///
+    /// A set bit may be a block rewritten with what it held; a clear bit is
+    /// a block that reads the same in `to` as in `from`. Deleting a
+    /// snapshot keeps this true: its blocks move into the layer above.
+    ///
+    /// The range must lie within the volume's size (the replica's, like
+    /// [`Replica::read_snapshot`]: a snapshot taken before an expansion
+    /// holds no block past its own size, so those bits are clear) and span
+    /// at most [`MAX_DELTA_BLOCKS`]. A replica being rebuilt refuses: its
+    /// snapshot layers are still being filled.
+    pub fn changed_blocks(&self, from: Option<&str>, to: &str, block: u64, count: u64) -> Result<Vec<u8>> {
+        let top = self.snapshot_index(to)?;
+        let bottom = match from {
+            None => 0,
+            Some(from) => {
+                let i = self.snapshot_index(from)?;
+                if i >= top {
+                    return Err(StoreError::Invalid(format!(
+                        "snapshot {from:?} is not older than snapshot {to:?}: ask for the changes from the older \
+                         to the newer"
+                    )));
+                }
+                i + 1
+            }
+        };
+        if count > MAX_DELTA_BLOCKS {
+            return Err(StoreError::Invalid(format!(
+                "a change map of {count} blocks is too large: ask for at most {MAX_DELTA_BLOCKS} blocks at a time"
+            )));
+        }
+        let blocks = self.meta.size / BLOCK;
+        if block.checked_add(count).is_none_or(|end| end > blocks) {
+            return Err(StoreError::Invalid(format!(
+                "blocks {block}+{count} are beyond the end of the volume ({blocks} blocks)"
+            )));
+        }
+        if self.meta.rebuilding {
+            return Err(StoreError::Invalid(
+                "this replica is being rebuilt and its snapshots are incomplete: ask a healthy replica".into(),
+            ));
+        }
+        let mut map = vec![0u8; count.div_ceil(8) as usize];
+        if count == 0 {
+            return Ok(map);
+        }
+        // The union of the layers' presence words over the range, then
+        // the range's bits taken out of it eight at a time.
+        let first = block / 64;
+        let words = ((block + count - 1) / 64 - first + 1) as usize;
+        let mut union = vec![0u64; words];
+        for l in &self.layers[bottom..=top] {
+            let have = l.present.0.iter().skip(first as usize);
+            for (u, w) in union.iter_mut().zip(have) {
+                *u |= w;
+            }
+        }
+        let skip = block % 64;
+        for (k, byte) in map.iter_mut().enumerate() {
+            let bit = skip + 8 * k as u64;
+            let (w, shift) = ((bit / 64) as usize, bit % 64);
+            let mut v = union[w] >> shift;
+            if shift > 56 {
+                v |= union.get(w + 1).map_or(0, |next| next << (64 - shift));
+            }
+            *byte = v as u8;
+        }
+        if !count.is_multiple_of(8) {
+            if let Some(last) = map.last_mut() {
+                *last &= (1u8 << (count % 8)) - 1;
+            }
+        }
+        Ok(map)
+    }
+
     /// Checksum entries (CRC32 and state, 8 bytes each) of `count` blocks
     /// from `block` in snapshot layer `snapshot`: what a rebuild compares.
     pub fn layer_sums(&self, snapshot: &str, block: u64, count: u64) -> Result<Vec<u8>> {
@@ -1117,5 +1201,185 @@ fn remove_stray_layers(dir: &Path, meta: &Meta) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The blocks set in a change map, as block numbers.
+    fn set_blocks(map: &[u8], block: u64, count: u64) -> Vec<u64> {
+        (0..count).filter(|i| map[(i / 8) as usize] & (1 << (i % 8)) != 0).map(|i| block + i).collect()
+    }
+
+    fn changed(r: &Replica, from: Option<&str>, to: &str) -> Vec<u64> {
+        let blocks = r.size() / BLOCK;
+        set_blocks(&r.changed_blocks(from, to, 0, blocks).expect("changed blocks"), 0, blocks)
+    }
+
+    /// Every block that reads differently in `to` than in `from` (zeros
+    /// for `None`) is in the change map.
+    fn assert_covers_content(r: &Replica, from: Option<&str>, to: &str) {
+        let mut a = vec![0u8; r.size() as usize];
+        let mut b = vec![0u8; r.size() as usize];
+        if let Some(from) = from {
+            r.read_snapshot(from, 0, &mut a).expect("read from");
+        }
+        r.read_snapshot(to, 0, &mut b).expect("read to");
+        let map = changed(r, from, to);
+        for (k, (x, y)) in a.chunks(BLOCK as usize).zip(b.chunks(BLOCK as usize)).enumerate() {
+            if x != y {
+                assert!(map.contains(&(k as u64)), "block {k} differs between {from:?} and {to:?}: {map:?}");
+            }
+        }
+    }
+
+    fn block_of(byte: u8) -> Vec<u8> {
+        vec![byte; BLOCK as usize]
+    }
+
+    /// a: 0 1 5 written. b: 2 written, 0 zeroed over a, 20 zeroed over
+    /// nothing, 30 written then trimmed. c: 3 written, a few bytes into 40.
+    /// The head: 4 written.
+    fn three_snapshots(dir: &Path) -> Replica {
+        let mut r = Replica::create(dir, "vol", 64 * BLOCK).expect("create");
+        for b in [0, 1, 5] {
+            r.write(b * BLOCK, &block_of(1)).expect("write");
+        }
+        r.snapshot("a").expect("snapshot a");
+        r.write(2 * BLOCK, &block_of(2)).expect("write");
+        r.write_zeroes(0, BLOCK).expect("zero over a");
+        r.write_zeroes(20 * BLOCK, BLOCK).expect("zero over nothing");
+        r.write(30 * BLOCK, &block_of(2)).expect("write");
+        r.write_zeroes(30 * BLOCK, BLOCK).expect("trim");
+        r.snapshot("b").expect("snapshot b");
+        r.write(3 * BLOCK, &block_of(3)).expect("write");
+        r.write(40 * BLOCK + 100, b"partial").expect("partial write");
+        r.snapshot("c").expect("snapshot c");
+        r.write(4 * BLOCK, &block_of(4)).expect("write into the head");
+        r
+    }
+
+    #[test]
+    fn changed_blocks_are_those_of_the_layers_between_the_snapshots() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let r = three_snapshots(&t.path().join("r"));
+        assert_eq!(changed(&r, None, "a"), [0, 1, 5]);
+        assert_eq!(changed(&r, Some("a"), "b"), [0, 2], "a zero over a's block counts, trimmed holes do not");
+        assert_eq!(changed(&r, Some("b"), "c"), [3, 40]);
+        assert_eq!(changed(&r, Some("a"), "c"), [0, 2, 3, 40]);
+        assert_eq!(changed(&r, None, "c"), [0, 1, 2, 3, 5, 40], "the head's block 4 is in no snapshot");
+        for (from, to) in [(None, "a"), (Some("a"), "b"), (Some("b"), "c"), (Some("a"), "c"), (None, "c")] {
+            assert_covers_content(&r, from, to);
+        }
+        // A range not starting at 0, not a multiple of 8: bits past it are clear.
+        let map = r.changed_blocks(None, "c", 1, 10).expect("range");
+        assert_eq!(map.len(), 2);
+        assert_eq!(set_blocks(&map, 1, 10), [1, 2, 3, 5]);
+        assert_eq!(map[1] & !0b11, 0);
+        assert!(r.changed_blocks(None, "c", 7, 0).expect("empty").is_empty());
+        // The same after a reopen (the bits come from the checksum files).
+        r.close().expect("close");
+        let r = Replica::open(&t.path().join("r")).expect("open");
+        assert_eq!(changed(&r, Some("a"), "c"), [0, 2, 3, 40]);
+    }
+
+    #[test]
+    fn deleting_a_snapshot_moves_its_changes_into_the_next() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let mut r = three_snapshots(&t.path().join("r"));
+        // In between: b's blocks move up into c.
+        r.delete_snapshot("b").expect("delete b");
+        assert_eq!(changed(&r, Some("a"), "c"), [0, 2, 3, 40]);
+        assert_covers_content(&r, Some("a"), "c");
+        // The one under the head, the head the smaller: the head's blocks
+        // move down and c's layer becomes the head; the next snapshot has
+        // both.
+        r.delete_snapshot("c").expect("delete c");
+        r.snapshot("d").expect("snapshot d");
+        assert_eq!(changed(&r, Some("a"), "d"), [0, 2, 3, 4, 40]);
+        assert_covers_content(&r, Some("a"), "d");
+        // The bottom one: everything is in d now.
+        r.delete_snapshot("a").expect("delete a");
+        assert_eq!(changed(&r, None, "d"), [0, 1, 2, 3, 4, 5, 40]);
+        assert_covers_content(&r, None, "d");
+    }
+
+    /// Layers with random blocks across word boundaries, every range
+    /// checked against the layers' bits one block at a time.
+    #[test]
+    fn change_maps_match_the_layers_block_by_block() {
+        use rand::{Rng as _, SeedableRng as _};
+        let t = tempfile::tempdir().expect("tempdir");
+        let blocks = 300;
+        let mut r = Replica::create(&t.path().join("r"), "vol", blocks * BLOCK).expect("create");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for s in 0..4 {
+            for _ in 0..60 {
+                let b = rng.random_range(0..blocks);
+                if rng.random_range(0..4) == 0 {
+                    r.write_zeroes(b * BLOCK, BLOCK).expect("zero");
+                } else {
+                    r.write(b * BLOCK, &block_of(s + 1)).expect("write");
+                }
+            }
+            r.snapshot(&format!("s{s}")).expect("snapshot");
+        }
+        let names = r.chain();
+        for (fi, from) in std::iter::once(None).chain(names.iter().map(|n| Some(n.as_str()))).enumerate() {
+            for (ti, to) in names.iter().enumerate().filter(|(ti, _)| *ti >= fi) {
+                for (block, count) in [(0, blocks), (1, 299), (63, 2), (60, 130), (64, 64), (127, 9), (299, 1), (5, 0)]
+                {
+                    let map = r.changed_blocks(from, to, block, count).expect("map");
+                    assert_eq!(map.len() as u64, count.div_ceil(8));
+                    let want: Vec<u64> = (block..block + count)
+                        .filter(|&b| r.layers[fi..=ti].iter().any(|l| l.present.get(b)))
+                        .collect();
+                    assert_eq!(set_blocks(&map, block, count), want, "{from:?}..{to} at {block}+{count}");
+                    let last_bits = count % 8;
+                    if last_bits != 0 {
+                        assert_eq!(map[map.len() - 1] >> last_bits, 0, "bits past the range are clear");
+                    }
+                }
+                assert_covers_content(&r, from, to);
+            }
+        }
+    }
+
+    #[test]
+    fn a_base_image_is_not_a_change() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let base = t.path().join("base");
+        std::fs::create_dir_all(&base).expect("base dir");
+        std::fs::write(base.join(crate::base::DATA_FILE), vec![9u8; (8 * BLOCK) as usize]).expect("base data");
+        crate::base::build(&base, "image-1", |_, _| {}).expect("build base");
+        let mut r = Replica::create_on_base(&t.path().join("r"), "vol", 16 * BLOCK, &base).expect("create");
+        r.write(10 * BLOCK, &block_of(1)).expect("write");
+        r.write_zeroes(3 * BLOCK, BLOCK).expect("zero over the base");
+        r.snapshot("s").expect("snapshot");
+        assert_eq!(changed(&r, None, "s"), [3, 10]);
+    }
+
+    #[test]
+    fn bad_change_map_requests_say_what_is_wrong() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let r = three_snapshots(&t.path().join("r"));
+        let err = |from: Option<&str>, to: &str, block: u64, count: u64| {
+            r.changed_blocks(from, to, block, count).expect_err("refused").to_string()
+        };
+        assert_eq!(err(None, "nope", 0, 1), r#"snapshot "nope" does not exist"#);
+        assert_eq!(err(Some("nope"), "c", 0, 1), r#"snapshot "nope" does not exist"#);
+        assert!(err(Some("c"), "a", 0, 1).contains(r#"snapshot "c" is not older than snapshot "a""#));
+        assert!(err(Some("b"), "b", 0, 1).contains("is not older than"));
+        assert!(err(None, "c", 60, 5).contains("beyond the end of the volume (64 blocks)"));
+        assert!(err(None, "c", u64::MAX, 2).contains("beyond the end"));
+        assert!(err(None, "c", 0, MAX_DELTA_BLOCKS + 1).contains("at most 4194304 blocks"));
+        assert!(r.changed_blocks(None, "c", 0, 64).is_ok());
+        // A replica whose snapshot layers a rebuild is filling.
+        let mut dst = Replica::create(&t.path().join("dst"), "vol", 64 * BLOCK).expect("create");
+        dst.set_chain(&["a".to_string()]).expect("set chain");
+        let e = dst.changed_blocks(None, "a", 0, 64).expect_err("refused").to_string();
+        assert!(e.contains("being rebuilt"), "{e}");
     }
 }

@@ -1,7 +1,8 @@
 //! Property test of the replica store: long random sequences of writes,
 //! zeroings, flushes, snapshots, reverts, snapshot deletions, expansions,
 //! reopens and crashes, checked after every step against a plain in-memory
-//! model of the volume and of every snapshot.
+//! model of the volume and of every snapshot (and of which blocks changed
+//! between snapshots).
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,23 @@ struct Model {
     live: Vec<u8>,
     /// Snapshots oldest first.
     snaps: Vec<(String, Vec<u8>)>,
+    /// What the volume read before any write: its base image, or zeros.
+    origin: Vec<u8>,
+}
+
+/// Every block that reads differently in `to` than in `from` is in the
+/// replica's change map between them.
+fn check_changes(r: &Replica, from: (Option<&str>, &[u8]), to: (&str, &[u8]), step: usize, op: &str) {
+    let blocks = to.1.len() as u64 / BLOCK;
+    let map = r
+        .changed_blocks(from.0, to.0, 0, blocks)
+        .unwrap_or_else(|e| panic!("step {step} ({op}): changes {:?}..{}: {e}", from.0, to.0));
+    assert_eq!(map.len() as u64, blocks.div_ceil(8));
+    let block = BLOCK as usize;
+    for (b, (x, y)) in from.1.chunks(block).zip(to.1.chunks(block)).enumerate() {
+        let set = map[b / 8] & (1 << (b % 8)) != 0;
+        assert!(set || x == y, "step {step} ({op}): block {b} changed {:?}..{} but is not in the map", from.0, to.0);
+    }
 }
 
 fn check(r: &Replica, m: &Model, step: usize, op: &str) {
@@ -30,6 +48,13 @@ fn check(r: &Replica, m: &Model, step: usize, op: &str) {
         r.read_snapshot(name, 0, &mut got).unwrap_or_else(|e| panic!("step {step}: read {name}: {e}"));
         // A snapshot taken before an expansion reads as its old size padded with zeros.
         assert_eq!(&got[..], &data[..], "step {step} ({op}): snapshot {name} differs");
+    }
+    // Changes from each snapshot to the next, and from the start to each.
+    for (i, (name, data)) in m.snaps.iter().enumerate() {
+        check_changes(r, (None, &m.origin), (name, data), step, op);
+        if let Some((prev, prev_data)) = i.checked_sub(1).map(|p| &m.snaps[p]) {
+            check_changes(r, (Some(prev), prev_data), (name, data), step, op);
+        }
     }
 }
 
@@ -61,7 +86,7 @@ fn run(seed: u64, steps: usize, with_base: bool) {
     } else {
         (Replica::create(&path, "vol", size).expect("create"), vec![0; size as usize])
     };
-    let mut m = Model { live, snaps: Vec::new() };
+    let mut m = Model { origin: live.clone(), live, snaps: Vec::new() };
     let mut next_snap = 0;
     let mut ops = BTreeMap::<&str, usize>::new();
     for step in 0..steps {
@@ -130,6 +155,7 @@ fn run(seed: u64, steps: usize, with_base: bool) {
                 size += rng.random_range(1..=16) * BLOCK;
                 r.expand(size).expect("expand");
                 m.live.resize(size as usize, 0);
+                m.origin.resize(size as usize, 0);
                 for (_, d) in &mut m.snaps {
                     d.resize(size as usize, 0);
                 }

@@ -467,6 +467,7 @@ impl ClaimController {
                 number_of_replicas: params.number_of_replicas,
                 node_selector: params.node_selector,
                 from_snapshot,
+                from_backup: None,
                 image,
                 frontend: params.frontend,
                 stale_replica_timeout: params.stale_replica_timeout,

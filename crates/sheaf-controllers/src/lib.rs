@@ -25,11 +25,14 @@
 //!   default and latest version, and creates the default templates.
 //! - [`network`]: cluster networks (index, nodes, data path) and IPPools
 //!   (an address per VM NIC, the node that serves DHCP).
+//! - [`backup`]: backup targets (health, backups found there) and
+//!   Backups (snapshot, node, parent, verification, deletion).
 //! - [`events`]: core `v1` Events about what they did.
 //!
 //! The server starts them all with [`run_all`]; they keep no state of their
 //! own, so they can be stopped and started at any time.
 
+pub mod backup;
 pub mod claim;
 pub mod events;
 pub mod failover;
@@ -84,6 +87,7 @@ pub async fn run_all_with(api: Arc<dyn Api>, settings: Settings) {
         claim::run(api.clone()),
         template::run(api.clone()),
         network::run(api.clone()),
+        backup::run(api.clone()),
         node::run(api, node::Config { grace: settings.node_grace }),
     );
 }

@@ -4,6 +4,7 @@
 //! Harvester where those exist, so that existing manifests work unchanged.
 //! This crate does no I/O.
 
+pub mod backup;
 pub mod claim;
 pub mod coordination;
 pub mod core;

@@ -1,7 +1,7 @@
 //! The kinds Sheaf serves.
 
 use crate::resource::ResourceType;
-use crate::{claim, coordination, core, harvester, kubevirt, network, storage, template};
+use crate::{backup, claim, coordination, core, harvester, kubevirt, network, storage, template};
 
 /// Every kind the API server serves, in discovery order.
 pub fn all() -> Vec<ResourceType> {
@@ -29,5 +29,7 @@ pub fn all() -> Vec<ResourceType> {
         ResourceType::of::<network::NetworkAttachmentDefinition>(),
         ResourceType::of::<network::IpPool>(),
         ResourceType::of::<coordination::Lease>(),
+        ResourceType::of::<backup::BackupTarget>(),
+        ResourceType::of::<backup::Backup>(),
     ]
 }

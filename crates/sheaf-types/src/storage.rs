@@ -76,6 +76,11 @@ pub struct VolumeSpec {
     /// Fill the new volume from this VolumeSnapshot (same namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_snapshot: Option<String>,
+    /// Fill the new volume from this completed Backup (same namespace;
+    /// its target may have been written by another cluster). The volume
+    /// must be at least as large as the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_backup: Option<String>,
     /// Start from this VirtualMachineImage (`NAMESPACE/NAME`, harvesterhci.io):
     /// the image is the volume's read-only base layer, shared with every
     /// other volume made from it (copy-on-write), so the volume is ready at
@@ -131,10 +136,16 @@ pub struct VolumeStatus {
     pub replicas: Vec<VolumeReplicaStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_revert: Option<RevertStatus>,
-    /// Set once a volume made from `spec.fromSnapshot` holds its data; it
-    /// cannot be attached before.
+    /// Set once a volume made from `spec.fromSnapshot` or
+    /// `spec.fromBackup` holds its data; it cannot be attached before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<String>,
+    /// While a volume is filled from its backup: how far, 0–100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_progress: Option<u32>,
+    /// Why the volume cannot be filled from its snapshot or backup yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_error: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -162,7 +173,7 @@ pub struct RevertStatus {
 }
 
 /// Checks a required reference to another object by name.
-fn object_name(errs: &mut Vec<FieldError>, field: &str, v: &str) {
+pub(crate) fn object_name(errs: &mut Vec<FieldError>, field: &str, v: &str) {
     if v.is_empty() {
         errs.push(FieldError::required(field));
     } else if let Err(e) = validation::dns1123_subdomain(v) {
@@ -288,6 +299,13 @@ pub fn users_of<'a>(vol: &Volume, vmis: &'a [VirtualMachineInstance]) -> Vec<&'a
 }
 
 impl Volume {
+    /// Whether the volume waits to be filled from its snapshot or backup
+    /// (it cannot be attached before).
+    pub fn awaiting_fill(&self) -> bool {
+        (self.spec.from_snapshot.is_some() || self.spec.from_backup.is_some())
+            && self.status.as_ref().is_none_or(|s| s.restored_from.is_none())
+    }
+
     /// How long a replica's node may be down before the replica is
     /// replaced (`spec.staleReplicaTimeout`, [`DEFAULT_STALE_REPLICA_TIMEOUT`]
     /// when unset or invalid).
@@ -349,6 +367,17 @@ impl Kind for Volume {
                 errs.push(FieldError::invalid("spec.fromSnapshot", e));
             }
         }
+        if let Some(b) = &self.spec.from_backup {
+            if let Err(e) = validation::dns1123_subdomain(b) {
+                errs.push(FieldError::invalid("spec.fromBackup", e));
+            }
+            if self.spec.from_snapshot.is_some() || self.spec.image.is_some() {
+                errs.push(FieldError::forbidden(
+                    "spec.fromBackup",
+                    "a volume is filled from one source: a backup, a snapshot or an image",
+                ));
+            }
+        }
         if let Some(i) = &self.spec.image {
             if let Err(e) = image_ref(i) {
                 errs.push(FieldError::invalid("spec.image", e));
@@ -391,6 +420,9 @@ impl Kind for Volume {
             }
             if self.spec.from_snapshot != old.spec.from_snapshot {
                 errs.push(FieldError::forbidden("spec.fromSnapshot", "cannot change after the volume is created"));
+            }
+            if self.spec.from_backup != old.spec.from_backup {
+                errs.push(FieldError::forbidden("spec.fromBackup", "cannot change after the volume is created"));
             }
         }
         errs
