@@ -17,7 +17,7 @@ packages=(build-essential pkg-config protobuf-compiler ca-certificates curl
 if [[ $want_test -eq 1 ]]; then
   # Test guests (built from Debian packages), and the tools tests drive
   # guests and volumes with.
-  packages+=(genisoimage busybox-static cpio kmod debootstrap e2fsprogs
+  packages+=(genisoimage busybox-static cpio kmod debootstrap e2fsprogs dosfstools mtools
     iputils-ping openssh-client python3 python3-venv procps)
 fi
 etcd_was_installed=0

@@ -4,16 +4,15 @@
 //! backups ([`restore`], called by the volume's detached pass).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures::StreamExt as _;
 use serde_json::{json, Value};
-use sheaf_backup::volume::{self, Job, Parent, Progress, Sink, Source};
+use sheaf_backup::blk::{EngineSink, SnapshotSource};
+use sheaf_backup::volume::{self, Job, Parent, Progress};
 use sheaf_backup::{manifest::VolumeRef, Repository, VolumeManifest};
-use sheaf_blk::engine::{Engine, SnapshotReader};
+use sheaf_blk::engine::Engine;
 use sheaf_client::{Gvr, Selectors, Typed, WatchEvent};
 use sheaf_types::backup::{Backup, TARGET_LABEL};
 use sheaf_types::storage::{Volume, VolumeSnapshot};
@@ -174,14 +173,9 @@ async fn attempt_one(storage: &Arc<Storage>, b: &Backup) -> Result<(VolumeManife
         .find_map(|r| storage.address_of(r))
         .ok_or_else(|| Retry::Elsewhere(format!("no running replica of volume {} on this node", b.spec.volume_name)))?;
     let layer = snap.layer_name();
-    let mut readers = Vec::with_capacity(READERS);
-    for _ in 0..READERS {
-        let r = SnapshotReader::open_with_key(&local, &layer, storage.cluster_key().as_ref())
-            .await
-            .map_err(|e| Retry::Again(format!("opening the snapshot on the local replica: {e}")))?;
-        readers.push(tokio::sync::Mutex::new(r));
-    }
-    let source = Readers { readers, next: AtomicU64::new(0), size };
+    let source = SnapshotSource::open(&local, &layer, storage.cluster_key().as_ref(), size, READERS)
+        .await
+        .map_err(|e| Retry::Again(format!("opening the snapshot on the local replica: {e}")))?;
     let parent = match &status.parent {
         Some(p) => parent_of(storage, &repo, ns.as_deref(), p).await,
         None => None,
@@ -251,45 +245,6 @@ async fn parent_of(storage: &Storage, repo: &Repository, ns: Option<&str>, paren
     }
 }
 
-/// A snapshot read over a few connections to one replica.
-struct Readers {
-    readers: Vec<tokio::sync::Mutex<SnapshotReader>>,
-    next: AtomicU64,
-    size: u64,
-}
-
-#[async_trait]
-impl Source for Readers {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, String> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.readers.len();
-        let r = self.readers[i].lock().await;
-        r.read(offset, len).await.map_err(|e| e.to_string())
-    }
-
-    async fn changed(&self, since: &str, block: u64, count: u64) -> Result<Vec<u8>, String> {
-        let r = self.readers[0].lock().await;
-        r.changed(Some(since), block, count).await.map_err(|e| e.to_string())
-    }
-}
-
-/// Writes into a new volume through its engine.
-struct Into<'a>(&'a Engine);
-
-#[async_trait]
-impl Sink for Into<'_> {
-    async fn write(&self, offset: u64, data: Vec<u8>) -> Result<(), String> {
-        self.0.write(offset, data).await.map_err(|e| e.to_string())
-    }
-
-    async fn flush(&self) -> Result<(), String> {
-        self.0.flush().await.map_err(|e| e.to_string())
-    }
-}
-
 /// Fills the (new, blank) volume behind `engine` with Backup `from`
 /// (namespace `ns`); `progress` gets 0–100. Returns the bytes written.
 pub async fn restore(
@@ -323,5 +278,5 @@ pub async fn restore(
             m.volume.size
         ));
     }
-    volume::restore(&repo, &m, &Into(engine), &|done, total| progress((done * 100 / total.max(1)) as u32)).await
+    volume::restore(&repo, &m, &EngineSink(engine), &|done, total| progress((done * 100 / total.max(1)) as u32)).await
 }

@@ -197,6 +197,19 @@ struct RequestState {
     /// QEMU is set to pause instead of ending on a guest power-off (an
     /// ACPI soft reboot in progress).
     reboot_on_shutdown: bool,
+    /// The freeze request holding the guest: its id, how, and since when.
+    frozen: Option<(String, Hold, tokio::time::Instant)>,
+    /// The last freeze request answered (not carried out again).
+    freeze_answered: Option<String>,
+}
+
+/// How a freeze request holds the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    /// The guest agent froze its file systems.
+    FsFreeze,
+    /// Its vCPUs were paused (no guest agent).
+    Paused,
 }
 
 impl RequestState {
@@ -210,8 +223,12 @@ impl RequestState {
         agent: bool,
     ) {
         let ann = |k: &str| vmi.metadata.annotations.get(k).map(String::as_str);
+        self.freeze(env, qmp, dir, vmi, paused, agent).await;
         let want_paused = ann(vmi_requests::PAUSED) == Some("true");
-        if want_paused && !paused {
+        let held = self.frozen.as_ref().is_some_and(|f| f.1 == Hold::Paused);
+        if held {
+            // Paused for a freeze request; let go by it.
+        } else if want_paused && !paused {
             if let Err(e) = qmp.stop().await {
                 tracing::warn!(error = %e, "cannot pause the guest");
             }
@@ -247,6 +264,70 @@ impl RequestState {
             Err(e) => format!("{id}: {e}"),
         };
         patch_annotations(env, vmi, json!({ vmi_requests::SOFT_REBOOT_DONE: done })).await;
+    }
+
+    /// Holds the guest for the freeze request in the annotations, or lets
+    /// it go when the request is gone, replaced or too old.
+    async fn freeze(
+        &mut self,
+        env: &RunnerEnv,
+        qmp: &Qmp,
+        dir: &Path,
+        vmi: &VirtualMachineInstance,
+        paused: bool,
+        agent: bool,
+    ) {
+        let want = vmi.metadata.annotations.get(vmi_requests::FREEZE).filter(|id| !id.is_empty()).cloned();
+        let limit = Duration::from_secs(vmi_requests::FREEZE_LIMIT_SECONDS);
+        if let Some((id, hold, since)) = self.frozen.clone() {
+            let expired = since.elapsed() > limit;
+            if want.as_deref() == Some(id.as_str()) && !expired {
+                return;
+            }
+            self.thaw(qmp, dir, hold).await;
+            self.frozen = None;
+            let answer = if expired { json!(format!("{id}: let go after {} s", limit.as_secs())) } else { Value::Null };
+            if expired || want.is_none() {
+                patch_annotations(env, vmi, json!({ vmi_requests::FROZEN: answer })).await;
+            }
+        }
+        let Some(id) = want else { return };
+        if self.freeze_answered.as_deref() == Some(id.as_str()) {
+            return;
+        }
+        self.freeze_answered = Some(id.clone());
+        let socket = machine::guest_agent_socket(dir);
+        let hold = if agent && qga::freeze(&socket, Duration::from_secs(10)).await.is_ok() {
+            Ok(Hold::FsFreeze)
+        } else if paused {
+            Err("the guest is paused already: nothing to hold".to_string())
+        } else {
+            qmp.stop().await.map(|_| Hold::Paused).map_err(|e| format!("cannot pause the guest: {e}"))
+        };
+        let answer = match hold {
+            Ok(h) => {
+                tracing::info!(hold = ?h, request = %id, "guest held for a consistent snapshot");
+                self.frozen = Some((id.clone(), h, tokio::time::Instant::now()));
+                format!("{id}:{}", if h == Hold::FsFreeze { "fsfreeze" } else { "paused" })
+            }
+            // A paused guest writes nothing: the snapshots are consistent.
+            Err(e) if paused => format!("{id}:paused-already ({e})"),
+            Err(e) => format!("{id}: {e}"),
+        };
+        patch_annotations(env, vmi, json!({ vmi_requests::FROZEN: answer })).await;
+    }
+
+    async fn thaw(&self, qmp: &Qmp, dir: &Path, hold: Hold) {
+        let r = match hold {
+            Hold::FsFreeze => qga::thaw(&machine::guest_agent_socket(dir), Duration::from_secs(10))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Hold::Paused => qmp.cont().await.map(drop).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot let the guest go on after a freeze");
+        }
     }
 
     /// The guest rebooted (or is being deleted): power-offs end QEMU again.

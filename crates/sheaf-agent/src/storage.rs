@@ -1564,7 +1564,12 @@ impl Storage {
 /// every [`PERIOD`] in any case (processes that died, rebuilds).
 pub async fn run(storage: Arc<Storage>) {
     let changed = Arc::new(tokio::sync::Notify::new());
-    for gvr in [sheaf_client::Gvr::of::<Replica>(), sheaf_client::Gvr::of::<Volume>()] {
+    // Snapshots too: a VM backup holds the guest until they are taken.
+    for gvr in [
+        sheaf_client::Gvr::of::<Replica>(),
+        sheaf_client::Gvr::of::<Volume>(),
+        sheaf_client::Gvr::of::<VolumeSnapshot>(),
+    ] {
         tokio::spawn(notify_on_change(storage.api.clone(), gvr, changed.clone()));
     }
     loop {

@@ -16,6 +16,7 @@
 //!  server_join: further servers of an HA control plane join (etcd members, shared secrets)
 //! ```
 
+pub mod backup_files;
 pub mod claim_resize;
 pub mod console;
 pub mod discovery;

@@ -413,6 +413,26 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
                 ))),
             }
         }
+        Route::Resource(rp)
+            if rp.group == "sheaf.io"
+                && rp.plural == "backups"
+                && matches!(rp.sub.as_deref(), Some("files" | "download")) =>
+        {
+            let (Some(ns), Some(name)) = (rp.namespace.as_deref(), rp.name.as_deref()) else {
+                return Err(ApiError::not_found_msg("use GET .../namespaces/NS/backups/NAME/files or .../download"));
+            };
+            if parts.method != Method::GET {
+                return Err(ApiError::method_not_allowed(format!(
+                    "{} is not allowed on backups/NAME/files",
+                    parts.method
+                )));
+            }
+            if rp.sub.as_deref() == Some("files") {
+                crate::backup_files::list(&s.objects, ns, name, &q).await
+            } else {
+                crate::backup_files::download(&s.objects, ns, name, &q).await
+            }
+        }
         Route::Resource(rp) => {
             let Some(rt) = s.registry.find(&rp.group, &rp.version, &rp.plural).cloned() else {
                 let gv = if rp.group.is_empty() { rp.version.clone() } else { format!("{}/{}", rp.group, rp.version) };

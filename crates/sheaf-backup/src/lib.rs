@@ -8,7 +8,9 @@
 //! volume's snapshot and backs it up (only the chunks changed since the
 //! previous backup are read), and restores a backup into a volume.
 
+pub mod blk;
 pub mod chunk;
+pub mod files;
 pub mod manifest;
 pub mod repo;
 pub mod store;

@@ -18,7 +18,8 @@ use sheaf_backup::manifest::VolumeManifest;
 use sheaf_backup::Repository;
 use sheaf_client::{Api, ClientError, Gvr, Selectors, Typed};
 use sheaf_types::backup::{
-    Backup, BackupTarget, BACKUP_FINALIZER, BACKUP_LABEL, IMPORTED_ANNOTATION, TARGET_LABEL, VERIFY_ANNOTATION,
+    Backup, BackupTarget, BACKUP_FINALIZER, BACKUP_LABEL, GC_ANNOTATION, IMPORTED_ANNOTATION, TARGET_LABEL,
+    VERIFY_ANNOTATION,
 };
 use sheaf_types::core::{Namespace, Node};
 use sheaf_types::meta::{set_condition, Condition, ObjectMeta, Time};
@@ -125,17 +126,22 @@ impl Reconciler for Targets {
                         .await;
                 }
                 json!({
-                    "available": false, "url": url, "lastChecked": now(), "message": message,
+                    "available": false, "url": url, "lastChecked": now(), "message": message, "backups": null,
                     "conditions": available("False", "CheckFailed", &message),
                 })
             }
             Ok((url, repo)) => {
                 let (count, message) = match self.import(&t, &repo).await {
-                    Ok(n) => (Some(n), None),
+                    Ok(n) => {
+                        let vms = crate::vm_backup::import(self.api.as_ref(), &key.name, &repo).await;
+                        (Some(n), vms.err().map(|e| format!("cannot list the VM backups: {e}")))
+                    }
                     Err(e) => (None, Some(format!("cannot list the backups: {e}"))),
                 };
+                let gc = self.collect(&t, &repo).await?;
                 json!({
                     "available": true, "url": url, "lastChecked": now(), "backups": count, "message": message,
+                    "garbageCollection": gc,
                     "conditions": available("True", "Checked", "objects can be written, read and deleted"),
                 })
             }
@@ -145,7 +151,61 @@ impl Reconciler for Targets {
     }
 }
 
+/// How often a target's garbage is collected unasked.
+const GC_EVERY: Duration = Duration::from_secs(3600);
+
 impl Targets {
+    /// Collects the target's garbage when asked (annotation) or due; the
+    /// new `status.garbageCollection`, or the old one (or null).
+    async fn collect(&self, t: &BackupTarget, repo: &Repository) -> Result<Value, ClientError> {
+        let last = t.status.as_ref().and_then(|s| s.garbage_collection.clone());
+        let asked = t
+            .metadata
+            .annotations
+            .get(GC_ANNOTATION)
+            .filter(|r| last.as_ref().and_then(|l| l.request.as_ref()) != Some(*r));
+        let due = last
+            .as_ref()
+            .and_then(|l| l.time)
+            .is_none_or(|at| Utc::now().signed_duration_since(at.0).to_std().unwrap_or_default() > GC_EVERY);
+        if asked.is_none() && !due {
+            return Ok(serde_json::to_value(last).unwrap_or(Value::Null));
+        }
+        // Chunks of a backup being written are named by no manifest yet:
+        // while one runs, only old chunks are collected.
+        let tname = name_of(&t.metadata);
+        let sel = Selectors { labels: format!("{TARGET_LABEL}={tname}"), fields: String::new() };
+        let backups = Typed::<Backup>::new(self.api.as_ref()).list(None, &sel).await?;
+        let busy = backups.iter().any(|b| matches!(b.phase(), "" | "Pending" | "InProgress"));
+        let min_age = if busy { GC_MIN_AGE_SECS } else { 0 };
+        let (report, message) = match repo.gc(min_age).await {
+            Ok(r) => {
+                let msg = format!(
+                    "{} unused chunks deleted ({} bytes), {} kept{}",
+                    r.chunks_deleted,
+                    r.bytes_deleted,
+                    r.chunks_kept,
+                    if busy { "; a backup was running, so only chunks older than an hour were looked at" } else { "" }
+                );
+                if r.chunks_deleted > 0 {
+                    tracing::info!(
+                        target = tname,
+                        deleted = r.chunks_deleted,
+                        bytes = r.bytes_deleted,
+                        "garbage collected"
+                    );
+                }
+                (r, msg)
+            }
+            Err(e) => (Default::default(), format!("garbage collection failed: {e}")),
+        };
+        Ok(json!({
+            "time": now(), "request": asked.or(last.as_ref().and_then(|l| l.request.as_ref())),
+            "chunksDeleted": report.chunks_deleted, "bytesDeleted": report.bytes_deleted,
+            "chunksKept": report.chunks_kept, "message": message,
+        }))
+    }
+
     /// Makes a Backup for each manifest on the target that has none;
     /// returns how many manifests there are.
     async fn import(&self, t: &BackupTarget, repo: &Repository) -> Result<u64, String> {
@@ -154,6 +214,18 @@ impl Targets {
         let backups = Typed::<Backup>::new(self.api.as_ref());
         let namespaces = Typed::<Namespace>::new(self.api.as_ref());
         let mut count = 0;
+        // Backups imported from the target whose manifest is gone from it
+        // (deleted by another cluster) go too.
+        let keys: std::collections::HashSet<&str> = manifests.iter().map(|(k, _)| k.as_str()).collect();
+        let sel = Selectors { labels: format!("{TARGET_LABEL}={tname}"), fields: String::new() };
+        for b in backups.list(None, &sel).await.map_err(|e| e.to_string())? {
+            let imported = b.metadata.annotations.contains_key(IMPORTED_ANNOTATION);
+            let key = b.status.as_ref().and_then(|s| s.manifest.clone()).unwrap_or_default();
+            if imported && b.completed() && !keys.contains(key.as_str()) && b.metadata.deletion_timestamp.is_none() {
+                tracing::info!(target = tname, key, "an imported backup is gone from its target");
+                let _ = backups.delete(b.metadata.namespace.as_deref(), name_of(&b.metadata)).await;
+            }
+        }
         for (key, m) in manifests {
             let m = match m {
                 Ok(m) => m,
@@ -453,7 +525,7 @@ impl Backups {
             if in_use.iter().any(|n| n == oname) {
                 continue;
             }
-            let sn = snapshot_name(oname);
+            let sn = o.status.as_ref().and_then(|st| st.snapshot_name.clone()).unwrap_or_else(|| snapshot_name(oname));
             let Some(s) = snaps.get(ns, &sn).await? else { continue };
             if s.metadata.labels.get(BACKUP_LABEL).map(String::as_str) == Some(oname)
                 && s.metadata.deletion_timestamp.is_none()
@@ -569,7 +641,7 @@ impl Backups {
             }
         }
         let snaps = Typed::<VolumeSnapshot>::new(self.api.as_ref());
-        let sn = snapshot_name(name);
+        let sn = b.status.as_ref().and_then(|st| st.snapshot_name.clone()).unwrap_or_else(|| snapshot_name(name));
         if let Some(s) = snaps.get(ns, &sn).await? {
             if s.metadata.labels.get(BACKUP_LABEL).map(String::as_str) == Some(name) {
                 match snaps.delete(ns, &sn).await {

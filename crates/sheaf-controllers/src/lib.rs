@@ -27,6 +27,8 @@
 //!   (an address per VM NIC, the node that serves DHCP).
 //! - [`backup`]: backup targets (health, backups found there) and
 //!   Backups (snapshot, node, parent, verification, deletion).
+//! - [`vm_backup`]: Harvester's VirtualMachineBackup (a VM's spec and all
+//!   its volumes at one point) and VirtualMachineRestore.
 //! - [`events`]: core `v1` Events about what they did.
 //!
 //! The server starts them all with [`run_all`]; they keep no state of their
@@ -44,6 +46,7 @@ pub mod runtime;
 pub mod scheduler;
 pub mod template;
 pub mod vm;
+pub mod vm_backup;
 pub mod vm_claims;
 pub mod volume;
 
@@ -88,6 +91,7 @@ pub async fn run_all_with(api: Arc<dyn Api>, settings: Settings) {
         template::run(api.clone()),
         network::run(api.clone()),
         backup::run(api.clone()),
+        vm_backup::run(api.clone()),
         node::run(api, node::Config { grace: settings.node_grace }),
     );
 }

@@ -128,6 +128,27 @@ pub async fn guest_info(socket: &Path, timeout: Duration) -> Result<GuestInfo, Q
     .map_err(|_| QgaError::Timeout(timeout))?
 }
 
+/// Freezes the guest's file systems (their writes are flushed and held
+/// until [`thaw`]); returns how many were frozen.
+pub async fn freeze(socket: &Path, timeout: Duration) -> Result<u64, QgaError> {
+    tokio::time::timeout(timeout, async {
+        let mut s = open(socket).await?;
+        Ok(s.execute("guest-fsfreeze-freeze", None).await?.as_u64().unwrap_or(0))
+    })
+    .await
+    .map_err(|_| QgaError::Timeout(timeout))?
+}
+
+/// Thaws the file systems [`freeze`] froze; returns how many.
+pub async fn thaw(socket: &Path, timeout: Duration) -> Result<u64, QgaError> {
+    tokio::time::timeout(timeout, async {
+        let mut s = open(socket).await?;
+        Ok(s.execute("guest-fsfreeze-thaw", None).await?.as_u64().unwrap_or(0))
+    })
+    .await
+    .map_err(|_| QgaError::Timeout(timeout))?
+}
+
 /// Asks the guest to reboot itself. The agent does not answer a
 /// successful shutdown, so success is the request being written.
 pub async fn reboot(socket: &Path, timeout: Duration) -> Result<(), QgaError> {

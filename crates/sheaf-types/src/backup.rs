@@ -33,6 +33,10 @@ pub const TARGET_LABEL: &str = "sheaf.io/backup-target";
 /// Set (to any new value, e.g. a time) to ask for a verification of a
 /// completed Backup; the result is in `status.verification`.
 pub const VERIFY_ANNOTATION: &str = "sheaf.io/verify";
+/// Set (to any new value) on a BackupTarget to collect its garbage now:
+/// the chunks no backup names any more. It also runs every hour.
+pub const GC_ANNOTATION: &str = "sheaf.io/gc";
+
 /// On a Backup made from a manifest found on its target (taken by another
 /// cluster, or before this one lost its objects).
 pub const IMPORTED_ANNOTATION: &str = "sheaf.io/imported";
@@ -136,6 +140,27 @@ pub struct BackupTargetStatus {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The last garbage collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub garbage_collection: Option<GarbageCollection>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GarbageCollection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    /// The `sheaf.io/gc` value it answered, if asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    #[serde(default)]
+    pub chunks_deleted: u64,
+    #[serde(default)]
+    pub bytes_deleted: u64,
+    #[serde(default)]
+    pub chunks_kept: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl BackupTarget {

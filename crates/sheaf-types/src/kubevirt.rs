@@ -337,6 +337,16 @@ pub mod vmi_requests {
     /// timezone (the parts of `guestosinfo` without a status field), as a
     /// JSON object.
     pub const GUEST_AGENT_INFO: &str = "vmi.sheaf.io/guest-agent-info";
+    /// A request id: hold the guest's writes so that snapshots of all its
+    /// disks are taken at one point (a VM backup): its file systems are
+    /// frozen by the guest agent, or, without one, its vCPUs paused.
+    /// Removing the annotation lets it go on; the agent also does after
+    /// [`FREEZE_LIMIT_SECONDS`].
+    pub const FREEZE: &str = "vmi.sheaf.io/freeze";
+    /// Written by the agent: `ID:fsfreeze` or `ID:paused` while the request
+    /// ID holds the guest, `ID: message` when it could not or gave up.
+    pub const FROZEN: &str = "vmi.sheaf.io/frozen";
+    pub const FREEZE_LIMIT_SECONDS: u64 = 60;
 }
 
 /// A running virtual machine. Usually created by a VirtualMachine from its

@@ -8,6 +8,7 @@ pub mod backup;
 pub mod claim;
 pub mod coordination;
 pub mod core;
+pub mod cron;
 pub mod harvester;
 pub mod join;
 pub mod kubevirt;
@@ -19,6 +20,7 @@ pub mod resource;
 pub mod storage;
 pub mod template;
 pub mod validation;
+pub mod vm_backup;
 
 pub use meta::{ObjectMeta, Status, Time};
 pub use resource::{Column, Decoded, Kind, ResourceType};

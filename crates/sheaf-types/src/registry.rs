@@ -1,7 +1,7 @@
 //! The kinds Sheaf serves.
 
 use crate::resource::ResourceType;
-use crate::{backup, claim, coordination, core, harvester, kubevirt, network, storage, template};
+use crate::{backup, claim, coordination, core, harvester, kubevirt, network, storage, template, vm_backup};
 
 /// Every kind the API server serves, in discovery order.
 pub fn all() -> Vec<ResourceType> {
@@ -31,5 +31,8 @@ pub fn all() -> Vec<ResourceType> {
         ResourceType::of::<coordination::Lease>(),
         ResourceType::of::<backup::BackupTarget>(),
         ResourceType::of::<backup::Backup>(),
+        ResourceType::of::<vm_backup::VirtualMachineBackup>(),
+        ResourceType::of::<vm_backup::VirtualMachineRestore>(),
+        ResourceType::of::<vm_backup::ScheduleVMBackup>(),
     ]
 }

@@ -36,6 +36,95 @@ pub enum BlkCommand {
     /// Rebuild the replicas of a detached volume, then exit:
     /// `sheaf blk rebuild --volume vol1 --replica unix:... --replica tcp:...`.
     Rebuild(RebuildArgs),
+    /// Back up a snapshot of a replica into a backup directory, then exit
+    /// (what a Backup's agent runs; prints one JSON line):
+    /// `sheaf blk backup --replica unix:/run/sheaf/blk/vol1-a.sock --snapshot snap-1 --size 10Gi --to /mnt/backups --name b1`,
+    /// incremental: `... --name b2 --parent-manifest volumes/default/volume/b1.json --parent-snapshot snap-1`.
+    Backup(BackupArgs),
+    /// Restore a backup from a backup directory into new, empty replicas,
+    /// then exit (prints one JSON line):
+    /// `sheaf blk restore --from /mnt/backups --manifest volumes/default/volume/b1.json --replica unix:/run/sheaf/blk/vol2-a.sock`.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// The replica holding the snapshot (it goes on serving its engine).
+    #[arg(long)]
+    pub replica: Address,
+    /// The snapshot's layer name on the replica.
+    #[arg(long)]
+    pub snapshot: String,
+    /// The volume's size when the snapshot was taken (bytes, or with Ki/Mi/Gi/Ti).
+    #[arg(long)]
+    pub size: String,
+    /// The backup directory (a target's `spec.filesystem.path`); it must exist.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// The backup's name (unique per volume on the target).
+    #[arg(long)]
+    pub name: String,
+    /// The volume as NAMESPACE/NAME, which places the manifest at
+    /// `volumes/NAMESPACE/NAME/BACKUP.json`.
+    #[arg(long, default_value = "default/volume", value_parser = parse_volume_ref)]
+    pub volume: (String, String),
+    /// The volume's uid recorded in the manifest.
+    #[arg(long, default_value = "")]
+    pub volume_uid: String,
+    /// The previous backup's manifest key on the same target: only the
+    /// chunks changed since --parent-snapshot are read.
+    #[arg(long, value_name = "KEY", requires = "parent_snapshot")]
+    pub parent_manifest: Option<String>,
+    /// The previous backup's snapshot layer, still on the replica.
+    #[arg(long, value_name = "LAYER", requires = "parent_manifest")]
+    pub parent_snapshot: Option<String>,
+    /// How new chunks are stored: zstd (level 3), lz4 or none.
+    #[arg(long, default_value = "zstd", value_parser = parse_compression)]
+    pub compression: sheaf_backup::chunk::Compression,
+    /// The cluster key proven to a TCP replica (see `sheaf blk replica --auth-key-file`).
+    #[arg(long, value_name = "FILE")]
+    pub auth_key_file: Option<PathBuf>,
+    /// Connections to the replica (each carries one read at a time).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub connections: u16,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The backup directory.
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// The manifest's key on the target, e.g. `volumes/default/volume/b1.json`.
+    #[arg(long, value_name = "KEY")]
+    pub manifest: String,
+    /// The new volume's replicas, blank and at least the backup's size
+    /// (chunks of zeros are not written). Created with
+    /// `sheaf blk replica --volume NAME`, NAME as --volume here.
+    #[arg(long = "replica", required = true)]
+    pub replicas: Vec<Address>,
+    /// The new volume's name on its replicas [default: the backed-up
+    /// volume's name in the manifest].
+    #[arg(long)]
+    pub volume: Option<String>,
+    /// Give up bringing every replica into service after this many seconds.
+    #[arg(long, default_value = "600")]
+    pub timeout: u64,
+    /// The cluster key proven to TCP replicas (see `sheaf blk replica --auth-key-file`).
+    #[arg(long, value_name = "FILE")]
+    pub auth_key_file: Option<PathBuf>,
+}
+
+fn parse_volume_ref(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME, such as default/data")),
+    }
+}
+
+fn parse_compression(s: &str) -> Result<sheaf_backup::chunk::Compression, String> {
+    sheaf_backup::chunk::Compression::parse(Some(s))
 }
 
 #[derive(Args, Debug)]
@@ -259,6 +348,18 @@ pub fn run(a: BlkArgs) -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        BlkCommand::Backup(b) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let line = rt.block_on(backup(b))?;
+            println!("{line}");
+            Ok(())
+        }
+        BlkCommand::Restore(r) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let line = rt.block_on(restore(r))?;
+            println!("{line}");
+            Ok(())
+        }
         BlkCommand::Engine(e) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
@@ -365,4 +466,93 @@ pub fn run(a: BlkArgs) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// `sheaf blk backup`: the agent's backup of one snapshot (the same
+/// library calls), timed from opening the snapshot to the manifest written.
+async fn backup(b: BackupArgs) -> anyhow::Result<serde_json::Value> {
+    use sheaf_backup::volume::{Job, Parent};
+
+    let size = parse_size(&b.size)?;
+    let key = cluster_key(b.auth_key_file.as_deref())?;
+    let store = sheaf_backup::store::fs::FsStore::new(&b.to)?;
+    let repo = sheaf_backup::Repository::new(Arc::new(store), b.compression);
+    let parent = match (&b.parent_manifest, &b.parent_snapshot) {
+        (Some(manifest), Some(snapshot)) => {
+            let m = repo
+                .manifest(manifest)
+                .await?
+                .with_context(|| format!("no manifest {manifest:?} in {}", b.to.display()))?;
+            Some(Parent { manifest: m, snapshot: snapshot.clone() })
+        }
+        _ => None,
+    };
+    let started = std::time::Instant::now();
+    let source = sheaf_backup::blk::SnapshotSource::open(
+        &b.replica,
+        &b.snapshot,
+        key.as_ref(),
+        size,
+        usize::from(b.connections),
+    )
+    .await
+    .with_context(|| format!("cannot open snapshot {:?} on {}", b.snapshot, b.replica))?;
+    let (namespace, name) = b.volume;
+    let job = Job {
+        name: b.name,
+        volume: sheaf_backup::manifest::VolumeRef { namespace, name, uid: b.volume_uid, size },
+        snapshot: b.snapshot,
+        parent,
+        labels: Default::default(),
+    };
+    let m = sheaf_backup::volume::backup(&repo, &source, job, &|_| {}).await.map_err(anyhow::Error::msg)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let s = &m.stats;
+    Ok(serde_json::json!({
+        "manifest": m.key(), "parent": m.parent, "size": size, "seconds": seconds,
+        "bytesRead": s.bytes_read, "bytesUploaded": s.bytes_uploaded,
+        "chunksNew": s.chunks_new, "chunksReused": s.chunks_reused,
+        "chunksUnchanged": s.chunks_unchanged, "chunksZero": s.chunks_zero,
+    }))
+}
+
+/// `sheaf blk restore`: the agent's restore of a backup into a new volume
+/// (the same library calls), timed from the engine's start to the flush.
+async fn restore(r: RestoreArgs) -> anyhow::Result<serde_json::Value> {
+    let key = cluster_key(r.auth_key_file.as_deref())?;
+    let store = sheaf_backup::store::fs::FsStore::new(&r.from)?;
+    let repo = sheaf_backup::Repository::new(Arc::new(store), sheaf_backup::chunk::Compression::default());
+    let m = repo
+        .manifest(&r.manifest)
+        .await?
+        .with_context(|| format!("no manifest {:?} in {}", r.manifest, r.from.display()))?;
+    let volume = r.volume.unwrap_or_else(|| m.volume.name.clone());
+    let started = std::time::Instant::now();
+    let engine = Arc::new(sheaf_blk::engine::Engine::start_with_key(&volume, &r.replicas, key).await?);
+    // Replicas after the first join through a resync; on blank replicas
+    // that is quick, and it is done before the data is written, not after.
+    let all = r.replicas.len();
+    let joined =
+        tokio::time::timeout(Duration::from_secs(r.timeout), engine.clone().rebuild_loop(REBUILD_EVERY, true)).await;
+    anyhow::ensure!(
+        joined.is_ok(),
+        "not every replica came into service within {} s: healthy {:?} of {all}",
+        r.timeout,
+        engine.healthy()
+    );
+    anyhow::ensure!(
+        engine.size() >= m.volume.size,
+        "the new volume has {} bytes, the backup {}: create its replicas with --size {} or more",
+        engine.size(),
+        m.volume.size,
+        m.volume.size
+    );
+    let written = sheaf_backup::volume::restore(&repo, &m, &sheaf_backup::blk::EngineSink(&engine), &|_, _| {})
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "manifest": r.manifest, "volume": volume, "size": m.volume.size, "bytesWritten": written,
+        "seconds": seconds, "replicas": engine.healthy().len(),
+    }))
 }

@@ -3,6 +3,7 @@
 //! credentials of a kubeconfig, so they work against any Sheaf server (and
 //! mostly against Kubernetes too).
 
+pub mod backup;
 mod client;
 mod hotplug;
 pub mod image;
@@ -274,6 +275,11 @@ pub async fn template(a: template::TemplateArgs) -> anyhow::Result<()> {
 
 pub async fn volume(a: volume::VolumeArgs) -> anyhow::Result<()> {
     finish(volume::run(a).await)
+}
+
+/// `sheaf backup ...`.
+pub async fn backup(a: backup::BackupArgs) -> anyhow::Result<()> {
+    finish(backup::run(a).await)
 }
 
 /// `sheaf node ...`.

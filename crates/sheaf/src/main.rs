@@ -63,6 +63,8 @@ enum Command {
     Vm(cli::vm::VmArgs),
     /// Replicated volumes and snapshots: `sheaf volume create data --size 10Gi`.
     Volume(cli::volume::VolumeArgs),
+    /// Back up volumes and restore them: `sheaf backup create data --target nfs`.
+    Backup(cli::backup::BackupArgs),
     /// Nodes: `sheaf node cordon|uncordon|maintain|unmaintain NODE`.
     Node(cli::node::NodeArgs),
     /// VM images: `sheaf image upload disk.qcow2`, `sheaf image create NAME --url URL`.
@@ -94,6 +96,7 @@ fn main() -> anyhow::Result<()> {
         Command::Delete(a) => rt.block_on(cli::delete(a)),
         Command::Vm(a) => rt.block_on(cli::vm(a)),
         Command::Volume(a) => rt.block_on(cli::volume(a)),
+        Command::Backup(a) => rt.block_on(cli::backup(a)),
         Command::Node(a) => rt.block_on(cli::node(a)),
         Command::Template(a) => rt.block_on(cli::template(a)),
         Command::Image(a) => rt.block_on(cli::image(a)),
