@@ -281,6 +281,7 @@ fn volumes_are_backed_up_incrementally_kept_verified_and_restored_anywhere() {
     // sees the backups and restores one bit for bit: backed up again, the
     // restored volume gives the same chunks, none of them new.
     let other_root = tempfile::tempdir().expect("tempdir");
+    let _other_reaper = QemuReaper(other_root.path().join("run"));
     let other = Server::start_with(&[
         "--run-dir",
         &other_root.path().join("run").display().to_string(),
