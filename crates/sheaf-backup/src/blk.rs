@@ -52,6 +52,14 @@ impl Source for SnapshotSource {
         let r = self.readers[0].lock().await;
         r.changed(Some(since), block, count).await.map_err(|e| e.to_string())
     }
+
+    async fn written(&self, block: u64, count: u64) -> Result<Vec<u8>, String> {
+        let r = self.readers[0].lock().await;
+        if r.has_base() {
+            return Err("the volume sits on a base image: its unwritten blocks are the image's".into());
+        }
+        r.changed(None, block, count).await.map_err(|e| e.to_string())
+    }
 }
 
 /// Writes into a new volume through its engine.

@@ -31,6 +31,14 @@ pub trait Source: Send + Sync {
     /// changed between snapshot `since` and this one; an error when the
     /// replica no longer has `since`.
     async fn changed(&self, since: &str, block: u64, count: u64) -> Result<Vec<u8>, String>;
+    /// A bitmap of the blocks any layer of the snapshot holds (written
+    /// since the volume was made), when the others read as zeros (no base
+    /// image): a backup without a parent reads only the chunks holding
+    /// one (a thin volume is mostly unwritten). An error when the source
+    /// cannot say.
+    async fn written(&self, _block: u64, _count: u64) -> Result<Vec<u8>, String> {
+        Err("this source has no map of written blocks".into())
+    }
 }
 
 /// A new, blank volume being filled.
@@ -70,40 +78,46 @@ enum Piece {
     New { id: ChunkId, read: u64, sent: u64 },
 }
 
+/// The chunks of a `count`-block bitmap source (`ask(start, count)` in
+/// windows) that hold a set bit; None if the source cannot say.
+async fn chunks_marked<F, Fut>(blocks: u64, chunks: u64, ask: F) -> Option<Vec<bool>>
+where
+    F: Fn(u64, u64) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>, String>>,
+{
+    let per_chunk = CHUNK_SIZE / BLOCK;
+    let mut marked = vec![false; chunks as usize];
+    let mut start = 0;
+    while start < blocks {
+        let count = DELTA_WINDOW.min(blocks - start);
+        let map = match ask(start, count).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "no block map; reading every chunk");
+                return None;
+            }
+        };
+        for (byte_i, byte) in map.iter().enumerate().filter(|(_, b)| **b != 0) {
+            for bit in 0..8 {
+                let block = start + byte_i as u64 * 8 + bit;
+                if byte & (1 << bit) != 0 && block < blocks {
+                    marked[(block / per_chunk) as usize] = true;
+                }
+            }
+        }
+        start += count;
+    }
+    Some(marked)
+}
+
 /// Which chunks to read: None = all of them.
 async fn changed_chunks(source: &dyn Source, parent: &Parent, chunks: u64) -> Option<Vec<bool>> {
     let pm = &parent.manifest;
     if pm.chunk_size != CHUNK_SIZE {
         return None;
     }
-    let per_chunk = CHUNK_SIZE / BLOCK;
     let blocks = source.size().div_ceil(BLOCK);
-    let mut changed = vec![false; chunks as usize];
-    let mut start = 0;
-    while start < blocks {
-        let count = DELTA_WINDOW.min(blocks - start);
-        let map = match source.changed(&parent.snapshot, start, count).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::info!(parent = %pm.name, error = %e, "no changed-block map since the parent; reading everything");
-                return None;
-            }
-        };
-        for (byte_i, byte) in map.iter().enumerate() {
-            if *byte == 0 {
-                continue;
-            }
-            for bit in 0..8 {
-                if byte & (1 << bit) != 0 {
-                    let block = start + byte_i as u64 * 8 + bit;
-                    if block < blocks {
-                        changed[(block / per_chunk) as usize] = true;
-                    }
-                }
-            }
-        }
-        start += count;
-    }
+    let mut changed = chunks_marked(blocks, chunks, |b, c| source.changed(&parent.snapshot, b, c)).await?;
     // Chunks the parent did not cover whole (the volume grew).
     if pm.volume.size != source.size() {
         let full_in_parent = (pm.volume.size / CHUNK_SIZE) as usize;
@@ -129,9 +143,11 @@ pub async fn backup(
     let created = chrono::Utc::now().to_rfc3339();
     let size = source.size();
     let chunks = size.div_ceil(CHUNK_SIZE);
+    // Chunks to read; the others are the parent's (or, with no parent,
+    // zeros nothing was ever written to).
     let changed = match &job.parent {
         Some(p) => changed_chunks(source, p, chunks).await,
-        None => None,
+        None => chunks_marked(size.div_ceil(BLOCK), chunks, |b, c| source.written(b, c)).await,
     };
     let parent_chunks: &[Option<ChunkId>] = job.parent.as_ref().map(|p| p.manifest.chunks.as_slice()).unwrap_or(&[]);
     let mut pieces = futures::stream::iter(0..chunks)
@@ -140,7 +156,10 @@ pub async fn backup(
             async move {
                 if let Some(c) = changed {
                     if !c[i as usize] {
-                        return Ok(Piece::Unchanged(parent_chunks[i as usize].clone()));
+                        return Ok(match parent_chunks.get(i as usize) {
+                            Some(id) => Piece::Unchanged(id.clone()),
+                            None => Piece::Zero { read: 0 },
+                        });
                     }
                 }
                 let offset = i * CHUNK_SIZE;
@@ -410,6 +429,49 @@ mod tests {
         assert!(inc.stats.bytes_uploaded < CHUNK_SIZE);
         assert_eq!(restored(&repo, &inc).await, data2);
         assert_eq!(restored(&repo, &full).await, data, "the first backup is intact");
+    }
+
+    /// A volume that knows which blocks were ever written.
+    struct Sparse(Vol, Vec<bool>);
+
+    #[async_trait]
+    impl Source for Sparse {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, String> {
+            self.0.read(offset, len).await
+        }
+        async fn changed(&self, since: &str, block: u64, count: u64) -> Result<Vec<u8>, String> {
+            self.0.changed(since, block, count).await
+        }
+        async fn written(&self, block: u64, count: u64) -> Result<Vec<u8>, String> {
+            let mut map = vec![0u8; count.div_ceil(8) as usize];
+            for i in 0..count {
+                if self.1[(block + i) as usize] {
+                    map[(i / 8) as usize] |= 1 << (i % 8);
+                }
+            }
+            Ok(map)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_first_backup_of_a_thin_volume_reads_only_what_was_written() {
+        let repo = Repository::new(Arc::new(Mem::default()), Compression::Zstd);
+        let size = 16 * CHUNK_SIZE;
+        let mut data = vec![0u8; size as usize];
+        let mut written = vec![false; (size / BLOCK) as usize];
+        // Chunks 3 and 9 written (one of them with zeros).
+        data[(3 * CHUNK_SIZE) as usize..(3 * CHUNK_SIZE + 8192) as usize].fill(7);
+        for b in [3 * 256, 3 * 256 + 1, 9 * 256 + 5] {
+            written[b as usize] = true;
+        }
+        let v = Sparse(Vol { data: data.clone(), since: None, reads: Mutex::new(0) }, written);
+        let m = backup(&repo, &v, job("t1", size, None), &|_| {}).await.expect("backup");
+        assert_eq!(*v.0.reads.lock().expect("lock"), 2 * CHUNK_SIZE, "only the two written chunks are read");
+        assert_eq!((m.stats.chunks_new, m.stats.chunks_zero, m.stats.bytes_read), (1, 15, 2 * CHUNK_SIZE));
+        assert_eq!(restored(&repo, &m).await, data);
     }
 
     #[tokio::test]

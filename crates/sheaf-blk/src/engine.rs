@@ -234,9 +234,17 @@ pub struct SnapshotReader {
     snapshot: String,
     /// The replica's size in bytes.
     pub size: u64,
+    /// The replica's base image, if it has one.
+    base: Option<String>,
 }
 
 impl SnapshotReader {
+    /// Whether the replica sits on a base image (blocks no layer holds
+    /// are then the image's, not zeros).
+    pub fn has_base(&self) -> bool {
+        self.base.is_some()
+    }
+
     /// Opens `snapshot` on a replica reached without a cluster key (a
     /// unix socket, or a TCP replica server run with `--insecure-no-auth`).
     pub async fn open(source: &Address, snapshot: &str) -> Result<SnapshotReader, EngineError> {
@@ -257,7 +265,7 @@ impl SnapshotReader {
         if !info.snapshots.iter().any(|s| s == snapshot) {
             return Err(EngineError::Invalid(format!("the source has no snapshot {snapshot:?}")));
         }
-        Ok(SnapshotReader { conn, snapshot: snapshot.to_string(), size: info.size })
+        Ok(SnapshotReader { conn, snapshot: snapshot.to_string(), size: info.size, base: info.base })
     }
 
     /// `len` bytes at `offset`.

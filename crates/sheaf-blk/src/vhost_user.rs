@@ -111,6 +111,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// vhost-user message numbers this module needs.
 const FRONTEND_SET_BACKEND_REQ_FD: u32 = 21;
+/// `VHOST_USER_SET_VRING_KICK`: QEMU starts a queue (the device is up).
+const FRONTEND_SET_VRING_KICK: u32 = 12;
 const BACKEND_CONFIG_CHANGE_MSG: u32 = 2;
 const VHOST_USER_VERSION: u32 = 1;
 const MESSAGE_HEADER: usize = 12;
@@ -198,6 +200,11 @@ struct Shared {
     announced: AtomicU64,
     /// The size a config change was last sent for.
     notified: AtomicU64,
+    /// The connected QEMU has started a queue. Config changes wait for
+    /// this or for its first read of the config space: QEMU 7.2 can crash
+    /// (SIGSEGV) on one that arrives while it is still setting the device
+    /// up.
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl VhostUserBlk {
@@ -215,6 +222,7 @@ impl VhostUserBlk {
             channel: Mutex::new(None),
             announced: AtomicU64::new(0),
             notified: AtomicU64::new(0),
+            started: std::sync::atomic::AtomicBool::new(false),
         };
         Ok(VhostUserBlk { shared: Arc::new(shared) })
     }
@@ -255,7 +263,13 @@ impl VhostUserBlk {
     pub fn notify_resized(&self) -> bool {
         let sh = &self.shared;
         let size = sh.device.size();
-        if size == sh.announced.load(Ordering::SeqCst) || size == sh.notified.load(Ordering::SeqCst) {
+        let announced = sh.announced.load(Ordering::SeqCst);
+        // Not while QEMU sets the device up: only once it has read the
+        // config space (a fresh QEMU) or started a queue (one that
+        // reconnected after an engine restart, which does not read it
+        // again).
+        let up = announced != 0 || sh.started.load(Ordering::SeqCst);
+        if !up || size == announced || size == sh.notified.load(Ordering::SeqCst) {
             return false;
         }
         let Ok(mut channel) = sh.channel.lock() else { return false };
@@ -294,6 +308,7 @@ impl VhostUserBlk {
         // learns a size that changed meanwhile.
         sh.announced.store(0, Ordering::SeqCst);
         sh.notified.store(0, Ordering::SeqCst);
+        sh.started.store(false, Ordering::SeqCst);
         // The daemon accepts from a listener of its own; it exists only
         // until our relay end has connected.
         let _ = std::fs::remove_file(private);
@@ -415,6 +430,9 @@ impl Shared {
 
     /// Keeps a copy of the backend request channel QEMU sends.
     fn take_channel(&self, m: &Message) {
+        if m.request() == FRONTEND_SET_VRING_KICK {
+            self.started.store(true, Ordering::SeqCst);
+        }
         if m.request() != FRONTEND_SET_BACKEND_REQ_FD {
             return;
         }

@@ -158,7 +158,8 @@ fn volumes_are_backed_up_incrementally_kept_verified_and_restored_anywhere() {
     // A full backup while the guest runs.
     s.apply(&backup_manifest("b1", "data", "offsite"));
     completed(&s, "b1");
-    assert_eq!(number(&s, "b1", "bytesRead"), 64 * MIB);
+    // Only what was written is read: the volume is thin.
+    assert_eq!(number(&s, "b1", "bytesRead"), 48 * MIB);
     assert_eq!(number(&s, "b1", "chunksNew"), 48, "{}", jsonpath(&s, "backup", "b1", "{.status}"));
     assert!(number(&s, "b1", "bytesUploaded") >= 48 * MIB, "random data does not compress");
     assert_eq!(jsonpath(&s, "backup", "b1", "{.status.parent}"), "");
