@@ -354,9 +354,7 @@ fn sample_files() -> Vec<(String, Vec<u8>)> {
 fn have(tool: &str) -> bool {
     let found =
         Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("skipping: {tool} is not installed (apt-get install genisoimage)");
-    }
+    assert!(found, "{tool} is not installed: run scripts/install-deps.sh --test");
     found
 }
 
