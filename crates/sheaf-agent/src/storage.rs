@@ -41,6 +41,8 @@ use crate::launch::LaunchError;
 pub const PERIOD: Duration = Duration::from_secs(2);
 /// A detached volume is checked (and rebuilt if it needs it) this often
 /// even when nothing changed.
+/// How long an engine may take to serve its volume after it is started.
+const ENGINE_START: Duration = Duration::from_secs(30);
 const RECHECK: Duration = Duration::from_secs(600);
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a rebuild of a detached volume may take.
@@ -440,7 +442,7 @@ impl Storage {
         let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match children.iter_mut().find(|c| Some(c.id()) == pid).map(Child::try_wait) {
             Some(Ok(Some(status))) => format!("exited with {status}"),
-            Some(Ok(None)) => "still running, not serving within 10 s".into(),
+            Some(Ok(None)) => format!("still running, not serving within {} s", ENGINE_START.as_secs()),
             Some(Err(e)) => format!("unknown: {e}"),
             None => "not started by this agent".into(),
         }
@@ -692,7 +694,11 @@ impl Storage {
             let _ = std::fs::write(&p.vmi, &vmi_uid);
             Self::save_engine_args(&p, &args);
             let mut ready = false;
-            for _ in 0..200 {
+            // An engine reaches its replicas first (other nodes' over TCP,
+            // each given 5 s to connect): on a loaded host that takes a
+            // while.
+            let deadline = Instant::now() + ENGINE_START;
+            while Instant::now() < deadline {
                 if alive(&p.pid, &needle).is_none() {
                     break;
                 }
