@@ -312,7 +312,13 @@ fn verification(
 
 /// The name of the VolumeSnapshot Sheaf takes for Backup `name`.
 pub fn snapshot_name(backup: &str) -> String {
-    let mut n = format!("backup-{backup}");
+    joined("backup", backup)
+}
+
+/// `A-B` as an object name: at most 253 characters, not ending in `-` or
+/// `.`.
+pub(crate) fn joined(a: &str, b: &str) -> String {
+    let mut n = format!("{a}-{b}");
     n.truncate(253);
     n.trim_end_matches(['-', '.']).to_string()
 }
@@ -519,26 +525,33 @@ impl Backups {
             .filter(|o| !o.completed() && o.phase() != "Failed")
             .filter_map(|o| o.status.as_ref().and_then(|s| s.parent.clone()))
             .collect();
-        let snaps = Typed::<VolumeSnapshot>::new(self.api.as_ref());
         for o in same.iter().filter(|o| o.completed() && o.metadata.name != b.metadata.name) {
-            let oname = name_of(&o.metadata);
-            if in_use.iter().any(|n| n == oname) {
-                continue;
-            }
-            let sn = o.status.as_ref().and_then(|st| st.snapshot_name.clone()).unwrap_or_else(|| snapshot_name(oname));
-            let Some(s) = snaps.get(ns, &sn).await? else { continue };
-            if s.metadata.labels.get(BACKUP_LABEL).map(String::as_str) == Some(oname)
-                && s.metadata.deletion_timestamp.is_none()
-            {
-                tracing::info!(snapshot = %sn, "a newer backup completed; its snapshot is no longer needed");
-                match snaps.delete(ns, &sn).await {
-                    Ok(()) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e),
-                }
+            if !in_use.iter().any(|n| n == name_of(&o.metadata)) {
+                self.drop_own_snapshot(o, "a newer backup completed; its snapshot is no longer needed").await?;
             }
         }
         Ok(())
+    }
+
+    /// Deletes the VolumeSnapshot Sheaf took for `b` (its label names `b`;
+    /// one the user gave is never touched), if it is still there.
+    async fn drop_own_snapshot(&self, b: &Backup, why: &str) -> Result<(), ClientError> {
+        let ns = b.metadata.namespace.as_deref();
+        let name = name_of(&b.metadata);
+        let snaps = Typed::<VolumeSnapshot>::new(self.api.as_ref());
+        let sn = b.status.as_ref().and_then(|st| st.snapshot_name.clone()).unwrap_or_else(|| snapshot_name(name));
+        let Some(s) = snaps.get(ns, &sn).await? else { return Ok(()) };
+        if s.metadata.labels.get(BACKUP_LABEL).map(String::as_str) != Some(name)
+            || s.metadata.deletion_timestamp.is_some()
+        {
+            return Ok(());
+        }
+        tracing::info!(snapshot = %sn, "{why}");
+        match snaps.delete(ns, &sn).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs the verification the annotation asks for, if not done yet.
@@ -640,17 +653,7 @@ impl Backups {
                 return Ok(Action::RequeueAfter(WAIT));
             }
         }
-        let snaps = Typed::<VolumeSnapshot>::new(self.api.as_ref());
-        let sn = b.status.as_ref().and_then(|st| st.snapshot_name.clone()).unwrap_or_else(|| snapshot_name(name));
-        if let Some(s) = snaps.get(ns, &sn).await? {
-            if s.metadata.labels.get(BACKUP_LABEL).map(String::as_str) == Some(name) {
-                match snaps.delete(ns, &sn).await {
-                    Ok(()) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
+        self.drop_own_snapshot(b, "the backup is deleted; so is the snapshot taken for it").await?;
         let keep: Vec<&String> = b.metadata.finalizers.iter().filter(|f| *f != BACKUP_FINALIZER).collect();
         let patch = json!({"metadata": {"finalizers": keep, "resourceVersion": b.metadata.resource_version}});
         Typed::<Backup>::new(self.api.as_ref()).merge_patch(ns, name, patch, false).await?;

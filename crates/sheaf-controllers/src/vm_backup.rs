@@ -28,6 +28,7 @@ use sheaf_types::vm_backup::{
     VirtualMachineBackup, VirtualMachineRestore, TARGET_ANNOTATION, VM_BACKUP_FINALIZER, VM_BACKUP_LABEL,
 };
 
+use crate::backup::joined;
 use crate::events::{reference_to, EventRecorder, EventType};
 use crate::runtime::{Action, Change, Controller, ObjectKey, Reconciler};
 
@@ -85,13 +86,6 @@ fn name_of(m: &ObjectMeta) -> &str {
 /// The claim (Sheaf Volume) behind a VM volume, if it has one.
 fn claim_of(v: &Value) -> Option<&str> {
     v.pointer("/persistentVolumeClaim/claimName").or_else(|| v.pointer("/dataVolume/name")).and_then(Value::as_str)
-}
-
-/// A name of at most 253 characters (names made of two names).
-fn joined(a: &str, b: &str) -> String {
-    let mut n = format!("{a}-{b}");
-    n.truncate(253);
-    n.trim_end_matches(['-', '.']).to_string()
 }
 
 pub fn snapshot_name(vmb: &str, volume: &str) -> String {
