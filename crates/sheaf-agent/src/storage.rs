@@ -632,6 +632,9 @@ impl Storage {
                 if !restoring && (all || (running > 0 && Instant::now() + Duration::from_secs(100) > deadline)) {
                     break vol;
                 }
+                if let Some(why) = vol.unplaceable().filter(|_| replicas.is_empty()) {
+                    return Err(msg(&v.name, format!("Volume {ns}/{claim} has no replica: {why}")));
+                }
                 if Instant::now() > deadline {
                     let why = if restoring {
                         "is still being filled from its snapshot or backup".to_string()

@@ -306,6 +306,15 @@ impl Volume {
             && self.status.as_ref().is_none_or(|s| s.restored_from.is_none())
     }
 
+    /// Why the volume's replicas cannot be placed (no disk with its tags,
+    /// not enough space), when the Volume controller says so: waiting alone
+    /// will not help.
+    pub fn unplaceable(&self) -> Option<String> {
+        let c = self.status.as_ref()?.conditions.iter().find(|c| c.type_ == "ReplicasScheduled")?;
+        let reason = c.reason.as_deref().unwrap_or_default();
+        (c.status == "False" && matches!(reason, "NoDisk" | "NoSpace")).then(|| c.message.clone().unwrap_or_default())
+    }
+
     /// How long a replica's node may be down before the replica is
     /// replaced (`spec.staleReplicaTimeout`, [`DEFAULT_STALE_REPLICA_TIMEOUT`]
     /// when unset or invalid).
@@ -783,6 +792,30 @@ mod tests {
         let mut clone = vol("1Gi");
         clone.spec.from_snapshot = Some("s1".into());
         assert!(clone.validate(Some(&vol("1Gi")))[0].message.contains("cannot change"));
+    }
+
+    #[test]
+    fn unplaceable_only_for_missing_disks_or_space() {
+        let with = |reason: &str, status: &str| {
+            let mut v = vol("1Gi");
+            v.status = Some(VolumeStatus {
+                conditions: vec![crate::meta::Condition {
+                    type_: "ReplicasScheduled".into(),
+                    status: status.into(),
+                    reason: Some(reason.into()),
+                    message: Some(format!("{reason} here")),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            v.unplaceable()
+        };
+        assert_eq!(with("NoSpace", "False").as_deref(), Some("NoSpace here"));
+        assert_eq!(with("NoDisk", "False").as_deref(), Some("NoDisk here"));
+        // No Ready node yet: one may come.
+        assert_eq!(with("NoNode", "False"), None);
+        assert_eq!(with("NoSpace", "True"), None);
+        assert_eq!(vol("1Gi").unplaceable(), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! VirtualMachineImages end to end: a compressed qcow2 built here is served
 //! from a loopback HTTP server and imported (`sheaf image create --url`,
-//! checksum verified); two volumes made from it (one of 20 GiB) share its base
+//! checksum verified); two volumes made from it (one of 4 GiB) share its base
 //! layer, two real guests read the image's content from them and one
 //! guest's writes stay its own; the image is downloaded and exported back;
 //! bad checksums, images with backing files and lying headers are refused
@@ -112,9 +112,10 @@ fn images_import_share_and_round_trip() {
     let out = s.cli_fail(&["image", "upload", &liar.display().to_string(), "--name", "liar"]);
     assert!(out.contains("virtual size") && out.contains("limit"), "{out}");
 
-    // Two volumes from the image (one of 20 GiB): ready at once, sharing
+    // Two volumes from the image (one of 4 GiB, 64 times the image): ready
+    // at once, sharing
     // one base.
-    s.apply(&image_volume("disk-a", "20Gi", "golden"));
+    s.apply(&image_volume("disk-a", "4Gi", "golden"));
     s.apply(&image_volume("disk-b", "128Mi", "golden"));
     let uid = jsonpath(&s, "vmimage", "golden", "{.metadata.uid}");
     let base = s.data_dir().join("replicas/images").join(&uid);

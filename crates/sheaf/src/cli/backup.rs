@@ -607,14 +607,6 @@ fn verify_state(b: &Backup, request: &str) -> VerifyState {
     }
 }
 
-/// Why the replicas of volume `v` cannot be placed (no disk with the
-/// tags, no space), if that is so: waiting would not help.
-fn unplaceable(v: &Volume) -> Option<String> {
-    let c = v.status.as_ref()?.conditions.iter().find(|c| c.type_ == "ReplicasScheduled")?;
-    let reason = c.reason.as_deref().unwrap_or_default();
-    (c.status == "False" && matches!(reason, "NoDisk" | "NoSpace")).then(|| c.message.clone().unwrap_or_default())
-}
-
 // ---------------------------------------------------------------------------
 // Talking to the server
 
@@ -1312,7 +1304,7 @@ async fn restore(
             follow.done();
             break;
         }
-        if let Some(why) = unplaceable(&v) {
+        if let Some(why) = v.unplaceable() {
             follow.abandon();
             bail!(
                 "volume {ns}/{to} was created, but its replicas cannot be placed: {why}. Delete it with \
