@@ -616,6 +616,19 @@ impl Storage {
                             ),
                         )
                     })?;
+                if vol.trashed() {
+                    let until = vol.status.as_ref().and_then(|s| s.purge_at.as_ref());
+                    let until =
+                        until.map(|t| format!(" until {}", t.0.format("%Y-%m-%d %H:%M UTC"))).unwrap_or_default();
+                    return Err(msg(
+                        &v.name,
+                        format!(
+                            "Volume {ns}/{claim} was deleted and is in the trash{until} with its snapshots; it \
+                             cannot be attached. Clone a snapshot of it into a new volume (sheaf volume clone \
+                             SNAPSHOT NEW), or purge it now (sheaf volume purge {claim}) to use the name again"
+                        ),
+                    ));
+                }
                 if vol.metadata.deletion_timestamp.is_some() {
                     return Err(msg(
                         &v.name,
@@ -1008,7 +1021,10 @@ impl Storage {
         for vol in all {
             let uid = vol.metadata.uid.clone().unwrap_or_default();
             known.insert(uid.clone());
-            if vol.metadata.deletion_timestamp.is_some() {
+            // A deleted volume's replicas go with it, but for one in the
+            // trash: its snapshots stay usable (clones, backups) and get
+            // deleted as any other, while no VM may attach it.
+            if vol.metadata.deletion_timestamp.is_some() && !vol.trashed() {
                 continue;
             }
             // Whatever holds the volume (an attach, a detached pass) goes
@@ -1064,7 +1080,7 @@ impl Storage {
                 });
             } else if !needs_work {
                 self.patch_status(&vol, |s| {
-                    s.state = Some("Detached".into());
+                    s.state = Some(Self::detached_state(&vol).into());
                     s.attached_to = None;
                     s.attached_vmi = None;
                     s.replicas = self.replica_summary(&replicas, None);
@@ -1118,6 +1134,15 @@ impl Storage {
         let _ = std::fs::remove_file(&p.nbd);
         if let Err(e) = self.spawn(&args, &p.log, &p.pid) {
             tracing::error!(volume_uid = uid, error = %e, "cannot restart the engine");
+        }
+    }
+
+    /// What a volume without an engine is: `Detached`, or `Trashed`.
+    fn detached_state(vol: &Volume) -> &'static str {
+        if vol.trashed() {
+            "Trashed"
+        } else {
+            "Detached"
         }
     }
 
@@ -1461,7 +1486,7 @@ impl Storage {
         let epoch = engine.epoch();
         drop(engine);
         self.patch_status(vol, |s| {
-            s.state = Some("Detached".into());
+            s.state = Some(Self::detached_state(vol).into());
             s.attached_to = None;
             s.attached_vmi = None;
             s.size = status.size;

@@ -729,6 +729,11 @@ impl Objects {
                 // below are compare-and-swaps on this version, so a change
                 // meanwhile makes this loop (and the check) start over.
                 crate::protection::check_delete(self, rt, &obj).await?;
+                if let Some(f) = crate::protection::finalizer_on_delete(self, rt, &obj).await? {
+                    if !finalizers.iter().any(|x| x == f) {
+                        finalizers.push(json!(f));
+                    }
+                }
             }
             let extra = match policy {
                 "Foreground" => Some("foregroundDeletion"),

@@ -6,28 +6,7 @@
 //!   its spec or as the instance its engine serves
 //!   ([`sheaf_types::storage::users_of`]);
 //! - a PersistentVolumeClaim while a VirtualMachineInstance uses it (the
-//!   same check, on the claim's Volume, which has the claim's name), and
-//!   while the Volume that would go with it (one the claim owns: not a
-//!   `reclaimPolicy: Retain` one) has VolumeSnapshots. Deleting the claim
-//!   would delete the Volume through the garbage collector, and the
-//!   snapshots' data lives in the Volume's replicas: the snapshots would
-//!   be left as objects whose data is gone. The refusal lists them and the
-//!   command that deletes them; snapshots already being deleted do not
-//!   count. When a claim goes with its VM (a claim of the VM's
-//!   `dataVolumeTemplates`, or one listed for removal), the garbage
-//!   collector meets the same refusal and retries: the claim, its Volume
-//!   and the snapshots stay until the snapshots are deleted.
-//!
-//! Why: VolumeSnapshots are not owned by their Volume (they name it by
-//! `spec.volumeName` and the `sheaf.io/volume` label). When a Volume goes,
-//! the cascade removes its Replicas and with them every snapshot's data,
-//! but the VolumeSnapshot objects stay, still `readyToUse`: a clone or a
-//! revert from one fails later, and a new Volume of the same name would
-//! seem to have them. So the claim's deletion is refused up front.
-//!
-//! A Volume deleted directly (`kubectl delete volume`) with snapshots is
-//! not refused here: `sheaf volume delete` asks for `--with-snapshots`
-//! first, and deletes them in order.
+//!   same check, on the claim's Volume, which has the claim's name).
 //!
 //! Why a refusal and not Kubernetes' pvc-protection finalizer (the delete
 //! is accepted, the Volume shows Terminating and goes when its user is
@@ -37,6 +16,18 @@
 //! would lose its disk, and the VM would not start again). Refusing says
 //! at once, in the command's own output, which VM holds the volume and how
 //! to stop it; the user repeats the delete when that is what they want.
+//!
+//! The trash: a Volume deleted while it has VolumeSnapshots (directly, or
+//! with its claim, its VM, its namespace) gets the finalizer
+//! [`TRASH_FINALIZER`] in the same write that marks it deleted
+//! ([`finalizer_on_delete`]). VolumeSnapshots are not owned by their
+//! Volume (they name it by `spec.volumeName` and the `sheaf.io/volume`
+//! label), and their data lives in the Volume's replicas: without the
+//! finalizer the cascade would remove the replicas and leave the snapshots
+//! as objects whose data is gone. With it, the volume stays, `Trashed`,
+//! its replicas served read-only so that its snapshots can be cloned out
+//! or backed up, until the trash controller purges it
+//! (`sheaf_controllers::trash`).
 //!
 //! The check runs in [`crate::objects::Objects::delete`], so it covers
 //! every path: kubectl, `sheaf volume delete`, client libraries, dry runs,
@@ -53,7 +44,7 @@ use serde_json::Value;
 use sheaf_types::claim::PersistentVolumeClaim;
 use sheaf_types::kubevirt::VirtualMachineInstance;
 use sheaf_types::meta::{StatusCause, StatusDetails};
-use sheaf_types::storage::{self, users_of, Volume, VolumeSnapshot};
+use sheaf_types::storage::{self, users_of, Volume, VolumeSnapshot, TRASH_FINALIZER};
 use sheaf_types::{Kind, ResourceType};
 
 use crate::error::{ApiError, ApiResult};
@@ -99,8 +90,7 @@ async fn check_volume(objects: &Objects, obj: &Value) -> ApiResult<()> {
     Err(in_use(&vol, Volume::KIND, ns, &users))
 }
 
-/// A claim: refused while its volume is in use, or while the volume that
-/// would go with it has snapshots.
+/// A claim: refused while its volume is in use.
 async fn check_claim(objects: &Objects, obj: &Value) -> ApiResult<()> {
     let Ok(pvc) = serde_json::from_value::<PersistentVolumeClaim>(obj.clone()) else { return Ok(()) };
     let ns = namespace_of(obj);
@@ -121,56 +111,26 @@ async fn check_claim(objects: &Objects, obj: &Value) -> ApiResult<()> {
     if !users.is_empty() {
         return Err(in_use(&vol, PersistentVolumeClaim::KIND, ns, &users));
     }
-    let uid = pvc.metadata.uid.as_deref().unwrap_or_default();
-    let goes_with_it = vol.metadata.owner_references.iter().any(|o| o.uid == uid && !uid.is_empty());
-    if !goes_with_it {
-        return Ok(());
+    Ok(())
+}
+
+/// The finalizer that deleting `obj` (of kind `rt`) adds: [`TRASH_FINALIZER`]
+/// for a Volume that has VolumeSnapshots (not being deleted themselves).
+pub async fn finalizer_on_delete(objects: &Objects, rt: &ResourceType, obj: &Value) -> ApiResult<Option<&'static str>> {
+    if rt.group != storage::GROUP || rt.kind != Volume::KIND {
+        return Ok(None);
     }
+    let ns = namespace_of(obj);
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
     let snaps: Vec<VolumeSnapshot> = list_of(objects, ns).await?;
-    let mut kept: Vec<String> = snaps
-        .iter()
-        .filter(|s| s.spec.volume_name == name && s.metadata.deletion_timestamp.is_none())
-        .filter_map(|s| s.metadata.name.clone())
-        .collect();
-    if kept.is_empty() {
-        return Ok(());
-    }
-    kept.sort();
-    Err(has_snapshots(&name, ns, &kept))
+    let has = snaps.iter().any(|s| s.spec.volume_name == name && s.metadata.deletion_timestamp.is_none());
+    Ok(has.then_some(TRASH_FINALIZER))
 }
 
 fn ns_flag(ns: Option<&str>) -> String {
     match ns {
         Some(n) if n != "default" => format!(" -n {n}"),
         _ => String::new(),
-    }
-}
-
-/// The 409 for a claim whose volume has `snapshots`.
-fn has_snapshots(name: &str, ns: Option<&str>, snapshots: &[String]) -> ApiError {
-    let message = format!(
-        "claim {name} cannot be deleted: its volume has {} snapshot(s) ({}), whose data would go with it;          delete them first (kubectl delete volumesnapshot {}{}), or clone what you want to keep (a claim with          dataSource kind PersistentVolumeClaim, or one with dataSource apiGroup sheaf.io kind VolumeSnapshot);          nothing was deleted",
-        snapshots.len(),
-        snapshots.join(", "),
-        snapshots.join(" "),
-        ns_flag(ns)
-    );
-    let causes = snapshots
-        .iter()
-        .map(|s| StatusCause {
-            reason: Some("VolumeHasSnapshots".into()),
-            message: Some(format!("VolumeSnapshot {s}")),
-            field: None,
-        })
-        .collect();
-    ApiError {
-        details: Some(Box::new(StatusDetails {
-            name: Some(name.to_string()),
-            kind: Some(PersistentVolumeClaim::PLURAL.into()),
-            causes,
-            ..Default::default()
-        })),
-        ..ApiError::new(http::StatusCode::CONFLICT, "Conflict", message)
     }
 }
 
@@ -253,8 +213,5 @@ mod tests {
         let e = in_use(&vol, PersistentVolumeClaim::KIND, Some("default"), &[&owned]);
         assert!(e.message.starts_with("claim data is in use by VirtualMachineInstance web"), "{}", e.message);
         assert!(e.message.contains("then delete the claim"), "{}", e.message);
-        let e = has_snapshots("data", Some("team"), &["s1".into(), "s2".into()]);
-        assert_eq!(e.code, http::StatusCode::CONFLICT);
-        assert!(e.message.contains("(kubectl delete volumesnapshot s1 s2 -n team)"), "{}", e.message);
     }
 }

@@ -269,6 +269,19 @@ impl ClaimController {
         let volumes = Typed::<Volume>::new(self.api.as_ref());
         let static_binding = pvc.spec.volume_name.as_deref() == Some(key.name.as_str());
         if let Some(vol) = volumes.get(ns, &key.name).await? {
+            if vol.trashed() {
+                let until = vol.status.as_ref().and_then(|s| s.purge_at.as_ref());
+                let until = until.map(|t| format!(" until {}", t.0.format("%Y-%m-%d %H:%M UTC"))).unwrap_or_default();
+                return pending(
+                    "VolumeTrashed",
+                    format!(
+                        "a deleted Volume {n} is in the trash{until} with its snapshots; the claim waits. Purge it \
+                         now (sheaf volume purge {n}{f}), or make a claim of another name",
+                        f = ns_flag(ns),
+                        n = key.name
+                    ),
+                );
+            }
             if vol.metadata.deletion_timestamp.is_some() {
                 return pending("VolumeDeleting", format!("Volume {} is being deleted; the claim waits", key.name));
             }

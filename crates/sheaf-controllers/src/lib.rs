@@ -29,6 +29,8 @@
 //!   Backups (snapshot, node, parent, verification, deletion).
 //! - [`vm_backup`]: Harvester's VirtualMachineBackup (a VM's spec and all
 //!   its volumes at one point) and VirtualMachineRestore.
+//! - [`trash`]: deleted volumes kept with their snapshots until their
+//!   retention ends or a purge is asked for.
 //! - [`events`]: core `v1` Events about what they did.
 //!
 //! The server starts them all with [`run_all`]; they keep no state of their
@@ -45,6 +47,7 @@ pub mod node;
 pub mod runtime;
 pub mod scheduler;
 pub mod template;
+pub mod trash;
 pub mod vm;
 pub mod vm_backup;
 pub mod vm_claims;
@@ -71,11 +74,13 @@ pub struct Settings {
     /// How long a node's agent may stay silent before its VMs are failed
     /// over ([`node::GRACE`]).
     pub node_grace: std::time::Duration,
+    /// How long a deleted volume's snapshots stay in the trash.
+    pub trash_retention: std::time::Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { node_grace: node::GRACE }
+        Settings { node_grace: node::GRACE, trash_retention: sheaf_types::storage::DEFAULT_TRASH_RETENTION }
     }
 }
 
@@ -92,6 +97,7 @@ pub async fn run_all_with(api: Arc<dyn Api>, settings: Settings) {
         network::run(api.clone()),
         backup::run(api.clone()),
         vm_backup::run(api.clone()),
+        trash::run(api.clone(), settings.trash_retention),
         node::run(api, node::Config { grace: settings.node_grace }),
     );
 }

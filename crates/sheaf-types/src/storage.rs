@@ -29,6 +29,17 @@ pub const FRONTENDS: &[&str] = &["nbd", "vhost-user"];
 pub const REPLICA_FINALIZER: &str = "sheaf.io/replica-data";
 /// Held by a VolumeSnapshot until its layer is merged away.
 pub const SNAPSHOT_FINALIZER: &str = "sheaf.io/snapshot-data";
+/// Held by a deleted Volume that still has VolumeSnapshots: it stays in
+/// the trash, its replicas served read-only, until its `status.purgeAt`,
+/// until its snapshots are gone, or until [`PURGE_ANNOTATION`] says to
+/// purge it now. Set by the API server when the Volume is deleted.
+pub const TRASH_FINALIZER: &str = "sheaf.io/trash";
+/// `"true"` on a Volume: delete it and its snapshots now, without keeping
+/// them in the trash (`sheaf volume delete --purge`, `sheaf volume purge`).
+pub const PURGE_ANNOTATION: &str = "sheaf.io/purge";
+/// How long a deleted volume's snapshots stay in the trash by default
+/// (`sheaf server --trash-retention`).
+pub const DEFAULT_TRASH_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The disk a node has when its agent is given no `--disk`: the node's
 /// replica root. A Replica without `spec.diskName` is on it.
 pub const DEFAULT_DISK: &str = "default";
@@ -146,6 +157,10 @@ pub struct VolumeStatus {
     /// Why the volume cannot be filled from its snapshot or backup yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_error: Option<String>,
+    /// A volume in the trash (`state: Trashed`): when it and its snapshots
+    /// are deleted for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -306,6 +321,17 @@ impl Volume {
             && self.status.as_ref().is_none_or(|s| s.restored_from.is_none())
     }
 
+    /// Whether the volume was deleted and waits in the trash with its
+    /// snapshots ([`TRASH_FINALIZER`]).
+    pub fn trashed(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some() && self.metadata.finalizers.iter().any(|f| f == TRASH_FINALIZER)
+    }
+
+    /// Whether the user asked for the volume to go without the trash.
+    pub fn purge_asked(&self) -> bool {
+        self.metadata.annotations.get(PURGE_ANNOTATION).is_some_and(|v| v == "true")
+    }
+
     /// Why the volume's replicas cannot be placed (no disk with its tags,
     /// not enough space), when the Volume controller says so: waiting alone
     /// will not help.
@@ -362,6 +388,14 @@ impl Kind for Volume {
                     format!("{n} is not between 1 and {MAX_REPLICAS}"),
                 ));
             }
+        }
+        if let Some(v) =
+            self.metadata.annotations.get(PURGE_ANNOTATION).filter(|v| !matches!(v.as_str(), "true" | "false"))
+        {
+            errs.push(FieldError::invalid(
+                format!("metadata.annotations[{PURGE_ANNOTATION}]"),
+                format!("{v:?} is not \"true\" (delete the volume and its snapshots without the trash) or \"false\""),
+            ));
         }
         for (k, v) in &self.spec.node_selector {
             if let Err(e) = validation::qualified_name(k) {
@@ -816,6 +850,21 @@ mod tests {
         assert_eq!(with("NoNode", "False"), None);
         assert_eq!(with("NoSpace", "True"), None);
         assert_eq!(vol("1Gi").unplaceable(), None);
+    }
+
+    #[test]
+    fn trash_and_purge() {
+        let mut v = vol("1Gi");
+        assert!(!v.trashed() && !v.purge_asked());
+        v.metadata.finalizers.push(TRASH_FINALIZER.into());
+        assert!(!v.trashed(), "not deleted yet");
+        v.metadata.deletion_timestamp = Some(Time::now());
+        assert!(v.trashed());
+        v.metadata.annotations.insert(PURGE_ANNOTATION.into(), "true".into());
+        assert!(v.purge_asked() && v.validate(None).is_empty());
+        v.metadata.annotations.insert(PURGE_ANNOTATION.into(), "yes".into());
+        let e = v.validate(None);
+        assert!(e[0].field.contains(PURGE_ANNOTATION) && e[0].message.contains("\"true\""), "{e:?}");
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub struct ServerArgs {
     /// Unknown and its VMs are started again on other nodes (`30s`, `1m`).
     #[arg(long, default_value = "30s", value_parser = parse_grace)]
     pub node_grace: Duration,
+    /// How long a deleted volume's snapshots stay in the trash, from
+    /// which they can be cloned out, before they are purged (`7d`, `12h`,
+    /// `30m`; `0s` purges at once).
+    #[arg(long, default_value = "7d", value_parser = parse_retention)]
+    pub trash_retention: Duration,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
@@ -292,6 +297,22 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--trash-retention`: a duration such as `7d`, `12h` or `30m`, at most a
+/// year.
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let d = match t.strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(days)) => Some(Duration::from_secs(days.saturating_mul(86400))),
+        Some(Err(_)) => None,
+        None => sheaf_types::storage::parse_duration(t),
+    }
+    .ok_or_else(|| format!("{s:?} is not a duration such as 7d, 12h or 30m (units: d, h, m, s)"))?;
+    if d > Duration::from_secs(366 * 86400) {
+        return Err(format!("{s:?} is out of range: at most a year (365d)"));
+    }
+    Ok(d)
+}
+
 /// Writes a file only its owner can read (it holds credentials).
 fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -421,7 +442,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // The controllers, the garbage collector and the compactor: on one
     // server at a time.
     let history = Duration::from_secs(args.history_seconds.max(1));
-    let settings = sheaf_controllers::Settings { node_grace: args.node_grace };
+    let settings = sheaf_controllers::Settings { node_grace: args.node_grace, trash_retention: args.trash_retention };
     let leader_work = {
         let (local, objects, store) = (local.clone(), api.objects.clone(), store.clone());
         move || {
@@ -531,6 +552,17 @@ mod tests {
         Cmd::try_parse_from(std::iter::once("server").chain(args.iter().copied()))
             .map(|c| c.server)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn trash_retention_flag() {
+        assert_eq!(parse(&[]).expect("default").trash_retention, Duration::from_secs(7 * 86400));
+        assert_eq!(parse(&["--trash-retention", "90m"]).expect("90m").trash_retention, Duration::from_secs(5400));
+        assert_eq!(parse(&["--trash-retention", "2d"]).expect("2d").trash_retention, Duration::from_secs(2 * 86400));
+        let e = parse(&["--trash-retention", "forever"]).expect_err("not a duration");
+        assert!(e.to_string().contains("7d"), "{e}");
+        let e = parse(&["--trash-retention", "400d"]).expect_err("too long");
+        assert!(e.to_string().contains("at most a year"), "{e}");
     }
 
     #[test]

@@ -202,7 +202,7 @@ fn volumes_are_backed_up_incrementally_kept_verified_and_restored_anywhere() {
         eventually(Duration::from_secs(90), || jsonpath(&s, "vmi", "writer", "{.metadata.name}").is_empty()),
         "VMI writer still there"
     );
-    s.kubectl_ok(&["delete", "volume", "data", "--wait=true", "--timeout=90s"]);
+    s.cli_ok(&["volume", "delete", "data", "--purge"]);
     for b in ["b1", "b2", "b3"] {
         assert_eq!(jsonpath(&s, "backup", b, "{.status.phase}"), "Completed", "backup {b} after the volume went");
     }

@@ -148,7 +148,12 @@ fn a_vm_is_backed_up_at_one_point_replaced_and_restored_as_a_new_vm() {
     complete(&s, "replace");
     let deleted = jsonpath(&s, "vmrestore", "replace", "{.status.deletedVolumes}");
     assert!(deleted.contains("app-a") && deleted.contains("app-b"), "{deleted}");
-    gone(&s, "volume", "app-a");
+    // Replaced volumes with snapshots go to the trash, not away.
+    assert!(
+        eventually(Duration::from_secs(30), || jsonpath(&s, "volume", "app-a", "{.status.state}") == "Trashed"),
+        "{}",
+        jsonpath(&s, "volume", "app-a", "{.status}")
+    );
     // Its run strategy is the backed-up one (Always): it starts again.
     let uid2 = running(&s, "app", &uid);
     wait_shell(&run, &uid2);
@@ -160,7 +165,7 @@ fn a_vm_is_backed_up_at_one_point_replaced_and_restored_as_a_new_vm() {
     s.kubectl_ok(&["delete", "vm", "app", "--wait=true", "--timeout=90s"]);
     gone(&s, "vmi", "app");
     for c in claims.split_whitespace() {
-        s.kubectl_ok(&["delete", "volume", c, "--wait=true", "--timeout=90s"]);
+        s.cli_ok(&["volume", "delete", c, "--purge"]);
     }
     s.apply(&restore("fresh", "app2", true));
     complete(&s, "fresh");

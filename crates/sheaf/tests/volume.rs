@@ -176,7 +176,7 @@ fn volumes_serve_guests_survive_replica_loss_and_snapshot_revert_clone_grow() {
 
     // Deleting the volume while the VM runs is refused, naming the VM, by
     // the CLI (before it deletes any snapshot) and by kubectl.
-    let e = s.cli_fail(&["volume", "delete", "data", "--with-snapshots"]);
+    let e = s.cli_fail(&["volume", "delete", "data", "--purge"]);
     assert!(e.contains("in use by VirtualMachineInstance writer") && e.contains("sheaf vm stop writer"), "{e}");
     let out = s.kubectl(&["delete", "volume", "data"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -218,13 +218,32 @@ fn volumes_serve_guests_survive_replica_loss_and_snapshot_revert_clone_grow() {
     wait_serial(root.path(), &uid, "size=131072 before=VALUE-ONE", Duration::from_secs(90));
     stop(&s, "reader", "copy");
 
-    // Deleting a volume with snapshots needs saying so; then its replicas
-    // and their data go.
-    let e = s.cli_fail(&["volume", "delete", "data"]);
-    assert!(e.contains("s1") && e.contains("--with-snapshots"), "{e}");
+    // Deleted with its snapshot, the volume goes to the trash: its data
+    // stays, and s1 is cloned out of it again. Purged, it goes with its
+    // snapshot; a volume without snapshots goes at once.
     s.kubectl_ok(&["delete", "vm", "writer", "reader"]);
-    s.cli_ok(&["volume", "delete", "data", "--with-snapshots"]);
     s.cli_ok(&["volume", "delete", "copy"]);
+    let out = s.cli_ok(&["volume", "delete", "data"]);
+    assert!(
+        out.contains("kept in the trash") && out.contains("s1") && out.contains("sheaf volume purge data"),
+        "{out}"
+    );
+    assert!(eventually(Duration::from_secs(30), || jsonpath(&s, "volume", "data", "{.status.state}") == "Trashed"));
+    let trash = s.cli_ok(&["volume", "trash"]);
+    assert!(trash.contains("data") && trash.contains("s1"), "{trash}");
+    let e = s.cli_fail(&["volume", "snapshot", "data", "s3"]);
+    assert!(e.contains("in the trash"), "{e}");
+    s.cli_ok(&["volume", "clone", "s1", "again", "--replicas", "1"]);
+    s.apply(&vm_with_volume("reader", "again").replace("runStrategy: Always", "runStrategy: Halted"));
+    let uid = start(&s, "reader");
+    wait_serial(root.path(), &uid, "size=131072 before=VALUE-ONE", Duration::from_secs(90));
+    stop(&s, "reader", "again");
+    s.kubectl_ok(&["delete", "vm", "reader"]);
+    let out = s.cli_ok(&["volume", "purge", "data"]);
+    assert!(out.contains("volume data and its 1 snapshot(s) deleted"), "{out}");
+    let left = s.kubectl_ok(&["get", "volumesnapshots", "-o", "name"]);
+    assert!(!left.contains("s1"), "{left}");
+    s.cli_ok(&["volume", "delete", "again"]);
     assert!(
         eventually(Duration::from_secs(30), || all_path(&s, "replicas", "{.items[*].metadata.name}").is_empty()),
         "replicas left: {}",

@@ -9,6 +9,8 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use sheaf_types::storage::{PURGE_ANNOTATION, TRASH_FINALIZER};
+
 use super::client::{encode, Client, ConnArgs};
 
 #[derive(Args, Debug)]
@@ -74,13 +76,20 @@ pub enum VolumeAction {
         #[arg(long)]
         size: String,
     },
-    /// Delete a volume and its data. Refused while a VM uses it, and while
-    /// it has snapshots unless --with-snapshots.
+    /// Delete a volume. Refused while a VM uses it. A volume with snapshots
+    /// goes to the trash with them (its data kept, snapshots can be cloned
+    /// out) until the server's retention ends; without, its data goes now.
     Delete {
         volume: String,
+        /// Delete its snapshots and data now, without the trash.
         #[arg(long)]
-        with_snapshots: bool,
+        purge: bool,
     },
+    /// List the deleted volumes kept in the trash, their snapshots and when
+    /// they are purged.
+    Trash,
+    /// Delete a volume in the trash and its snapshots now.
+    Purge { volume: String },
 }
 
 struct Ctx {
@@ -125,12 +134,6 @@ impl Ctx {
         self.client.request(Method::DELETE, &self.path(plural, Some(name)), "application/json", None).await?;
         Ok(())
     }
-    /// Asks whether a delete would be accepted, changing nothing.
-    async fn delete_dry_run(&self, plural: &str, name: &str) -> anyhow::Result<()> {
-        let path = format!("{}?dryRun=All", self.path(plural, Some(name)));
-        self.client.request(Method::DELETE, &path, "application/json", None).await?;
-        Ok(())
-    }
     /// Polls `plural/name` until `done` says it is finished (Ok) or failed
     /// (Err); `what` names what we wait for.
     async fn wait(
@@ -156,6 +159,32 @@ impl Ctx {
             }
         }
     }
+    async fn get_opt(&self, plural: &str, name: &str) -> anyhow::Result<Option<Value>> {
+        match self.get(plural, name).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if super::client::is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    /// Asks the server to purge trashed volume `name` now, and waits until
+    /// it and its snapshots are gone.
+    async fn purge(&self, name: &str) -> anyhow::Result<()> {
+        let n = self.snapshots_of(name).await?.len();
+        self.patch("volumes", name, json!({"metadata": {"annotations": {PURGE_ANNOTATION: "true"}}})).await?;
+        let start = Instant::now();
+        while self.get_opt("volumes", name).await?.is_some() {
+            if start.elapsed() > self.timeout {
+                bail!(
+                    "volume {name} is being purged but not gone within {} s (see kubectl get volumesnapshots -l \
+                     sheaf.io/volume={name})",
+                    self.timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        println!("volume {name} and its {n} snapshot(s) deleted (the node agents remove its replicas' data)");
+        Ok(())
+    }
     async fn snapshots_of(&self, volume: &str) -> anyhow::Result<Vec<Value>> {
         Ok(self
             .list("volumesnapshots")
@@ -168,6 +197,22 @@ impl Ctx {
 
 fn s<'a>(v: &'a Value, p: &str) -> &'a str {
     v.pointer(p).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Whether volume `v` was deleted and waits in the trash.
+fn trashed(v: &Value) -> bool {
+    v.pointer("/metadata/deletionTimestamp").is_some()
+        && v.pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| f.iter().any(|x| x.as_str() == Some(TRASH_FINALIZER)))
+}
+
+/// When trashed volume `v` is purged, as its status says.
+fn purge_time(v: &Value) -> String {
+    let t = s(v, "/status/purgeAt");
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|t| t.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|_| if t.is_empty() { "the retention ends".into() } else { t.to_string() })
 }
 
 fn volume_body(name: &str, size: &str, replicas: u32, from: Option<&str>, disk_selector: &[String]) -> Value {
@@ -219,6 +264,38 @@ pub async fn run(a: VolumeArgs) -> anyhow::Result<()> {
             cx.wait("volumes", &name, "the volume's replicas starting", settled).await?;
             println!("volume {name} created ({size}, {replicas} replica(s))");
         }
+        VolumeAction::Trash => {
+            let mut rows =
+                vec![vec!["NAME".to_string(), "SIZE".into(), "DELETED".into(), "PURGED AT".into(), "SNAPSHOTS".into()]];
+            let snaps = cx.list("volumesnapshots").await?;
+            for v in cx.list("volumes").await?.iter().filter(|v| trashed(v)) {
+                let name = s(v, "/metadata/name").to_string();
+                let mine: Vec<&str> =
+                    snaps.iter().filter(|x| s(x, "/spec/volumeName") == name).map(|x| s(x, "/metadata/name")).collect();
+                rows.push(vec![
+                    name,
+                    s(v, "/spec/size").into(),
+                    s(v, "/metadata/deletionTimestamp").into(),
+                    purge_time(v),
+                    mine.join(","),
+                ]);
+            }
+            if rows.len() == 1 {
+                println!("the trash is empty");
+            } else {
+                print!("{}", super::printer::align(&rows));
+            }
+        }
+        VolumeAction::Purge { volume } => {
+            let v = cx.get("volumes", &volume).await.with_context(|| format!("volume {volume}"))?;
+            if !trashed(&v) {
+                bail!(
+                    "volume {volume} is not in the trash; to delete it and its snapshots without the trash, use \
+                     sheaf volume delete {volume} --purge"
+                );
+            }
+            cx.purge(&volume).await?;
+        }
         VolumeAction::List => {
             let snaps = cx.list("volumesnapshots").await?;
             let mut rows = vec![vec![
@@ -246,7 +323,10 @@ pub async fn run(a: VolumeArgs) -> anyhow::Result<()> {
             print!("{}", super::printer::align(&rows));
         }
         VolumeAction::Snapshot { volume, snapshot } => {
-            cx.get("volumes", &volume).await.with_context(|| format!("volume {volume}"))?;
+            let v = cx.get("volumes", &volume).await.with_context(|| format!("volume {volume}"))?;
+            if trashed(&v) {
+                bail!("volume {volume} was deleted and is in the trash: its data does not change any more");
+            }
             let body = json!({"apiVersion": "sheaf.io/v1alpha1", "kind": "VolumeSnapshot",
                 "metadata": {"name": snapshot, "labels": {"sheaf.io/volume": volume}},
                 "spec": {"volumeName": volume}});
@@ -334,25 +414,33 @@ pub async fn run(a: VolumeArgs) -> anyhow::Result<()> {
             .await?;
             println!("volume {volume} is now {size}");
         }
-        VolumeAction::Delete { volume, with_snapshots } => {
-            cx.get("volumes", &volume).await.with_context(|| format!("volume {volume}"))?;
-            let snaps = cx.snapshots_of(&volume).await?;
-            if !snaps.is_empty() && !with_snapshots {
-                let names: Vec<&str> = snaps.iter().map(|x| s(x, "/metadata/name")).collect();
-                bail!(
-                    "volume {volume} has {} snapshot(s) ({}); deleting it deletes them too. \
-                     Clone what you want to keep, or pass --with-snapshots",
-                    names.len(),
-                    names.join(", ")
-                );
+        VolumeAction::Delete { volume, purge } => {
+            let before = cx.get("volumes", &volume).await.with_context(|| format!("volume {volume}"))?;
+            if !trashed(&before) {
+                cx.delete("volumes", &volume).await?;
             }
-            // The server refuses to delete a volume a VM uses (naming the
-            // VM); ask first, so that no snapshot goes before that answer.
-            cx.delete_dry_run("volumes", &volume).await?;
-            for x in &snaps {
-                cx.delete("volumesnapshots", s(x, "/metadata/name")).await?;
+            match cx.get_opt("volumes", &volume).await? {
+                Some(v) if trashed(&v) && purge => return cx.purge(&volume).await,
+                Some(v) if trashed(&v) => {
+                    let v = cx
+                        .wait("volumes", &volume, "the trash", |v| {
+                            (!s(v, "/status/purgeAt").is_empty()).then_some(Ok(()))
+                        })
+                        .await
+                        .unwrap_or(v);
+                    let snaps: Vec<String> =
+                        cx.snapshots_of(&volume).await?.iter().map(|x| s(x, "/metadata/name").to_string()).collect();
+                    println!(
+                        "volume {volume} deleted; it is kept in the trash with its snapshot(s) {} until {}. Clone \
+                         one into a new volume with sheaf volume clone SNAPSHOT NEW, or purge it now with sheaf \
+                         volume purge {volume}",
+                        snaps.join(", "),
+                        purge_time(&v)
+                    );
+                    return Ok(());
+                }
+                _ => {}
             }
-            cx.delete("volumes", &volume).await?;
             println!("volume {volume} deleted (the node agents remove its replicas' data)");
         }
     }
