@@ -429,7 +429,21 @@ impl Storage {
             .process_group(0)
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.exe.display()))?;
+        let mut child = child;
         let pid = child.id();
+        // `spawn` returns once the child has begun its exec, a moment before
+        // the kernel gives it its new command line: until then
+        // /proc/PID/cmdline is empty and `alive` would take the new process
+        // for a dead one (seen on a loaded host as an engine that "did not
+        // start" while it was starting: a migration's target failed).
+        let started = Instant::now();
+        let own = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+        while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty() || c == own)
+            && matches!(child.try_wait(), Ok(None))
+            && started.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         std::fs::write(pidfile, pid.to_string()).map_err(|e| format!("writing {}: {e}", pidfile.display()))?;
         self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(child);
         Ok(pid)

@@ -303,15 +303,24 @@ async fn clones_snapshots_and_growth() -> anyhow::Result<()> {
     bound(&c, "restored").await;
     assert_eq!(volume(&c, "restored").await.and_then(|v| v.spec.from_snapshot).as_deref(), Some("s1"));
 
-    // A claim whose volume has a snapshot cannot be deleted: the refusal
-    // lists it; once it is deleted, the claim can be.
-    let e = c.api.delete(Gvr::of::<PersistentVolumeClaim>(), Some("default"), "base").await.expect_err("snapshots");
-    assert_eq!(e.code, 409, "{e}");
-    assert!(e.message.contains("(s1)") && e.message.contains("kubectl delete volumesnapshot s1"), "{e}");
-    assert!(volume(&c, "base").await.is_some());
+    // A claim whose volume has a snapshot is deleted; the volume goes to
+    // the trash (kept, with its purge time) until its snapshot is gone.
+    c.api.delete(Gvr::of::<PersistentVolumeClaim>(), Some("default"), "base").await?;
+    let mut trashed = None;
+    for _ in 0..100 {
+        trashed =
+            volume(&c, "base").await.filter(|v| v.trashed() && v.status.as_ref().is_some_and(|s| s.purge_at.is_some()));
+        if trashed.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let trashed = trashed.expect("the volume is kept in the trash with a purge time");
+    let deleted = trashed.metadata.deletion_timestamp.expect("deleted").0;
+    let purge_at = trashed.status.and_then(|s| s.purge_at).expect("purgeAt").0;
+    assert_eq!((purge_at - deleted).num_seconds(), 3600);
     snaps.delete(Some("default"), "s1").await?;
     gone::<VolumeSnapshot>(&c, "s1").await;
-    c.api.delete(Gvr::of::<PersistentVolumeClaim>(), Some("default"), "base").await?;
     gone::<Volume>(&c, "base").await;
 
     // Growth: the volume grows; capacity follows what the agent reports.

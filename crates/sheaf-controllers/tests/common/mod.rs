@@ -53,7 +53,8 @@ pub enum Run {
     Both,
     /// The Volume controller (and the release of replicas of gone nodes).
     Volume,
-    /// The claim controller and the VM controller.
+    /// The claim controller, the VM controller and the trash (1 h
+    /// retention).
     Claims,
 }
 
@@ -75,6 +76,7 @@ impl Cluster {
         if matches!(run, Run::Claims) {
             tasks.spawn(vm::run(api.clone(), config.clone()));
             tasks.spawn(sheaf_controllers::claim::run(api.clone()));
+            tasks.spawn(sheaf_controllers::trash::run(api.clone(), std::time::Duration::from_secs(3600)));
         }
         if matches!(run, Run::Volume) {
             tasks.spawn(sheaf_controllers::volume::run(api.clone()));
