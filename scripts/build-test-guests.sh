@@ -4,6 +4,8 @@
 #   tiny/vmlinuz, tiny/initramfs.cpio.gz  Debian cloud kernel + busybox
 #       initramfs that reads a NoCloud/ConfigDrive seed, runs DHCP and
 #       reports "SHEAF-GUEST ..." lines on the serial console.
+#   tiny/disk.img  the same guest as a 64 MiB BIOS-bootable raw disk
+#       (SYSLINUX on FAT), for VMs booted from an image.
 #   full/vmlinuz, full/initrd.img, full/disk.qcow2  Debian bookworm cloud
 #       guest (systemd, cloud-init, OpenSSH, qemu-guest-agent) whose disk is
 #       a bare ext4 filesystem labelled "rootfs" (no partition table, 2 GiB
@@ -115,7 +117,20 @@ build_tiny() {
   mkdir -p "$OUT/tiny"
   cp "$work/k/boot/vmlinuz-$kver" "$OUT/tiny/vmlinuz"
   (cd "$rootfs" && find . | cpio -o -H newc --quiet | gzip -1) > "$OUT/tiny/initramfs.cpio.gz"
-  echo "tiny guest: $OUT/tiny (kernel $kver, ${#want[@]} modules)"
+  # The same guest as a BIOS-bootable disk image, for VMs that boot from an
+  # image as a user's do (the web UI's test uploads it): a FAT file system
+  # over the whole disk (no partition table) with SYSLINUX, the kernel and
+  # the initramfs.
+  need_pkgs syslinux syslinux-common mtools dosfstools
+  local disk="$work/disk.img"
+  truncate -s 64M "$disk"
+  mkfs.vfat -n SHEAFTINY "$disk" >/dev/null
+  printf 'DEFAULT sheaf\nPROMPT 0\nTIMEOUT 0\nLABEL sheaf\n  KERNEL /vmlinuz\n  INITRD /initramfs.cpio.gz\n  APPEND console=ttyS0 quiet\n' \
+    > "$work/syslinux.cfg"
+  mcopy -i "$disk" "$OUT/tiny/vmlinuz" "$OUT/tiny/initramfs.cpio.gz" "$work/syslinux.cfg" ::/
+  syslinux --install "$disk"
+  cp --sparse=always "$disk" "$OUT/tiny/disk.img"
+  echo "tiny guest: $OUT/tiny (kernel $kver, ${#want[@]} modules; disk.img boots it by SYSLINUX)"
 }
 
 build_full() {

@@ -15,10 +15,11 @@ if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 packages=(build-essential pkg-config protobuf-compiler ca-certificates curl
   qemu-system-x86 qemu-utils iproute2 dnsmasq-base nftables etcd-server)
 if [[ $want_test -eq 1 ]]; then
-  # Test guests (built from Debian packages), and the tools tests drive
-  # guests and volumes with.
+  # Test guests (built from Debian packages), the tools tests drive
+  # guests and volumes with, and the browser the web UI's test drives.
   packages+=(genisoimage busybox-static cpio kmod debootstrap e2fsprogs dosfstools mtools
-    iputils-ping openssh-client python3 python3-venv procps)
+    iputils-ping openssh-client python3 python3-venv procps syslinux syslinux-common
+    chromium)
 fi
 etcd_was_installed=0
 dpkg-query -W -f='${Status}' etcd-server 2>/dev/null | grep -q "install ok installed" && etcd_was_installed=1
@@ -45,6 +46,14 @@ done
 if { [[ $want_test -eq 1 ]] || [[ $etcd_was_installed -eq 0 ]]; } && command -v systemctl >/dev/null \
   && systemctl is-active --quiet etcd 2>/dev/null; then
   $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+
+# Node.js and npm build the web UI (scripts/build-ui.sh) from its npm
+# packages; Debian's are recent enough. Kept when a newer one is there.
+if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+  echo "installing: nodejs npm"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
+./scripts/build-ui.sh
 cargo build --release --locked -p sheaf
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi

@@ -39,6 +39,7 @@ pub mod server_join;
 pub mod subresources;
 pub mod table;
 pub mod templates;
+pub mod ui;
 pub mod vm_claims;
 pub mod watch;
 

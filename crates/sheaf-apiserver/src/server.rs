@@ -93,7 +93,7 @@ impl ApiServer {
             .fallback(dispatch)
             .layer(middleware::from_fn_with_state(self.clone(), authenticate))
             .with_state(self.clone());
-        Router::new()
+        let public = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/livez", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
@@ -101,16 +101,23 @@ impl ApiServer {
             // The cluster CA, for nodes that hold a join token (they check
             // its hash); public, as the CA certificate is.
             .route("/cacerts", get(cacerts))
-            .with_state(self.clone())
-            .merge(api)
+            // The web UI (public: the page holds no data; it asks for a
+            // token and sends it with every API request).
+            .route("/", get(crate::ui::index))
+            .route("/index.html", get(crate::ui::index))
+            .route("/assets/{*path}", get(crate::ui::asset));
+        let top = crate::ui::top_files()
+            .fold(Router::new(), |r, path| r.route(path, get(move |h: HeaderMap| crate::ui::top_file(path, h))));
+        Router::new().merge(public.merge(top).with_state(self.clone())).merge(api)
     }
 
     fn authenticated(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = headers
+        let header = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        else {
+            .map(str::to_string);
+        let Some(token) = header.or_else(|| bearer_from_protocols(headers)) else {
             return false;
         };
         let d = digest(token.trim());
@@ -119,6 +126,30 @@ impl ApiServer {
             .iter()
             .fold(false, |found, t| found | (t.iter().zip(d.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0))
     }
+}
+
+/// The subprotocol prefix that carries a bearer token on a WebSocket, as
+/// Kubernetes' API server reads it: browsers cannot set headers on a
+/// WebSocket, so the web UI's consoles offer
+/// `base64url.bearer.authorization.k8s.io.<token in unpadded base64url>`
+/// beside `plain.kubevirt.io` (the one the server then picks).
+pub const BEARER_PROTOCOL: &str = "base64url.bearer.authorization.k8s.io.";
+
+/// The token of a WebSocket upgrade's [`BEARER_PROTOCOL`], if it has one.
+pub fn bearer_from_protocols(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    let upgrade = headers.get(http::header::UPGRADE).and_then(|v| v.to_str().ok());
+    if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        return None;
+    }
+    headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(BEARER_PROTOCOL).map(str::to_string))
+        .and_then(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b.trim_end_matches('=')).ok())
+        .and_then(|t| String::from_utf8(t).ok())
 }
 
 async fn cacerts(State(s): State<Arc<ApiServer>>) -> Response {
@@ -645,6 +676,24 @@ async fn delete_options(q: &HashMap<String, String>, headers: &HeaderMap, body: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websocket_bearer_protocol() {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("sheaf-token/+=");
+        let mut h = HeaderMap::new();
+        let offered = format!("{BEARER_PROTOCOL}{token}, plain.kubevirt.io");
+        h.insert(http::header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(&offered).expect("header"));
+        // Only on a WebSocket upgrade.
+        assert_eq!(bearer_from_protocols(&h), None);
+        h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(bearer_from_protocols(&h).as_deref(), Some("sheaf-token/+="));
+        h.insert(http::header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("plain.kubevirt.io"));
+        assert_eq!(bearer_from_protocols(&h), None);
+        let bad = format!("{BEARER_PROTOCOL}!!!");
+        h.insert(http::header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(&bad).expect("header"));
+        assert_eq!(bearer_from_protocols(&h), None);
+    }
 
     fn reg() -> Registry {
         Registry::new(sheaf_types::registry::all())

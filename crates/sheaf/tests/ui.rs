@@ -1,0 +1,99 @@
+//! The web UI, served by `sheaf server` at `/` from the binary itself, and
+//! driven end to end in Debian's Chromium by Playwright (`ui/e2e/run.mjs`):
+//! log in with the API's token, upload a bootable disk image, create a VM
+//! from it with the wizard, see it Running, type into its serial console
+//! and read the guest's answer, stop it, delete it. The run's screenshots
+//! of the main pages are kept in `docs/screenshots/`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::guest::{server_with_images, QemuReaper};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+}
+
+/// `curl` of `path`: status, headers (lowercase names) and body size.
+fn fetch(s: &support::Server, path: &str, gzip: bool) -> (String, String, usize) {
+    let mut args = vec!["-sk", "-D", "-", "-o", "/dev/stderr", "--max-time", "10"];
+    if gzip {
+        args.extend(["-H", "Accept-Encoding: gzip"]);
+    }
+    let url = format!("{}{path}", s.url());
+    let out = Command::new("curl").args(&args).arg(&url).output().expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    let status = head.split_whitespace().nth(1).unwrap_or_default().to_string();
+    (status, head, out.stderr.len())
+}
+
+#[test]
+fn the_ui_is_served_from_the_binary_compressed_and_cached() {
+    let s = support::Server::start();
+    let (status, head, _) = fetch(&s, "/", false);
+    assert_eq!(status, "200", "{head}");
+    assert!(head.contains("content-type: text/html") && head.contains("cache-control: no-cache"), "{head}");
+    assert!(head.contains("content-security-policy: default-src 'self'"), "{head}");
+    let page = Command::new("curl").args(["-sk", &format!("{}/", s.url())]).output().expect("curl").stdout;
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        !page.contains("built without its web UI"),
+        "the binary holds the placeholder page: run scripts/build-ui.sh"
+    );
+    let script = page
+        .split("src=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .filter(|p| p.starts_with("/assets/"))
+        .unwrap_or_else(|| panic!("no /assets/ script in the page: {page}"))
+        .to_string();
+    let (status, head, plain) = fetch(&s, &script, false);
+    assert_eq!(status, "200", "{head}");
+    assert!(head.contains("text/javascript") && head.contains("immutable"), "{head}");
+    let (_, head, zipped) = fetch(&s, &script, true);
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(zipped < plain, "gzip {zipped} bytes, plain {plain}");
+    // The API still answers under the UI, and still wants a token.
+    let (status, _, _) = fetch(&s, "/api/v1/namespaces", false);
+    assert_eq!(status, "401");
+    let (status, _, _) = fetch(&s, "/assets/nothing-here.js", false);
+    assert_eq!(status, "404");
+}
+
+#[test]
+fn a_vm_is_made_from_an_uploaded_image_and_used_through_the_browser() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _reaper = QemuReaper(root.path().to_path_buf());
+    let s = server_with_images(root.path(), &[]);
+    let repo = repo();
+    let disk = repo.join("target/test-guests/tiny/disk.img");
+    assert!(disk.is_file(), "{} missing: run scripts/build-test-guests.sh", disk.display());
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is missing: run scripts/install-deps.sh --test"
+    );
+    let ui = repo.join("ui");
+    assert!(ui.join("node_modules/playwright-core").is_dir(), "ui/node_modules missing: run scripts/build-ui.sh");
+    let shots = repo.join("docs/screenshots");
+    let out = Command::new("node")
+        .arg("e2e/run.mjs")
+        .current_dir(&ui)
+        .env("SHEAF_URL", s.url())
+        .env("SHEAF_TOKEN", s.token())
+        .env("SHEAF_IMAGE_FILE", &disk)
+        // The guest's shell computes the answer: typed in the browser, run
+        // in the guest, read back from the page.
+        .env("SHEAF_CONSOLE_INPUT", "echo SHEAF-E2E-$((40+2))")
+        .env("SHEAF_MARKER", "SHEAF-E2E-42")
+        .env("SHEAF_SCREENSHOTS", &shots)
+        .output()
+        .expect("node");
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the browser run failed:\n{text}\n--- server\n{}", s.log());
+    assert!(text.contains("passed"), "{text}");
+    for page in ["dashboard", "images", "vm-list", "wizard", "vm-detail", "vm-console", "volumes", "nodes"] {
+        assert!(shots.join(format!("{page}.png")).is_file(), "no screenshot of {page}");
+    }
+}
