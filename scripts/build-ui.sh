@@ -11,7 +11,7 @@ if ! command -v npm >/dev/null; then
   exit 1
 fi
 inputs=()
-for f in src e2e public index.html package.json package-lock.json tsconfig.json vite.config.ts; do
+for f in src public index.html package.json package-lock.json tsconfig.json vite.config.ts; do
   [[ -e $f ]] && inputs+=("$f")
 done
 sources=$(find "${inputs[@]}" -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)

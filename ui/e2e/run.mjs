@@ -10,7 +10,7 @@
 // once it is connected (for a guest with a shell there); SHEAF_MARKER is
 // then what its answer must show.
 
-import { chromium } from 'playwright-core';
+import { launch } from './browser.mjs';
 import { mkdtempSync, mkdirSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, basename } from 'node:path';
@@ -56,21 +56,7 @@ async function run(name, f) {
   return f();
 }
 
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: process.env.SHEAF_CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  ignoreHTTPSErrors: true,
-  viewport: { width: 1280, height: 800 },
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-});
+const context = await launch(userDataDir);
 const page = context.pages()[0] ?? (await context.newPage());
 const consoleErrors = [];
 page.on('console', (m) => {
