@@ -18,7 +18,7 @@ if [[ $want_test -eq 1 ]]; then
   # Test guests (built from Debian packages), the tools tests drive
   # guests and volumes with, and the browser the web UI's test drives.
   packages+=(genisoimage busybox-static cpio kmod debootstrap e2fsprogs dosfstools mtools
-    iputils-ping openssh-client python3 python3-venv procps syslinux syslinux-common
+    iputils-ping openssh-client python3 python3-venv procps syslinux syslinux-common zstd
     chromium)
 fi
 etcd_was_installed=0

@@ -52,12 +52,18 @@ fn content_type(path: &str) -> &'static str {
 }
 
 fn accepts_gzip(headers: &HeaderMap) -> bool {
+    accepts(headers, "gzip")
+}
+
+/// Whether the request's `Accept-Encoding` takes `coding` (by name or `*`,
+/// and not with `q=0`).
+pub fn accepts(headers: &HeaderMap, coding: &str) -> bool {
     headers.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(
         |e| {
             let mut parts = e.trim().split(';');
             let name = parts.next().unwrap_or_default().trim();
             let refused = parts.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
-            (name == "gzip" || name == "*") && !refused
+            (name.eq_ignore_ascii_case(coding) || name == "*") && !refused
         },
     )
 }
@@ -121,6 +127,8 @@ mod tests {
         assert!(!accepts_gzip(&headers("gzip;q=0")));
         assert!(!accepts_gzip(&headers("br")));
         assert!(!accepts_gzip(&HeaderMap::new()));
+        assert!(accepts(&headers("gzip, deflate, br, zstd"), "zstd"));
+        assert!(!accepts(&headers("gzip"), "zstd"));
     }
 
     #[test]

@@ -60,6 +60,42 @@ fn the_ui_is_served_from_the_binary_compressed_and_cached() {
     assert_eq!(status, "401");
     let (status, _, _) = fetch(&s, "/assets/nothing-here.js", false);
     assert_eq!(status, "404");
+
+    // Large API answers go zstd-compressed to clients that take it (the
+    // browser's lists); the same answer is plain for others (kubectl).
+    let filler = "x".repeat(1024);
+    let many: String = (0..200)
+        .map(|i| format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c{i}\ndata:\n  v: {filler}\n"))
+        .collect();
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(&many));
+    let list = |coding: &str| {
+        let out = Command::new("curl")
+            .args(["-sk", "-D", "/dev/stderr", "-H", &format!("Authorization: Bearer {}", s.token())])
+            .args(["-H", &format!("Accept-Encoding: {coding}")])
+            .arg(format!("{}/api/v1/namespaces/default/configmaps", s.url()))
+            .output()
+            .expect("curl");
+        (String::from_utf8_lossy(&out.stderr).to_lowercase(), out.stdout)
+    };
+    let (head, plain) = list("gzip");
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert!(plain.len() > 200 << 10, "{} bytes", plain.len());
+    let (head, zipped) = list("gzip, deflate, br, zstd");
+    assert!(head.contains("content-encoding: zstd"), "{head}");
+    assert!(zipped.len() * 10 < plain.len(), "zstd {} bytes, plain {}", zipped.len(), plain.len());
+    let mut d = Command::new("zstd")
+        .args(["-dc"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("zstd");
+    use std::io::Write as _;
+    d.stdin.take().expect("stdin").write_all(&zipped).expect("write");
+    let back = d.wait_with_output().expect("zstd").stdout;
+    let items =
+        |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).expect("json")["items"].as_array().map(Vec::len);
+    assert_eq!(items(&back), Some(200));
+    assert_eq!(items(&plain), Some(200));
 }
 
 #[test]
