@@ -270,8 +270,7 @@ impl ClaimController {
         let static_binding = pvc.spec.volume_name.as_deref() == Some(key.name.as_str());
         if let Some(vol) = volumes.get(ns, &key.name).await? {
             if vol.trashed() {
-                let until = vol.status.as_ref().and_then(|s| s.purge_at.as_ref());
-                let until = until.map(|t| format!(" until {}", t.0.format("%Y-%m-%d %H:%M UTC"))).unwrap_or_default();
+                let until = vol.purge_at_text().map(|t| format!(" until {t}")).unwrap_or_default();
                 return pending(
                     "VolumeTrashed",
                     format!(

@@ -119,7 +119,7 @@ impl Reconciler for Trash {
                     format!(
                         "volume {n} was deleted with its snapshots; it is kept in the trash until {} (clone a \
                          snapshot out with sheaf volume clone SNAPSHOT NEW; purge now with sheaf volume purge {n})",
-                        Time(purge_at).0.format("%Y-%m-%d %H:%M:%S UTC")
+                        purge_at.format("%Y-%m-%d %H:%M:%S UTC")
                     ),
                 )
                 .await;

@@ -327,6 +327,13 @@ impl Volume {
         self.metadata.deletion_timestamp.is_some() && self.metadata.finalizers.iter().any(|f| f == TRASH_FINALIZER)
     }
 
+    /// When a volume in the trash is purged, to the minute, as its status
+    /// says (`2026-12-08 21:30 UTC`).
+    pub fn purge_at_text(&self) -> Option<String> {
+        let t = self.status.as_ref()?.purge_at.as_ref()?;
+        Some(t.0.format("%Y-%m-%d %H:%M UTC").to_string())
+    }
+
     /// Whether the user asked for the volume to go without the trash.
     pub fn purge_asked(&self) -> bool {
         self.metadata.annotations.get(PURGE_ANNOTATION).is_some_and(|v| v == "true")

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use sheaf_types::storage::{PURGE_ANNOTATION, TRASH_FINALIZER};
+use sheaf_types::storage::{Volume, PURGE_ANNOTATION};
 
 use super::client::{encode, Client, ConnArgs};
 
@@ -199,20 +199,18 @@ fn s<'a>(v: &'a Value, p: &str) -> &'a str {
     v.pointer(p).and_then(Value::as_str).unwrap_or("")
 }
 
+fn as_volume(v: &Value) -> Option<Volume> {
+    serde_json::from_value(v.clone()).ok()
+}
+
 /// Whether volume `v` was deleted and waits in the trash.
 fn trashed(v: &Value) -> bool {
-    v.pointer("/metadata/deletionTimestamp").is_some()
-        && v.pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| f.iter().any(|x| x.as_str() == Some(TRASH_FINALIZER)))
+    as_volume(v).is_some_and(|v| v.trashed())
 }
 
 /// When trashed volume `v` is purged, as its status says.
 fn purge_time(v: &Value) -> String {
-    let t = s(v, "/status/purgeAt");
-    chrono::DateTime::parse_from_rfc3339(t)
-        .map(|t| t.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M UTC").to_string())
-        .unwrap_or_else(|_| if t.is_empty() { "the retention ends".into() } else { t.to_string() })
+    as_volume(v).and_then(|v| v.purge_at_text()).unwrap_or_else(|| "the retention ends".into())
 }
 
 fn volume_body(name: &str, size: &str, replicas: u32, from: Option<&str>, disk_selector: &[String]) -> Value {
