@@ -11,6 +11,8 @@ import { VmDetail } from './pages/VmDetail';
 import { VmCreate } from './pages/VmCreate';
 import { Images } from './pages/Images';
 import { Nodes } from './pages/Nodes';
+import { Storage } from './pages/Storage';
+import { Backups } from './pages/Backups';
 import { ResourceList, ResourceGroup } from './pages/ResourceList';
 import { ResourceDetail } from './pages/ResourceDetail';
 import { ResourceCreate } from './pages/ResourceCreate';
@@ -31,9 +33,9 @@ function Page({ route }: { route: string[] }) {
     case 'nodes':
       return <Nodes />;
     case 'storage':
-      return <ResourceGroup title="Volumes" ids={['volumes', 'persistentvolumeclaims', 'volumesnapshots', 'storageclasses', 'disks']} />;
+      return <Storage />;
     case 'backups':
-      return <ResourceGroup title="Backups" ids={['vmbackups', 'vmrestores', 'schedulevmbackups', 'backups']} />;
+      return <Backups />;
     case 'networks':
       return <ResourceGroup title="Networks" ids={['networks', 'ippools', 'clusternetworks', 'vlanconfigs']} />;
     case 'templates':

@@ -68,3 +68,32 @@ export async function deleteVm(vm: K8sObject, removeDisks: string[]): Promise<vo
 export function vmiKey(ns: string | undefined, name: string): string {
   return `${ns ?? ''}/${name}`;
 }
+
+/**
+ * Plugs claim `claim` into the VM as a disk of the same name (KubeVirt's
+ * `addvolume`). `persist`: into the VM's template too, so it stays after a
+ * restart (the VM's subresource); else only the running instance's.
+ */
+export async function addVolume(ns: string, vm: string, claim: string, bus: 'scsi' | 'virtio', persist: boolean): Promise<void> {
+  const path = `${resourcePath(SUB, persist ? 'virtualmachines' : 'virtualmachineinstances', ns, vm)}/addvolume`;
+  await request(path, {
+    method: 'PUT',
+    body: { name: claim, disk: { disk: { bus } }, volumeSource: { persistentVolumeClaim: { claimName: claim } } },
+  });
+}
+
+/** Unplugs hotplugged volume `name` (KubeVirt's `removevolume`), from the template too when `persist`. */
+export async function removeVolume(ns: string, vm: string, name: string, persist: boolean): Promise<void> {
+  const path = `${resourcePath(SUB, persist ? 'virtualmachines' : 'virtualmachineinstances', ns, vm)}/removevolume`;
+  await request(path, { method: 'PUT', body: { name } });
+}
+
+/** The claim a VM volume uses, if any. */
+export function claimOf(v: any): string | undefined {
+  return v?.persistentVolumeClaim?.claimName ?? v?.dataVolume?.name;
+}
+
+/** Whether a VM volume was hotplugged (and so can be unplugged). */
+export function hotplugged(v: any): boolean {
+  return !!(v?.persistentVolumeClaim?.hotpluggable || v?.dataVolume?.hotpluggable);
+}

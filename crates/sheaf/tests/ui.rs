@@ -2,8 +2,15 @@
 //! driven end to end in Debian's Chromium by Playwright (`ui/e2e/run.mjs`):
 //! log in with the API's token, upload a bootable disk image, create a VM
 //! from it with the wizard, see it Running, type into its serial console
-//! and read the guest's answer, stop it, delete it. The run's screenshots
-//! of the main pages are kept in `docs/screenshots/`.
+//! and read the guest's answer, hotplug a new blank volume into it,
+//! snapshot and expand that volume from the volumes page, sort that list
+//! (mouse and keyboard), unplug the volume, revert it to its snapshot,
+//! make a new volume from the snapshot and a clone of the volume's claim,
+//! snapshot the VM (a VM backup of type snapshot) and restore it as a new
+//! VM, stop the VM, delete it. The
+//! browser run checks each step against the API as it goes; this test then
+//! checks what it left with kubectl. The run's screenshots of the main
+//! pages are kept in `docs/screenshots/`.
 
 mod support;
 
@@ -129,7 +136,40 @@ fn a_vm_is_made_from_an_uploaded_image_and_used_through_the_browser() {
     let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the browser run failed:\n{text}\n--- server\n{}", s.log());
     assert!(text.contains("passed"), "{text}");
-    for page in ["dashboard", "images", "vm-list", "wizard", "vm-detail", "vm-console", "volumes", "nodes"] {
+    println!("{text}");
+    let pages = ["dashboard", "images", "vm-list", "wizard", "vm-detail", "vm-console", "vm-disks", "volumes", "nodes"];
+    for page in pages {
         assert!(shots.join(format!("{page}.png")).is_file(), "no screenshot of {page}");
     }
+
+    // What the page did, seen by kubectl: the hotplugged volume's claim and
+    // volume outlive the VM, grown to 128Mi and reverted to its snapshot,
+    // which is ready; a volume made from the snapshot holds its data; a
+    // clone of the claim is Bound.
+    let json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&s.kubectl_ok(args)).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+    };
+    let items = |v: &serde_json::Value| v["items"].as_array().cloned().unwrap_or_default();
+    let snaps = items(&json(&["get", "volumesnapshots", "-o", "json"]));
+    let snap: Vec<_> =
+        snaps.iter().filter(|o| o["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("e2e-snap-"))).collect();
+    assert_eq!(snap.len(), 1, "one snapshot expected: {snaps:#?}");
+    let (snap, snap_name) = (snap[0], snap[0]["metadata"]["name"].as_str().unwrap_or_default());
+    assert_eq!(snap["status"]["readyToUse"], true, "{snap:#}");
+    let hot_name = snap["spec"]["volumeName"].as_str().unwrap_or_default();
+    assert!(hot_name.starts_with("e2e-hot-"), "{snap:#}");
+    let hot = json(&["get", "volume", hot_name, "-o", "json"]);
+    assert_eq!(hot["spec"]["size"], "128Mi", "{hot:#}");
+    assert_eq!(hot["status"]["size"], 128 << 20, "{hot:#}");
+    assert_eq!(hot["status"]["lastRevert"]["snapshot"], snap_name, "{hot:#}");
+    assert!(hot["status"]["lastRevert"]["error"].is_null(), "{hot:#}");
+    let claim = json(&["get", "pvc", hot_name, "-o", "json"]);
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "128Mi", "{claim:#}");
+    let restored = json(&["get", "volume", &format!("{hot_name}-r"), "-o", "json"]);
+    assert_eq!(restored["spec"]["fromSnapshot"], snap_name, "{restored:#}");
+    assert!(restored["status"]["restoredFrom"].is_string(), "{restored:#}");
+    let clone = json(&["get", "pvc", &format!("{hot_name}-c"), "-o", "json"]);
+    assert_eq!(clone["status"]["phase"], "Bound", "{clone:#}");
+    assert_eq!(clone["spec"]["dataSource"]["name"], hot_name, "{clone:#}");
+    assert!(items(&json(&["get", "vm", "-o", "json"])).is_empty(), "the VM was deleted through the page");
 }

@@ -1,3 +1,4 @@
+import type { ComponentChildren } from 'preact';
 import { useState } from 'preact/hooks';
 import { resourcePath, sendJSON } from '../api';
 import type { K8sObject } from '../store';
@@ -7,7 +8,18 @@ import { ErrorBox } from './ErrorBox';
 import { notify } from './Toasts';
 
 /** Asks, then deletes one object; the server's refusal (409 with the reason) stays in the dialog. */
-export function DeleteDialog({ kind, target, onClose }: { kind: Kind; target: K8sObject | null; onClose: () => void }) {
+export function DeleteDialog({
+  kind,
+  target,
+  onClose,
+  note,
+}: {
+  kind: Kind;
+  target: K8sObject | null;
+  onClose: () => void;
+  /** What deleting it does, when more than it goes. */
+  note?: ComponentChildren;
+}) {
   const [error, setError] = useState<unknown>(null);
   const [busy, setBusy] = useState(false);
   const close = () => {
@@ -31,8 +43,9 @@ export function DeleteDialog({ kind, target, onClose }: { kind: Kind; target: K8
   };
   return (
     <Dialog title={`Delete ${kind.kind} ${target?.metadata.name ?? ''}?`} open={!!target} onClose={close}>
+      {note && <p>{note}</p>}
       <ErrorBox error={error} />
-      <div class="buttons">
+      <div class="buttons" data-testid="delete-dialog">
         <button type="button" class="danger" onClick={remove} disabled={busy}>
           Delete
         </button>

@@ -5,11 +5,13 @@ interface Props {
   title: string;
   open: boolean;
   onClose: () => void;
+  /** While an action runs: Escape does not close it (its outcome shows in it). */
+  busy?: boolean;
   children: ComponentChildren;
 }
 
 /** A modal dialog (the browser's <dialog>: focus is kept inside, Escape closes it). */
-export function Dialog({ title, open, onClose, children }: Props) {
+export function Dialog({ title, open, onClose, busy, children }: Props) {
   const ref = useRef<HTMLDialogElement>(null);
   useEffect(() => {
     const d = ref.current;
@@ -18,7 +20,16 @@ export function Dialog({ title, open, onClose, children }: Props) {
     if (!open && d.open) d.close();
   }, [open]);
   return (
-    <dialog ref={ref} aria-labelledby="dialog-title" onClose={onClose} onCancel={onClose}>
+    <dialog
+      ref={ref}
+      aria-labelledby="dialog-title"
+      aria-busy={busy ? 'true' : undefined}
+      onClose={onClose}
+      onCancel={(e) => {
+        if (busy) e.preventDefault();
+        else onClose();
+      }}
+    >
       {open && (
         <>
           <h2 id="dialog-title">{title}</h2>

@@ -2,7 +2,8 @@ import { useMemo, useState } from 'preact/hooks';
 import { ApiError, authHeaders, check, resourcePath, sendJSON } from '../api';
 import { useResource, type K8sObject } from '../store';
 import { href, useNamespace } from '../router';
-import { condition, formatBytes, age } from '../format';
+import { condition, formatBytes } from '../format';
+import { ageCol } from './ResourceList';
 import { Table, type TableColumn } from '../components/Table';
 import { ErrorBox, FieldError, causesFor } from '../components/ErrorBox';
 import { notify } from '../components/Toasts';
@@ -272,7 +273,7 @@ export function Images() {
         },
       },
       { title: 'Format', text: (o) => o.status?.format ?? '', cell: (o) => o.status?.format ?? '' },
-      { title: 'Virtual size', cell: (o) => formatBytes(o.status?.virtualSize) },
+      { title: 'Virtual size', sort: (o) => o.status?.virtualSize ?? 0, cell: (o) => formatBytes(o.status?.virtualSize) },
       {
         title: 'Source',
         text: (o) => o.spec?.sourceType ?? '',
@@ -285,7 +286,7 @@ export function Images() {
           return <span class="wrap">{c?.message ?? ''}</span>;
         },
       },
-      { title: 'Age', cell: (o) => age(o.metadata.creationTimestamp) },
+      ageCol(),
       {
         title: 'Actions',
         class: 'actions',

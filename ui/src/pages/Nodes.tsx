@@ -1,11 +1,12 @@
 import { useMemo } from 'preact/hooks';
 import { resourcePath, sendJSON, errorMessage } from '../api';
 import { useResource, type K8sObject } from '../store';
-import { condition, formatBytes, parseQuantity, age } from '../format';
+import { condition, formatBytes, parseQuantity } from '../format';
 import { href } from '../router';
 import { Table, type TableColumn } from '../components/Table';
 import { notify } from '../components/Toasts';
 import { registerNodeActions } from './ResourceDetail';
+import { ageCol } from './ResourceList';
 
 const MAINTAIN = 'harvesterhci.io/maintain-status';
 const PROGRESS = 'sheaf.io/maintenance-progress';
@@ -86,10 +87,14 @@ export function Nodes() {
         },
       },
       { title: 'Address', text: (o) => o.status?.addresses?.[0]?.address ?? '', cell: (o) => o.status?.addresses?.[0]?.address ?? '' },
-      { title: 'CPU', cell: (o) => o.status?.capacity?.cpu ?? '' },
-      { title: 'Memory', cell: (o) => formatBytes(parseQuantity(o.status?.capacity?.memory)) },
+      { title: 'CPU', sort: (o) => Number(o.status?.capacity?.cpu ?? 0), cell: (o) => o.status?.capacity?.cpu ?? '' },
+      {
+        title: 'Memory',
+        sort: (o) => parseQuantity(o.status?.capacity?.memory),
+        cell: (o) => formatBytes(parseQuantity(o.status?.capacity?.memory)),
+      },
       { title: 'Maintenance', cell: (o) => <span class="wrap">{o.metadata.annotations?.[PROGRESS] ?? ''}</span> },
-      { title: 'Age', cell: (o) => age(o.metadata.creationTimestamp) },
+      ageCol(),
       { title: 'Actions', class: 'actions', cell: (o) => <NodeButtons node={o} /> },
     ],
     [],

@@ -1,3 +1,4 @@
+import type { ComponentChildren } from 'preact';
 import { useMemo, useState } from 'preact/hooks';
 import { useResource, type K8sObject } from '../store';
 import { href, useNamespace } from '../router';
@@ -11,40 +12,68 @@ export function objectHref(kind: Kind, o: K8sObject): string {
   return href('r', kind.id, kind.namespaced ? o.metadata.namespace : '_', o.metadata.name);
 }
 
+/** The Age column: youngest first when ascending. */
+export function ageCol(): TableColumn<K8sObject> {
+  return {
+    title: 'Age',
+    text: (o) => ageColumn.value(o) as string,
+    sort: (o) => -(Date.parse(o.metadata.creationTimestamp ?? '') || 0),
+    cell: (o) => ageColumn.value(o),
+  };
+}
+
 export function columnsFor(kind: Kind): TableColumn<K8sObject>[] {
   const cols: TableColumn<K8sObject>[] = [
     {
       title: 'Name',
+      class: 'words',
       text: (o) => o.metadata.name,
       cell: (o) => <a href={objectHref(kind, o)}>{o.metadata.name}</a>,
     },
   ];
   if (kind.namespaced) cols.push({ title: 'Namespace', text: (o) => o.metadata.namespace ?? '', cell: (o) => o.metadata.namespace });
-  for (const c of [...kind.columns, ageColumn]) {
+  for (const c of kind.columns) {
     cols.push({ title: c.title, text: (o) => String(c.value(o) ?? ''), cell: (o) => String(c.value(o) ?? '') });
   }
+  cols.push(ageCol());
   return cols;
 }
 
+interface KindTableProps {
+  kind: Kind;
+  heading?: 'h1' | 'h2';
+  /** Row buttons before Delete. */
+  actions?: (o: K8sObject) => ComponentChildren;
+  /** Columns instead of the kind's own (the Name column stays first). */
+  columns?: TableColumn<K8sObject>[];
+  /** Said in the delete dialog. */
+  deleteNote?: (o: K8sObject) => ComponentChildren;
+  /** Dialogs of the actions. */
+  children?: ComponentChildren;
+}
+
 /** A live list of one kind, with a link to create one from YAML. */
-export function KindTable({ kind, heading = 'h1' }: { kind: Kind; heading?: 'h1' | 'h2' }) {
+export function KindTable({ kind, heading = 'h1', actions, columns: own, deleteNote, children }: KindTableProps) {
   const [ns] = useNamespace();
   const state = useResource(kind.groupVersion, kind.plural, kind.namespaced ? ns : undefined);
   const [deleting, setDeleting] = useState<K8sObject | null>(null);
   const columns = useMemo(
     () => [
-      ...columnsFor(kind),
+      ...(own ?? columnsFor(kind)),
       {
         title: 'Actions',
         class: 'actions',
         cell: (o: K8sObject) => (
-          <button type="button" class="small danger" aria-label={`Delete ${o.metadata.name}`} onClick={() => setDeleting(o)}>
-            Delete
-          </button>
+          <div class="row-actions">
+            {actions?.(o)}
+            <button type="button" class="small danger" aria-label={`Delete ${o.metadata.name}`} onClick={() => setDeleting(o)}>
+              Delete
+            </button>
+          </div>
         ),
       },
     ],
-    [kind],
+    [kind, own, actions],
   );
   const H = heading;
   return (
@@ -63,7 +92,13 @@ export function KindTable({ kind, heading = 'h1' }: { kind: Kind; heading?: 'h1'
         </p>
       )}
       <Table label={kind.title} testid={`table-${kind.id}`} items={state.items} columns={columns} loaded={state.loaded} />
-      <DeleteDialog kind={kind} target={deleting} onClose={() => setDeleting(null)} />
+      <DeleteDialog
+        kind={kind}
+        target={deleting}
+        onClose={() => setDeleting(null)}
+        note={deleting && deleteNote ? deleteNote(deleting) : null}
+      />
+      {children}
     </section>
   );
 }

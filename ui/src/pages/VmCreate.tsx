@@ -51,6 +51,22 @@ export interface VmForm {
   userData: string;
   networkData: string;
   start: boolean;
+  /** Labels the node must have (`kubernetes.io/hostname` picks one node). */
+  nodeSelector: Record<string, string>;
+}
+
+/** `key=value, key2=value2` → a label map; throws on a malformed pair. */
+export function parseLabels(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const part of text
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean)) {
+    const m = /^([A-Za-z0-9][-A-Za-z0-9_./]*)=([-A-Za-z0-9_.]*)$/.exec(part);
+    if (!m) throw new Error(`"${part}" is not key=value`);
+    out[m[1]] = m[2];
+  }
+  return out;
 }
 
 /** The VirtualMachine manifest for one VM of the form. */
@@ -114,6 +130,7 @@ export function buildVm(f: VmForm, name: string, hostname: string, images: K8sOb
     volumes,
   };
   if (hostname) spec.hostname = hostname;
+  if (Object.keys(f.nodeSelector).length) spec.nodeSelector = f.nodeSelector;
   const vm: K8sObject = {
     apiVersion: 'kubevirt.io/v1',
     kind: 'VirtualMachine',
@@ -154,6 +171,7 @@ function fieldOf(field: string, f: VmForm, withTemplate: boolean): string {
   if (field.startsWith('spec.template.spec.domain.cpu')) return 'cpu';
   if (field.startsWith('spec.template.spec.domain.memory') || field.includes('resources')) return 'memory';
   if (field.startsWith('spec.template.spec.hostname')) return 'hostname';
+  if (field.startsWith('spec.template.spec.nodeSelector') || field.startsWith('spec.template.spec.affinity')) return 'node';
   return '';
 }
 
@@ -176,6 +194,8 @@ export function VmCreate() {
   const [userData, setUserData] = useState(DEFAULT_USER_DATA);
   const [networkData, setNetworkData] = useState('');
   const [start, setStart] = useState(true);
+  const [node, setNode] = useState('');
+  const [nodeLabels, setNodeLabels] = useState('');
   const [error, setError] = useState<unknown>(null);
   const [local, setLocal] = useState<Record<string, string>>({});
   const [busy, setBusy] = useState(false);
@@ -191,6 +211,7 @@ export function VmCreate() {
   const keys = useResource('harvesterhci.io/v1beta1', 'keypairs', namespace);
   const nads = useResource('k8s.cni.cncf.io/v1', 'network-attachment-definitions');
   const namespaces = useResource('v1', 'namespaces');
+  const nodes = useResource('v1', 'nodes');
 
   const versions = useMemo(() => {
     const all = [...versionsPublic.items, ...(namespace !== 'harvester-public' ? versionsNs.items : [])];
@@ -205,7 +226,15 @@ export function VmCreate() {
   const readyImages = images.items.filter((i) => imageState(i) === 'Ready');
   const version = versions.find((v) => `${v.metadata.namespace}/${v.metadata.name}` === template);
 
-  const form: VmForm = { namespace, name, cpu, memory, keyPairs, volumes, nics, hostname, userData, networkData, start };
+  let nodeSelector: Record<string, string> = {};
+  let labelError = '';
+  try {
+    nodeSelector = parseLabels(nodeLabels);
+  } catch (e) {
+    labelError = (e as Error).message;
+  }
+  if (node) nodeSelector = { ...nodeSelector, 'kubernetes.io/hostname': node };
+  const form: VmForm = { namespace, name, cpu, memory, keyPairs, volumes, nics, hostname, userData, networkData, start, nodeSelector };
   const names = multiple ? Array.from({ length: Math.max(1, count) }, (_, i) => `${name}-${i + 1}`) : [name];
 
   // Server causes by form field.
@@ -246,6 +275,9 @@ export function VmCreate() {
     if (!Number.isInteger(cpu) || cpu < 1) e.cpu = 'At least 1 core.';
     if (!/^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$/.test(memory)) e.memory = 'A quantity such as 512Mi or 2Gi.';
     if (hostname && !NAME_RE.test(hostname)) e.hostname = 'A DNS label: lowercase letters, digits and "-".';
+    if (version && hostname && !userData.startsWith('#cloud-config'))
+      e.hostname = 'From a template the hostname is written into the user data, which must then start with #cloud-config.';
+    if (labelError && !version) e.node = `Node labels: ${labelError} (for example disk=ssd, zone=a).`;
     if (!version) {
       volumes.forEach((v, i) => {
         if (!NAME_RE.test(v.name)) e[`volume-${i}`] = 'The disk needs a name of lowercase letters, digits and "-".';
@@ -477,7 +509,11 @@ export function VmCreate() {
         <fieldset>
           <legend>Volumes</legend>
           {version && (
-            <p class="muted">The template's disks are used; its root disk is made from the image chosen here (if it needs one).</p>
+            <p class="notice" data-testid="template-volumes-note">
+              From a template, the VM gets the template's own disks and networks; here you choose only its root disk's image (if the
+              template needs one), its CPU, memory, SSH keys, user data and hostname (written into the user data). Add more disks from the
+              VM's page afterwards (Add disk), or edit its YAML.
+            </p>
           )}
           {(version ? volumes.slice(0, 1) : volumes).map((v, i) => (
             <div class="row-card" key={v.id} data-testid={`volume-${i}`}>
@@ -613,6 +649,42 @@ export function VmCreate() {
             </button>
           </fieldset>
         )}
+
+        <fieldset>
+          <legend>Node scheduling</legend>
+          {version ? (
+            <p class="muted" data-testid="template-note">
+              A VM made from a template is placed by the template's own scheduling rules: edit its YAML after creating it to pin it to a
+              node (it applies at its next start).
+            </p>
+          ) : (
+            <div class="grid">
+              <div class="field">
+                <label for="vm-node">Run on node</label>
+                <select id="vm-node" value={node} onChange={(e) => setNode(e.currentTarget.value)} {...aria('node')}>
+                  <option value="">Any node (the scheduler picks)</option>
+                  {nodes.items.map((n) => (
+                    <option value={n.metadata.labels?.['kubernetes.io/hostname'] ?? n.metadata.name}>
+                      {n.metadata.name}
+                      {n.spec?.unschedulable ? ' (cordoned)' : ''}
+                    </option>
+                  ))}
+                </select>
+              </div>
+              <div class="field">
+                <label for="vm-node-labels">Node labels (key=value, comma-separated)</label>
+                <input
+                  id="vm-node-labels"
+                  value={nodeLabels}
+                  placeholder="disk=ssd, zone=a"
+                  onInput={(e) => setNodeLabels(e.currentTarget.value)}
+                  {...aria('node')}
+                />
+              </div>
+            </div>
+          )}
+          <FieldError id="err-node" messages={errs('node')} />
+        </fieldset>
 
         <fieldset>
           <legend>Advanced options</legend>

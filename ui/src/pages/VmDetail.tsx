@@ -7,6 +7,7 @@ import { ObjectYaml } from './ResourceDetail';
 import { statusBadge, runAction, DeleteVmDialog } from './VmList';
 import { ACTION_LABELS, actionsFor } from '../vm';
 import { age } from '../format';
+import { VmDisks, VmBackupDialog } from './VmDisks';
 
 type ConsoleProps = { namespace: string; name: string };
 
@@ -40,6 +41,7 @@ export function VmDetail({ namespace, name, tab }: { namespace: string; name: st
   const vm = vms.items.find((v) => v.metadata.name === name);
   const vmi = vmis.items.find((v) => v.metadata.name === name);
   const [deleting, setDeleting] = useState(false);
+  const [backup, setBackup] = useState<'backup' | 'snapshot' | null>(null);
   const serial = useLazy(tab === 'console' ? loadSerial : null);
   const vnc = useLazy(tab === 'vnc' ? loadVnc : null);
   const status = vm?.status?.printableStatus;
@@ -61,6 +63,12 @@ export function VmDetail({ namespace, name, tab }: { namespace: string; name: st
                 {ACTION_LABELS[a]}
               </button>
             ))}
+            <button type="button" onClick={() => setBackup('backup')}>
+              Back up
+            </button>
+            <button type="button" onClick={() => setBackup('snapshot')}>
+              Snapshot
+            </button>
             <button type="button" class="danger" onClick={() => setDeleting(true)}>
               Delete
             </button>
@@ -97,25 +105,7 @@ export function VmDetail({ namespace, name, tab }: { namespace: string; name: st
             <dt>Created</dt>
             <dd>{age(vm.metadata.creationTimestamp)} ago</dd>
           </dl>
-          <h2>Disks</h2>
-          <ul>
-            {(vm.spec?.template?.spec?.volumes ?? []).map((v: any) => (
-              <li>
-                <strong>{v.name}</strong>:{' '}
-                {v.persistentVolumeClaim
-                  ? `claim ${v.persistentVolumeClaim.claimName}`
-                  : v.dataVolume
-                    ? `claim ${v.dataVolume.name}`
-                    : v.containerDisk
-                      ? `container disk ${v.containerDisk.image}`
-                      : v.cloudInitNoCloud || v.cloudInitConfigDrive
-                        ? 'cloud-init'
-                        : Object.keys(v)
-                            .filter((k) => k !== 'name')
-                            .join(', ')}
-              </li>
-            ))}
-          </ul>
+          <VmDisks vm={vm} vmi={vmi} />
           <h2>Conditions</h2>
           <ul>
             {[
@@ -159,6 +149,7 @@ export function VmDetail({ namespace, name, tab }: { namespace: string; name: st
       {tab === 'vnc' &&
         running &&
         (vnc.C ? <vnc.C namespace={namespace} name={name} /> : <p class="muted">{vnc.error || 'Loading the VNC client…'}</p>)}
+      {vm && <VmBackupDialog vm={vm} type={backup} onClose={() => setBackup(null)} />}
       <DeleteVmDialog vm={deleting ? (vm ?? null) : null} onClose={() => setDeleting(false)} onDeleted={() => navigate('/vms')} />
     </section>
   );

@@ -7,7 +7,7 @@ import { notify } from '../components/Toasts';
 import { ErrorBox } from '../components/ErrorBox';
 import { ACTION_LABELS, actionsFor, deleteVm, separateClaims, vmAction, vmiKey, type VmAction } from '../vm';
 import { errorMessage } from '../api';
-import { age } from '../format';
+import { ageCol } from './ResourceList';
 
 export function statusBadge(status: string | undefined) {
   const s = status ?? 'Unknown';
@@ -124,7 +124,7 @@ export function VmList() {
           </span>
         ),
       },
-      { title: 'Age', cell: (o) => age(o.metadata.creationTimestamp) },
+      ageCol(),
       {
         title: 'Actions',
         class: 'actions',
