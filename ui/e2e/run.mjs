@@ -472,6 +472,28 @@ try {
     if (r.status >= 300) throw new Error(`deleting ${restoredVm}: ${r.status} ${r.body.slice(0, 300)}`);
   });
 
+  await run(`clone ${vmName} while it runs`, async () => {
+    const cloneName = `${vmName}-twin`;
+    await page.goto(`${url}/#/vms/${namespace}/${vmName}`);
+    await page.locator('.page-head').getByRole('button', { name: 'Clone', exact: true }).click();
+    const dialog = page.getByTestId('vm-clone-dialog');
+    await dialog.getByLabel('Name of the new VM').fill(cloneName);
+    await dialog.getByRole('button', { name: 'Clone', exact: true }).click();
+    await dialogDone(dialog, 'VM clone', T(30000));
+    const source = await apiJSON(ns('virtualmachines', vmName, 'kubevirt.io/v1'));
+    const twin = await apiJSON(ns('virtualmachines', cloneName, 'kubevirt.io/v1'));
+    const claims = (source.spec.template.spec.volumes ?? [])
+      .map((v) => v.persistentVolumeClaim?.claimName ?? v.dataVolume?.name)
+      .filter(Boolean);
+    const sources = (twin.spec.dataVolumeTemplates ?? []).map((t) => t.spec?.source?.pvc?.name);
+    if (claims.length === 0 || claims.some((c) => !sources.includes(c)) || twin.spec.runStrategy !== 'Halted')
+      throw new Error(`clone ${cloneName}: ${JSON.stringify(twin.spec).slice(0, 1500)} (source claims ${claims})`);
+    await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Virtual machines' }).click();
+    await page.getByTestId('vm-table').locator(`tr[data-name="${cloneName}"]`).waitFor({ timeout: T(20000) });
+    const r = await api('DELETE', ns('virtualmachines', cloneName, 'kubevirt.io/v1'));
+    if (r.status >= 300) throw new Error(`deleting ${cloneName}: ${r.status} ${r.body.slice(0, 300)}`);
+  });
+
   await run(`stop ${vmName}`, async () => {
     await page.goto(`${url}/#/vms/${namespace}/${vmName}`);
     await page.getByRole('link', { name: 'Overview' }).click();

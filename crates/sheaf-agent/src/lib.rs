@@ -12,15 +12,18 @@ pub mod backup;
 pub mod cluster_key;
 pub mod disks;
 pub mod dnsmasq;
+pub mod footprint;
 pub mod hotplug;
 pub mod image_format;
 pub mod images;
 pub mod launch;
+pub mod metrics;
 pub mod migration;
 pub mod network;
 pub mod node;
 pub mod runner;
 pub mod seed;
+pub mod serial_log;
 pub mod storage;
 pub mod vmnet;
 
@@ -60,6 +63,10 @@ pub struct AgentConfig {
     /// Gets the node's image store once the agent has made it (the API
     /// server's upload and download of images go through it).
     pub images_ready: Option<tokio::sync::watch::Sender<Option<Arc<images::Images>>>>,
+    /// When VMIs' serial console logs are rotated.
+    pub serial_log: serial_log::Policy,
+    /// The agent's metrics (`sheaf server` adds them to its `/metrics`).
+    pub metrics: Arc<metrics::AgentMetrics>,
 }
 
 struct Runner {
@@ -148,17 +155,27 @@ pub async fn run(api: Arc<dyn Api>, cfg: AgentConfig) {
         network,
         storage,
         vmnet,
+        serial_log: cfg.serial_log,
+        metrics: cfg.metrics.clone(),
+    });
+    cfg.metrics.start(metrics::Scope {
+        api: api.clone(),
+        node: cfg.node_name.clone(),
+        run_root: cfg.run_root.clone(),
+        disks: cfg.disks.clone(),
     });
     let heartbeat_api = api.clone();
     let node = cfg.node_name.clone();
     let ready2 = ready.clone();
     let disks = cfg.disks.clone();
+    let mut footprint = footprint::Publisher::new(footprint::Scope::of(&cfg));
     tokio::spawn(crate::migration::run_targets(env.clone(), node_ip));
     tokio::spawn(async move {
         loop {
             if let Err(e) = node::register(heartbeat_api.as_ref(), &node, &ready2, &disks, node_ip).await {
                 tracing::warn!(error = %e, "node heartbeat failed");
             }
+            footprint.heartbeat(heartbeat_api.as_ref(), &node).await;
             tokio::time::sleep(node::HEARTBEAT).await;
         }
     });
@@ -223,8 +240,15 @@ fn handle(env: &Arc<RunnerEnv>, runners: &mut HashMap<String, Runner>, obj: Valu
     if let Some(r) = runners.get(&uid) {
         if deleted {
             // Gone while its runner holds a finalizer (the node was failed
-            // over and the finalizer dropped), or bound to another node.
+            // over and the finalizer dropped), or bound to another node;
+            // or gone while its runner was ending. Once the runner has
+            // ended, what it left (the serial log of an ended VMI) goes.
             let _ = r.tx.try_send(Request::Shutdown { grace: Duration::ZERO });
+            let (tx, env, dir) = (r.tx.clone(), env.clone(), runner::run_dir(&env.run_root, &uid));
+            tokio::spawn(async move {
+                tx.closed().await;
+                runner::discard(&env, &dir);
+            });
         } else if vmi.metadata.deletion_timestamp.is_some() {
             let _ = r.tx.try_send(Request::Shutdown { grace });
         } else {

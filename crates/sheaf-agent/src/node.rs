@@ -4,6 +4,8 @@
 //! the node's Lease `kube-node-lease/<node>` (as the kubelet keeps it: held
 //! by the node, [`NODE_LEASE_DURATION_SECONDS`], owned by the Node). The
 //! node lifecycle controller judges the node by the newer of the two.
+//! After each heartbeat the agent samples Sheaf's own footprint on the node
+//! ([`crate::footprint`]), written to the Node now and then.
 
 use std::net::IpAddr;
 use std::time::Duration;

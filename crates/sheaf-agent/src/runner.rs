@@ -51,6 +51,10 @@ pub struct RunnerEnv {
     pub storage: Arc<crate::storage::Storage>,
     /// The node's VM networks (None: only the management network).
     pub vmnet: Option<Arc<crate::vmnet::VmNetworks>>,
+    /// When VMIs' serial console logs are rotated.
+    pub serial_log: crate::serial_log::Policy,
+    /// The node's metrics, lent each runner's QMP connection.
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 pub fn run_dir(root: &Path, uid: &str) -> PathBuf {
@@ -60,6 +64,12 @@ pub fn run_dir(root: &Path, uid: &str) -> PathBuf {
 /// The serial console socket of the VMI `uid`.
 pub fn serial_socket(root: &Path, uid: &str) -> PathBuf {
     machine::serial_socket(&run_dir(root, uid))
+}
+
+/// The serial console log generations of the VMI `uid`, newest first
+/// ([`crate::serial_log`]).
+pub fn serial_logs(root: &Path, uid: &str) -> Vec<PathBuf> {
+    crate::serial_log::generations(&run_dir(root, uid))
 }
 
 /// The VNC socket of the VMI `uid`.
@@ -483,7 +493,15 @@ pub(crate) async fn connect_qmp(dir: &Path) -> Option<Qmp> {
     None
 }
 
-fn cleanup(env: &RunnerEnv, dir: &Path) {
+/// What [`cleanup`] leaves of a VMI's runtime directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leave {
+    /// The serial console log (the VMI ended but still exists).
+    Log,
+    Nothing,
+}
+
+fn cleanup(env: &RunnerEnv, dir: &Path, leave: Leave) {
     if let Some(pid) = live_qemu(dir) {
         let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
@@ -496,15 +514,22 @@ fn cleanup(env: &RunnerEnv, dir: &Path) {
     if let Some(uid) = dir.file_name().and_then(|n| n.to_str()) {
         env.storage.detach_vmi(uid);
     }
-    let _ = std::fs::remove_dir_all(dir);
+    match leave {
+        Leave::Log => crate::serial_log::keep_only_logs(dir),
+        Leave::Nothing => {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Stops what runs in `dir` for a VMI that is gone or bound to another
 /// node (its QEMU, NICs and engines), without writing anything about it.
 pub fn discard(env: &RunnerEnv, dir: &Path) {
-    if live_qemu(dir).is_some() || dir.exists() {
+    if live_qemu(dir).is_some() {
         tracing::warn!(dir = %dir.display(), "stopping a VM whose VMI is gone or runs elsewhere");
-        cleanup(env, dir);
+    }
+    if live_qemu(dir).is_some() || dir.exists() {
+        cleanup(env, dir, Leave::Nothing);
     }
 }
 
@@ -551,19 +576,19 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
     let dir = run_dir(&env.run_root, &uid);
     let finished = matches!(vmi.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
     if finished && live_qemu(&dir).is_none() {
-        cleanup(&env, &dir);
+        cleanup(&env, &dir, Leave::Log);
         remove_finalizer(&env, &vmi).await;
         return;
     }
     if vmi.metadata.deletion_timestamp.is_some() && live_qemu(&dir).is_none() {
-        cleanup(&env, &dir);
+        cleanup(&env, &dir, Leave::Nothing);
         remove_finalizer(&env, &vmi).await;
         return;
     }
     let was_running = matches!(vmi.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
     if was_running && live_qemu(&dir).is_none() {
         // QEMU ended while no agent was watching it.
-        cleanup(&env, &dir);
+        cleanup(&env, &dir, Leave::Log);
         let mut conds = accel_conditions(&env);
         conds.push(condition("Ready", false, "QemuExited", "QEMU exited while the agent was not running"));
         patch_status(&env, &vmi, json!({"phase": "Failed", "reason": "QemuExited", "conditions": conds})).await;
@@ -575,7 +600,9 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
     if !adopted {
         if let Err(e) = launch(&env, &vmi, &dir, Start::Boot).await {
             tracing::warn!(%ns, %name, error = %e, "launch failed");
-            cleanup(&env, &dir);
+            // Nothing ran: nothing worth keeping (and the VMI may be gone
+            // already when a stale event started this runner).
+            cleanup(&env, &dir, Leave::Nothing);
             let mut conds = accel_conditions(&env);
             conds.push(condition("Ready", false, e.reason(), &e.to_string()));
             conds.push(condition("Synchronized", false, e.reason(), &e.to_string()));
@@ -586,12 +613,16 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
     }
     let Some(qmp) = connect_qmp(&dir).await else {
         tracing::warn!(%ns, %name, "QEMU's monitor did not come up");
-        cleanup(&env, &dir);
+        cleanup(&env, &dir, Leave::Nothing);
         patch_status(&env, &vmi, json!({"phase": "Failed", "reason": "LaunchFailed"})).await;
         remove_finalizer(&env, &vmi).await;
         return;
     };
     tracing::info!(%ns, %name, adopted, "VMI running");
+    // Rotates the serial console log while the runner runs (stops with it).
+    let _rotation = crate::serial_log::spawn_rotation(dir.clone(), env.serial_log);
+    // Lends QMP to the metrics while the runner runs (taken back with it).
+    let _metrics = env.metrics.watch(&uid, &qmp);
     let mut events = qmp.events();
     let mut interfaces = interface_status(&env, &vmi, &dir);
     let running_status = |paused: bool, agent: Option<&GuestInfo>, interfaces: &[Value]| {
@@ -732,7 +763,8 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
                             }
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
-                        cleanup(&env, &dir);
+                        // The VMI and its log go on on the target node.
+                        cleanup(&env, &dir, Leave::Nothing);
                         tracing::info!(%ns, %name, "VMI migrated away");
                         return;
                     }
@@ -744,7 +776,7 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
                 tracing::info!(%ns, %name, "grace period over; stopping QEMU");
                 let _ = qmp.quit().await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                if live_qemu(&dir).is_some() { cleanup(&env, &dir); }
+                if live_qemu(&dir).is_some() { cleanup(&env, &dir, Leave::Nothing); }
                 break;
             }
         }
@@ -765,6 +797,7 @@ pub async fn run(env: Arc<RunnerEnv>, vmi: VirtualMachineInstance, mut requests:
     let mut conds = accel_conditions(&env);
     conds.push(condition("Ready", false, reason, ""));
     patch_status(&env, &vmi, json!({"phase": phase, "reason": reason, "conditions": conds, "interfaces": []})).await;
-    cleanup(&env, &dir);
+    // A deleted VMI takes its serial log with it; an ended one keeps it.
+    cleanup(&env, &dir, if deleting.is_some() { Leave::Nothing } else { Leave::Log });
     remove_finalizer(&env, &vmi).await;
 }

@@ -35,6 +35,14 @@ pub enum Channel {
 #[async_trait::async_trait]
 pub trait NodeDialer: Send + Sync {
     async fn dial(&self, node: &str, vmi_uid: &str, channel: Channel) -> Result<UnixStream, String>;
+
+    /// The files of an instance's serial console log on the node running
+    /// it, newest generation first (see [`crate::serial_log`]); empty when
+    /// there is no log yet. Err: the node's files cannot be read from here.
+    async fn serial_logs(&self, node: &str, vmi_uid: &str) -> Result<Vec<std::path::PathBuf>, String> {
+        let _ = vmi_uid;
+        Err(format!("the serial logs of node {node:?} cannot be read from this API server"))
+    }
 }
 
 /// Open serial consoles, by instance uid, each with a way to close it.

@@ -45,6 +45,9 @@ fn group_json(name: &str, versions: &[&str]) -> Value {
 pub fn api_group_list(reg: &Registry) -> Value {
     let mut groups: Vec<Value> = reg.groups().iter().map(|g| group_json(g.name, &g.versions)).collect();
     groups.push(group_json(crate::subresources::GROUP, &["v1"]));
+    for (g, _) in crate::reviews::groups() {
+        groups.push(group_json(g, &["v1"]));
+    }
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 

@@ -16,6 +16,8 @@
 //!  server_join: further servers of an HA control plane join (etcd members, shared secrets)
 //! ```
 
+pub mod audit;
+pub mod authz;
 pub mod backup_files;
 pub mod claim_resize;
 pub mod console;
@@ -25,6 +27,7 @@ pub mod gc;
 pub mod hotplug;
 pub mod image_transfer;
 pub mod local_api;
+pub mod metrics;
 pub mod networks;
 pub mod objects;
 pub mod openapi;
@@ -32,8 +35,11 @@ pub mod patch;
 pub mod pki;
 pub mod protection;
 pub mod protobuf;
+pub mod quota;
 pub mod registry;
+pub mod reviews;
 pub mod selector;
+pub mod serial_log;
 pub mod server;
 pub mod server_join;
 pub mod subresources;
@@ -41,6 +47,7 @@ pub mod table;
 pub mod templates;
 pub mod ui;
 pub mod vm_claims;
+pub mod vm_clone;
 pub mod watch;
 
 use std::sync::Arc;
@@ -79,6 +86,13 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ap
                 }
                 Err(_) => return,
             };
+            // The peer's address, for the audit log.
+            let app = tower::ServiceBuilder::new()
+                .map_request(move |mut r: http::Request<hyper::body::Incoming>| {
+                    r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    r
+                })
+                .service(app);
             let service = TowerToHyperService::new(app);
             if let Err(e) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)
@@ -116,6 +130,28 @@ pub async fn bootstrap(server: &ApiServer) -> ApiResult<()> {
             Ok(_) => {}
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(e) => return Err(e),
+        }
+    }
+    // The built-in roles, rewritten at every start (as Kubernetes
+    // reconciles its `autoupdate` roles).
+    if let Some(cr) = server.registry.find(sheaf_types::rbac::GROUP, "v1", "clusterroles").cloned() {
+        for role in sheaf_types::rbac::builtin_cluster_roles() {
+            let mut body = serde_json::to_value(&role).unwrap_or_default();
+            body["apiVersion"] = format!("{}/v1", sheaf_types::rbac::GROUP).into();
+            body["kind"] = "ClusterRole".into();
+            let name = role.metadata.name.clone().unwrap_or_default();
+            match server.objects.create(&cr, None, body.clone(), &Default::default()).await {
+                Ok(_) => {}
+                Err(e) if e.reason == "AlreadyExists" => {
+                    let current = server.objects.get(&cr, None, &name).await?;
+                    if current.get("rules") != body.get("rules") {
+                        let mut next = current;
+                        next["rules"] = body["rules"].clone();
+                        server.objects.update(&cr, None, &name, next, false, &Default::default()).await?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     // The built-in cluster network.

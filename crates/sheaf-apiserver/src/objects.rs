@@ -184,6 +184,16 @@ fn validate_meta(rt: &ResourceType, obj: &Value, errs: &mut Vec<FieldError>) {
     let name = name_of(obj);
     if name.is_empty() {
         errs.push(FieldError::required("metadata.name"));
+    } else if rt.group == sheaf_types::rbac::GROUP {
+        // RBAC names are path segments (`system:node`), as in Kubernetes.
+        if name == "." || name == ".." || name.contains(['/', '%']) || name.len() > 253 {
+            errs.push(FieldError::invalid(
+                "metadata.name",
+                format!(
+                    "Invalid value: {name:?}: may not be '.' or '..', contain '/' or '%', or exceed 253 characters"
+                ),
+            ));
+        }
     } else if let Err(e) = validation::dns1123_subdomain(name) {
         errs.push(FieldError::invalid("metadata.name", format!("Invalid value: {name:?}: {e}")));
     }
@@ -461,6 +471,7 @@ impl Objects {
         let mut warnings = Vec::new();
         let obj = self.decode(rt, &body, None, opts.field_validation, &mut warnings)?;
         crate::networks::check_write(self, rt, &obj, None).await?;
+        crate::quota::check_write(self, rt, &obj).await?;
         let ns = namespace_of(&obj).map(str::to_string);
         if let Some(ns) = &ns {
             self.check_namespace(ns, true).await?;
@@ -588,6 +599,7 @@ impl Objects {
         if !status_only {
             crate::claim_resize::check_update(self, rt, &obj, &old).await?;
             crate::networks::check_write(self, rt, &obj, Some(&old)).await?;
+            crate::quota::check_write(self, rt, &obj).await?;
         }
         let old_gen = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
         let gen = if desired_state(&obj) != desired_state(&old) { old_gen + 1 } else { old_gen };

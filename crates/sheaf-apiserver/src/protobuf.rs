@@ -39,7 +39,7 @@ pub const MAX_DEPTH: usize = 32;
 /// Largest field number protobuf allows.
 const MAX_FIELD_NUMBER: u64 = (1 << 29) - 1;
 
-const SUPPORTED: &str = "v1 Namespace, ConfigMap, Secret, Node, Event and DeleteOptions";
+const SUPPORTED: &str = "v1 Namespace, ConfigMap, Secret, Node, Event, DeleteOptions and the access reviews";
 
 // ---------------------------------------------------------------- wire format
 
@@ -453,6 +453,62 @@ static EVENT_SOURCE: Msg = Msg { fields: &[f(1, "component", Ty::Str, Omit), f(2
 static EVENT_SERIES: Msg =
     Msg { fields: &[f(1, "count", Ty::Int32, Omit), f(2, "lastObservedTime", Ty::MicroTime, Omit)] };
 
+// authorization.k8s.io/v1 and authentication.k8s.io/v1 (the reviews
+// `kubectl auth can-i` and `kubectl auth whoami` send)
+
+static RESOURCE_ATTRIBUTES: Msg = Msg {
+    fields: &[
+        f(1, "namespace", Ty::Str, Omit),
+        f(2, "verb", Ty::Str, Omit),
+        f(3, "group", Ty::Str, Omit),
+        f(4, "version", Ty::Str, Omit),
+        f(5, "resource", Ty::Str, Omit),
+        f(6, "subresource", Ty::Str, Omit),
+        f(7, "name", Ty::Str, Omit),
+    ],
+};
+
+static NON_RESOURCE_ATTRIBUTES: Msg = Msg { fields: &[f(1, "path", Ty::Str, Omit), f(2, "verb", Ty::Str, Omit)] };
+
+static SELF_SUBJECT_ACCESS_REVIEW_SPEC: Msg = Msg {
+    fields: &[
+        f(1, "resourceAttributes", Ty::Msg(&RESOURCE_ATTRIBUTES), Keep),
+        f(2, "nonResourceAttributes", Ty::Msg(&NON_RESOURCE_ATTRIBUTES), Keep),
+    ],
+};
+
+static SUBJECT_ACCESS_REVIEW_SPEC: Msg = Msg {
+    fields: &[
+        f(1, "resourceAttributes", Ty::Msg(&RESOURCE_ATTRIBUTES), Keep),
+        f(2, "nonResourceAttributes", Ty::Msg(&NON_RESOURCE_ATTRIBUTES), Keep),
+        f(3, "user", Ty::Str, Omit),
+        f(4, "groups", Ty::Str, Rep),
+        f(6, "uid", Ty::Str, Omit),
+    ],
+};
+
+static SELF_SUBJECT_RULES_REVIEW_SPEC: Msg = Msg { fields: &[f(1, "namespace", Ty::Str, Omit)] };
+
+static SELF_SUBJECT_ACCESS_REVIEW: Msg = Msg {
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META), Keep),
+        f(2, "spec", Ty::Msg(&SELF_SUBJECT_ACCESS_REVIEW_SPEC), Keep),
+    ],
+};
+
+static SUBJECT_ACCESS_REVIEW: Msg = Msg {
+    fields: &[f(1, "metadata", Ty::Msg(&OBJECT_META), Keep), f(2, "spec", Ty::Msg(&SUBJECT_ACCESS_REVIEW_SPEC), Keep)],
+};
+
+static SELF_SUBJECT_RULES_REVIEW: Msg = Msg {
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META), Keep),
+        f(2, "spec", Ty::Msg(&SELF_SUBJECT_RULES_REVIEW_SPEC), Keep),
+    ],
+};
+
+static SELF_SUBJECT_REVIEW: Msg = Msg { fields: &[f(1, "metadata", Ty::Msg(&OBJECT_META), Keep)] };
+
 fn schema_for(api_version: &str, kind: &str) -> Option<&'static Msg> {
     match (api_version, kind) {
         ("v1", "Namespace") => Some(&NAMESPACE),
@@ -460,6 +516,10 @@ fn schema_for(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("v1", "Secret") => Some(&SECRET),
         ("v1", "Node") => Some(&NODE),
         ("v1", "Event") => Some(&EVENT),
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => Some(&SELF_SUBJECT_ACCESS_REVIEW),
+        ("authorization.k8s.io/v1", "SubjectAccessReview") => Some(&SUBJECT_ACCESS_REVIEW),
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => Some(&SELF_SUBJECT_RULES_REVIEW),
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => Some(&SELF_SUBJECT_REVIEW),
         // Clients label DeleteOptions with the version of the resource's group.
         (_, "DeleteOptions") => Some(&DELETE_OPTIONS),
         _ => None,

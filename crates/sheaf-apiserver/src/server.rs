@@ -14,13 +14,13 @@ use axum::routing::get;
 use axum::Router;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use sheaf_store::Store;
 use sheaf_types::ResourceType;
 
+use crate::authz::{Attributes, Authenticator, Rbac, ResourceAttributes, UserInfo};
 use crate::console::{Channel, Consoles, NodeDialer};
 use crate::error::{ApiError, ApiResult};
-use crate::objects::{DeleteOptions, Deleted, FieldValidation, ListParams, Objects, WriteOptions, Written};
+use crate::objects::{name_of, DeleteOptions, Deleted, FieldValidation, ListParams, Objects, WriteOptions, Written};
 use crate::openapi::OpenApi;
 use crate::patch::PatchType;
 use crate::registry::Registry;
@@ -37,8 +37,11 @@ pub struct ApiServer {
     pub objects: Objects,
     pub registry: Arc<Registry>,
     openapi: OpenApi,
-    /// SHA-256 of every accepted bearer token.
-    tokens: Vec<[u8; 32]>,
+    /// Bearer tokens to identities.
+    authn: Authenticator,
+    /// Every role and binding, for authorization.
+    pub rbac: Arc<Rbac>,
+    audit: std::sync::OnceLock<crate::audit::Audit>,
     ready: AtomicBool,
     dialer: std::sync::OnceLock<Arc<dyn NodeDialer>>,
     consoles: Arc<Consoles>,
@@ -47,19 +50,24 @@ pub struct ApiServer {
     ca_pem: std::sync::OnceLock<String>,
 }
 
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
 impl ApiServer {
-    pub fn new(store: Arc<dyn Store>, registry: Registry, tokens: &[String]) -> Arc<Self> {
+    /// A server over `store` that accepts `identities` (the admin token,
+    /// the node secret) besides users' tokens. Starts keeping its copy of
+    /// the roles and bindings when called inside a Tokio runtime.
+    pub fn new(store: Arc<dyn Store>, registry: Registry, identities: &[(String, UserInfo)]) -> Arc<Self> {
         let registry = Arc::new(registry);
         let openapi = OpenApi::build(&registry);
+        let rbac = Arc::new(Rbac::default());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(rbac.clone().run(store.clone()));
+        }
         Arc::new(ApiServer {
             objects: Objects::new(store, registry.clone()),
             registry,
             openapi,
-            tokens: tokens.iter().map(|t| digest(t)).collect(),
+            authn: Authenticator::new(identities),
+            rbac,
+            audit: std::sync::OnceLock::new(),
             ready: AtomicBool::new(false),
             dialer: std::sync::OnceLock::new(),
             consoles: Arc::default(),
@@ -83,6 +91,11 @@ impl ApiServer {
         let _ = self.images.set(t);
     }
 
+    /// Where mutating requests are logged (set once, at start).
+    pub fn set_audit(&self, audit: crate::audit::Audit) {
+        let _ = self.audit.set(audit);
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
@@ -90,6 +103,7 @@ impl ApiServer {
     /// The axum router of the whole API.
     pub fn router(self: &Arc<Self>) -> Router {
         let api = Router::new()
+            .route("/metrics", get(crate::metrics::handler))
             .fallback(dispatch)
             .layer(middleware::from_fn_with_state(self.clone(), authenticate))
             .layer(middleware::from_fn(compress))
@@ -112,22 +126,73 @@ impl ApiServer {
         Router::new().merge(public.merge(top).with_state(self.clone())).merge(api)
     }
 
-    fn authenticated(&self, headers: &HeaderMap) -> bool {
+    /// The identity of a request's bearer token, or 401.
+    pub async fn authenticate_headers(&self, headers: &HeaderMap) -> ApiResult<UserInfo> {
         let header = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::to_string);
         let Some(token) = header.or_else(|| bearer_from_protocols(headers)) else {
-            return false;
+            return Err(ApiError::unauthorized());
         };
-        let d = digest(token.trim());
-        // Compare digests in full every time: no early exit on a prefix.
-        self.tokens
-            .iter()
-            .fold(false, |found, t| found | (t.iter().zip(d.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0))
+        self.authn.authenticate(&self.objects, token.trim()).await
+    }
+
+    /// Whether `user` may do `a` (RBAC; see `docs/design/rbac.md`).
+    pub fn authorize(&self, user: &UserInfo, a: &Attributes) -> ApiResult<()> {
+        if self.rbac.allows(user, a) {
+            Ok(())
+        } else if !user.is_master() && !self.rbac.loaded() {
+            Err(ApiError::unavailable("the server is still loading its roles and bindings; retry in a moment"))
+        } else {
+            Err(a.forbidden(user))
+        }
+    }
+
+    /// What a request does, in RBAC's terms.
+    pub fn attributes(&self, method: &Method, uri: &http::Uri) -> Attributes {
+        let path = uri.path();
+        let verb_of_method = method.as_str().to_ascii_lowercase();
+        let Route::Resource(rp) = parse_route(&self.registry, path) else {
+            return Attributes::non_resource(&verb_of_method, path);
+        };
+        let q = query_map(uri);
+        let watching = rp.watch || is_true(&q, "watch");
+        let mut name = rp.name.clone().unwrap_or_default();
+        let verb = match (method, rp.name.is_some()) {
+            (&Method::GET, _) if watching => "watch",
+            (&Method::GET, true) => "get",
+            (&Method::GET, false) => "list",
+            (&Method::POST, _) => "create",
+            (&Method::PUT, _) => "update",
+            (&Method::PATCH, _) => "patch",
+            (&Method::DELETE, true) => "delete",
+            (&Method::DELETE, false) => "deletecollection",
+            _ => verb_of_method.as_str(),
+        };
+        if name.is_empty() && matches!(verb, "list" | "watch") {
+            // A list pinned to one name is a read of that name.
+            if let Ok(f) = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or("")) {
+                name = f.pinned_name().unwrap_or_default().to_string();
+            }
+        }
+        Attributes::resource(
+            verb,
+            ResourceAttributes {
+                group: rp.group,
+                resource: rp.plural,
+                subresource: rp.sub.unwrap_or_default(),
+                namespace: rp.namespace.unwrap_or_default(),
+                name,
+            },
+        )
     }
 }
+
+/// Who made a request: put on the request by the authentication layer.
+#[derive(Clone, Debug)]
+pub struct Caller(pub UserInfo);
 
 /// The subprotocol prefix that carries a bearer token on a WebSocket, as
 /// Kubernetes' API server reads it: browsers cannot set headers on a
@@ -201,12 +266,72 @@ async fn readyz(State(s): State<Arc<ApiServer>>) -> Response {
     }
 }
 
-async fn authenticate(State(s): State<Arc<ApiServer>>, req: Request, next: Next) -> Response {
-    if s.authenticated(req.headers()) {
-        next.run(req).await
-    } else {
-        ApiError::unauthorized().into_response()
+/// Authentication, impersonation, authorization and the audit log of every
+/// API request.
+async fn authenticate(State(s): State<Arc<ApiServer>>, mut req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let attrs = s.attributes(req.method(), req.uri());
+    let audited = s.audit.get().is_some()
+        && (!matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+            || attrs.resource.as_ref().is_some_and(|r| matches!(r.subresource.as_str(), "console" | "vnc")));
+    let record = audited.then(|| {
+        let r = attrs.resource.clone().unwrap_or_default();
+        let header = |h: &str| req.headers().get(h).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        crate::audit::Record {
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            user: String::new(),
+            groups: Vec::new(),
+            impersonated_by: None,
+            verb: attrs.verb.clone(),
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+            api_group: r.group,
+            resource: r.resource,
+            subresource: r.subresource,
+            namespace: r.namespace,
+            name: r.name,
+            code: 0,
+            latency_ms: 0,
+            source_ip: req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+                .unwrap_or_default(),
+            user_agent: header("user-agent"),
+        }
+    });
+    // The body is not Sync: the checks borrow a copy of the headers only.
+    let headers = req.headers().clone();
+    let outcome = async {
+        let user = s.authenticate_headers(&headers).await.map_err(|e| (None, e))?;
+        let (user, by) = crate::reviews::impersonate(&s, user, &headers).map_err(|(u, e)| (Some(u), e))?;
+        s.authorize(&user, &attrs).map_err(|e| (Some(user.clone()), e))?;
+        Ok::<_, (Option<UserInfo>, ApiError)>((user, by))
     }
+    .await;
+    let (resp, user, by) = match outcome {
+        Ok((user, by)) => {
+            req.extensions_mut().insert(Caller(user.clone()));
+            (next.run(req).await, Some(user), by)
+        }
+        Err((user, e)) => (e.into_response(), user, None),
+    };
+    if let (Some(audit), Some(mut rec)) = (s.audit.get(), record) {
+        if let Some(u) = user {
+            rec.user = u.name;
+            rec.groups = u.groups.into_iter().filter(|g| g != crate::authz::AUTHENTICATED).collect();
+        }
+        rec.impersonated_by = by;
+        if rec.name.is_empty() {
+            if let Some(n) = resp.extensions().get::<crate::audit::WrittenName>() {
+                rec.name = n.0.clone();
+            }
+        }
+        rec.code = resp.status().as_u16();
+        rec.latency_ms = started.elapsed().as_millis() as u64;
+        audit.record(rec);
+    }
+    resp
 }
 
 pub(crate) fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
@@ -371,6 +496,7 @@ async fn dispatch(State(s): State<Arc<ApiServer>>, req: Request) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let measured = crate::metrics::Measured::start(&s.registry, &req);
     let resp = match handle(&s, req).await {
         Ok(r) => r,
         Err(e) => {
@@ -380,6 +506,7 @@ async fn dispatch(State(s): State<Arc<ApiServer>>, req: Request) -> Response {
             e.into_response()
         }
     };
+    let resp = measured.finish(resp);
     tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
     resp
 }
@@ -412,7 +539,15 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
             "versions": [{"groupVersion": format!("{g}/v1"), "version": "v1"}],
             "preferredVersion": {"groupVersion": format!("{g}/v1"), "version": "v1"}
         }))),
+        Route::Group(g) if crate::reviews::groups().iter().any(|(n, _)| *n == g) => get_only(Some(json!({
+            "kind": "APIGroup", "apiVersion": "v1", "name": g,
+            "versions": [{"groupVersion": format!("{g}/v1"), "version": "v1"}],
+            "preferredVersion": {"groupVersion": format!("{g}/v1"), "version": "v1"}
+        }))),
         Route::Group(g) => get_only(discovery::api_group(&s.registry, &g)),
+        Route::GroupVersion(g, v) if v == "v1" && crate::reviews::groups().iter().any(|(n, _)| *n == g) => {
+            get_only(crate::reviews::groups().into_iter().find(|(n, _)| *n == g).map(|(_, l)| l))
+        }
         Route::GroupVersion(g, v) if g == subresources::GROUP && v == "v1" => get_only(Some(subresources::discovery())),
         Route::GroupVersion(g, v) => get_only(discovery::api_resource_list(&s.registry, &g, &v)),
         Route::OpenApiV3Index => get_only(Some(s.openapi.index())),
@@ -426,7 +561,7 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
             else {
                 return Err(ApiError::not_found_msg(format!(
                     "use PUT /apis/{}/v1/namespaces/NAMESPACE/virtualmachines/NAME/start|stop|restart \
-                     or virtualmachineinstances/NAME/pause|unpause|softreboot, GET .../console|vnc|guestosinfo",
+                     or virtualmachineinstances/NAME/pause|unpause|softreboot, GET .../console|vnc|guestosinfo|log",
                     subresources::GROUP
                 )));
             };
@@ -446,6 +581,11 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
                     }
                     Ok((StatusCode::ACCEPTED, "").into_response())
                 }
+                ("virtualmachines", "clone", Method::POST) => {
+                    let bytes = read_body(body).await?;
+                    let vm = crate::vm_clone::clone_vm(&s.objects, ns, name, &bytes).await?;
+                    Ok(json_response(StatusCode::CREATED, &vm, &[]))
+                }
                 ("virtualmachines", "migrate", Method::PUT) => {
                     let bytes = read_body(body).await?;
                     subresources::vm_migrate(&s.objects, ns, name, &bytes).await?;
@@ -459,6 +599,9 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
                     subresources::vmi_action(&s.objects, ns, name, action).await?;
                     Ok(StatusCode::OK.into_response())
                 }
+                ("virtualmachineinstances", "log", Method::GET) => {
+                    crate::serial_log::get(&s.objects, s.dialer.get(), ns, name, &q).await
+                }
                 ("virtualmachineinstances", "guestosinfo", Method::GET) => {
                     Ok(json_response(StatusCode::OK, &subresources::guest_os_info(&s.objects, ns, name).await?, &[]))
                 }
@@ -469,7 +612,7 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
                 }
                 ("virtualmachines" | "virtualmachineinstances", _, m) => Err(ApiError::method_not_allowed(format!(
                     "{m} is not allowed on {}/{action}: use PUT for start, stop, restart, pause, unpause, \
-                     softreboot, addvolume and removevolume, GET for console, vnc and guestosinfo",
+                     softreboot, addvolume and removevolume, POST for clone, GET for console, vnc, guestosinfo and log",
                     rp.plural
                 ))),
                 (plural, _, _) => Err(ApiError::not_found_msg(format!(
@@ -497,6 +640,21 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> ApiResult<Response> {
             } else {
                 crate::backup_files::download(&s.objects, ns, name, &q).await
             }
+        }
+        Route::Resource(rp)
+            if rp.version == "v1"
+                && (rp.group == crate::reviews::AUTHORIZATION || rp.group == crate::reviews::AUTHENTICATION) =>
+        {
+            if parts.method != Method::POST || rp.name.is_some() {
+                return Err(ApiError::method_not_allowed(format!(
+                    "reviews are only created: POST /apis/{}/v1/{}",
+                    rp.group, rp.plural
+                )));
+            }
+            let caller = parts.extensions.get::<Caller>().map(|c| c.0.clone()).ok_or_else(ApiError::unauthorized)?;
+            let body = parse_body(&parts.headers, &read_body(body).await?)?;
+            let (code, v) = crate::reviews::handle(s, &caller, &rp.group, &rp.plural, &body)?;
+            Ok(json_response(code, &v, &[]))
         }
         Route::Resource(rp) => {
             let Some(rt) = s.registry.find(&rp.group, &rp.version, &rp.plural).cloned() else {
@@ -675,7 +833,9 @@ async fn resource(
 }
 
 fn written(code: StatusCode, w: Written) -> Response {
-    json_response(code, &w.object, &w.warnings)
+    let mut resp = json_response(code, &w.object, &w.warnings);
+    resp.extensions_mut().insert(crate::audit::WrittenName(name_of(&w.object).to_string()));
+    resp
 }
 
 async fn delete_options(q: &HashMap<String, String>, headers: &HeaderMap, body: Body) -> ApiResult<DeleteOptions> {

@@ -17,7 +17,8 @@
 //! condition, or the id of the soft reboot done), and the call returns once
 //! it has, or fails with a timeout.
 //!
-//! `addvolume` and `removevolume` (on both kinds) are in [`crate::hotplug`].
+//! `addvolume` and `removevolume` (on both kinds) are in [`crate::hotplug`];
+//! `console` and `vnc` in [`crate::console`], `log` in [`crate::serial_log`].
 
 use std::time::Duration;
 
@@ -44,9 +45,11 @@ pub fn discovery() -> Value {
         "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{GROUP}/v1"),
         "resources": [
             vm("start"), vm("stop"), vm("restart"), vm("migrate"), vm("addvolume"), vm("removevolume"),
+            json!({"name": "virtualmachines/clone", "singularName": "", "namespaced": true,
+                   "kind": "VirtualMachine", "verbs": ["create"]}),
             vmi("pause", "update"), vmi("unpause", "update"), vmi("softreboot", "update"),
             vmi("addvolume", "update"), vmi("removevolume", "update"),
-            vmi("console", "get"), vmi("vnc", "get"), vmi("guestosinfo", "get"),
+            vmi("console", "get"), vmi("vnc", "get"), vmi("guestosinfo", "get"), vmi("log", "get"),
         ],
     })
 }

@@ -39,7 +39,7 @@ use crate::objects::{Objects, WriteOptions};
 /// The subresource of virtualmachinetemplateversions.
 pub const SUBRESOURCE: &str = sheaf_types::template::CREATE_VM_SUBRESOURCE;
 
-fn kind(objects: &Objects, group: &str, version: &str, plural: &str) -> ApiResult<ResourceType> {
+pub(crate) fn kind(objects: &Objects, group: &str, version: &str, plural: &str) -> ApiResult<ResourceType> {
     objects
         .registry
         .find(group, version, plural)
@@ -47,11 +47,11 @@ fn kind(objects: &Objects, group: &str, version: &str, plural: &str) -> ApiResul
         .ok_or_else(|| ApiError::internal(format!("{plural}.{group} is not registered")))
 }
 
-fn invalid(name: &str, errs: &[FieldError]) -> ApiError {
+pub(crate) fn invalid(name: &str, errs: &[FieldError]) -> ApiError {
     ApiError::invalid(&Target { group: "kubevirt.io", resource: "virtualmachines", name }, "VirtualMachine", errs)
 }
 
-async fn exists(objects: &Objects, rt: &ResourceType, ns: &str, name: &str) -> ApiResult<bool> {
+pub(crate) async fn exists(objects: &Objects, rt: &ResourceType, ns: &str, name: &str) -> ApiResult<bool> {
     match objects.get(rt, Some(ns), name).await {
         Ok(_) => Ok(true),
         Err(e) if e.code == http::StatusCode::NOT_FOUND => Ok(false),

@@ -6,8 +6,13 @@
 //! `{"op":"status"}`, `{"op":"snapshot","name":"s1"}`,
 //! `{"op":"deleteSnapshot","name":"s1"}`, `{"op":"expand","size":1073741824}`,
 //! `{"op":"snapshots"}`, `{"op":"setReplicas","replicas":["unix:/…","tcp:…"]}`,
-//! `{"op":"activate"}` → `{...}` (a `status`, `snapshots` or nothing) or
-//! `{"error":"..."}`.
+//! `{"op":"activate"}`, `{"op":"stats"}` → `{...}` (a `status`,
+//! `snapshots`, `stats` or nothing) or `{"error":"..."}`.
+//!
+//! `stats` is the status with the I/O the engine served since it started
+//! (reads, writes, flushes: requests, bytes, errors, summed latency); the
+//! node agent's metrics read it (docs/design/metrics.md). An engine on
+//! standby answers it with zero counters until it takes the volume over.
 //!
 //! An engine on standby ([`crate::standby`]) answers `status` with
 //! `"standby":true`, takes `setReplicas` (the set it will claim) and
@@ -46,6 +51,8 @@ pub enum ControlRequest {
     /// Take the volume over now (an engine on standby); replies with the
     /// status.
     Activate,
+    /// The status and the I/O counters.
+    Stats,
 }
 
 /// A replica as its engine sees it.
@@ -70,6 +77,35 @@ pub struct EngineStatus {
     pub standby: bool,
 }
 
+/// Counters of one kind of request (reads, writes or flushes) since the
+/// engine started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpStats {
+    /// Requests answered (failed ones too).
+    pub ops: u64,
+    /// Bytes of the requests that succeeded (0 for flushes).
+    pub bytes: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Time from each request to its answer, summed, in nanoseconds.
+    pub nanos: u64,
+}
+
+/// What `stats` answers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineStats {
+    pub status: EngineStatus,
+    #[serde(default)]
+    pub read: OpStats,
+    /// Writes, zeroing writes included.
+    #[serde(default)]
+    pub write: OpStats,
+    #[serde(default)]
+    pub flush: OpStats,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ControlReply {
@@ -79,6 +115,8 @@ pub struct ControlReply {
     pub status: Option<EngineStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshots: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<EngineStats>,
 }
 
 /// What a control socket serves.
@@ -102,6 +140,10 @@ async fn answer(target: &Target, req: ControlRequest) -> ControlReply {
         Target::Standby(s) => match (s.engine(), &req) {
             (Some(e), _) => e,
             (None, ControlRequest::Status) => return ControlReply { status: Some(s.status()), ..Default::default() },
+            (None, ControlRequest::Stats) => {
+                let stats = EngineStats { status: s.status(), ..Default::default() };
+                return ControlReply { stats: Some(stats), ..Default::default() };
+            }
             (None, ControlRequest::Activate) => {
                 return match s.activate().await {
                     Ok(e) => ControlReply { status: Some(e.status()), ..Default::default() },
@@ -126,6 +168,7 @@ async fn answer(target: &Target, req: ControlRequest) -> ControlReply {
         ControlRequest::Status | ControlRequest::Activate => {
             ControlReply { status: Some(engine.status()), ..Default::default() }
         }
+        ControlRequest::Stats => ControlReply { stats: Some(engine.stats()), ..Default::default() },
         ControlRequest::Snapshot { name } => done(engine.snapshot(&name).await),
         ControlRequest::DeleteSnapshot { name } => done(engine.delete_snapshot(&name).await),
         ControlRequest::Expand { size } => done(engine.expand(size).await),
@@ -197,4 +240,60 @@ pub async fn call(path: &Path, req: &ControlRequest, timeout: Duration) -> Resul
         }
     };
     tokio::time::timeout(timeout, work).await.map_err(|_| "the engine did not answer in time".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica_server::{Address, Server, ServerOptions};
+    use crate::store::Replica;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stats_count_what_the_engine_served() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let replica = Replica::create(&d.path().join("r"), "vol", 1 << 20).expect("replica");
+        let address = Address::Unix(d.path().join("r.sock"));
+        let server = Server::bind(replica, std::slice::from_ref(&address), ServerOptions::default()).expect("bind");
+        std::thread::spawn(move || server.run());
+        let engine = Arc::new(Engine::start("vol", std::slice::from_ref(&address)).await.expect("engine"));
+        let ctl = d.path().join("e.ctl");
+        let (e2, ctl2) = (engine.clone(), ctl.clone());
+        tokio::spawn(async move { serve(e2, &ctl2).await });
+        let stats = || async {
+            for _ in 0..100 {
+                if let Ok(r) = call(&ctl, &ControlRequest::Stats, Duration::from_secs(2)).await {
+                    return r.stats.expect("stats in the reply");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("the control socket did not answer");
+        };
+        let before = stats().await;
+        assert_eq!((before.read.ops, before.write.ops, before.flush.ops), (0, 0, 0));
+        assert_eq!(before.status.replicas.len(), 1);
+        assert_eq!(before.status.replicas[0].state, "healthy");
+
+        engine.write(0, vec![1; 8192]).await.expect("write");
+        engine.write_zeroes(8192, 4096).await.expect("zeroes");
+        engine.read(0, 4096).await.expect("read");
+        engine.flush().await.expect("flush");
+        // Out of range: refused, counted as an error with no bytes.
+        assert!(engine.read(1 << 20, 4096).await.is_err());
+
+        let after = stats().await;
+        assert_eq!((after.write.ops, after.write.bytes, after.write.errors), (2, 12288, 0));
+        assert_eq!((after.read.ops, after.read.bytes, after.read.errors), (2, 4096, 1));
+        assert_eq!((after.flush.ops, after.flush.bytes), (1, 0));
+        assert!(after.write.nanos > 0 && after.flush.nanos > 0);
+        assert_eq!(after.status.size, 1 << 20);
+
+        // The wire format (what older agents and the metrics read).
+        let reply = ControlReply { stats: Some(after.clone()), ..Default::default() };
+        let text = serde_json::to_string(&reply).expect("json");
+        assert!(text.contains(r#""write":{"ops":2,"bytes":12288,"errors":0,"nanos":"#), "{text}");
+        let back: ControlReply = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back.stats, Some(after));
+        let req: ControlRequest = serde_json::from_str(r#"{"op":"stats"}"#).expect("request");
+        assert_eq!(req, ControlRequest::Stats);
+    }
 }

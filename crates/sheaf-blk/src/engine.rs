@@ -224,6 +224,47 @@ pub struct Engine {
     base: Option<String>,
     /// Proven to TCP replicas on every connection.
     cluster_key: Option<ClusterKey>,
+    /// What the engine served, for [`Engine::stats`].
+    io: IoCounters,
+}
+
+/// Counters of one kind of request the engine served.
+#[derive(Debug, Default)]
+struct OpCounter {
+    ops: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+    /// Time from each request to its answer, summed.
+    nanos: AtomicU64,
+}
+
+impl OpCounter {
+    fn record<T, E>(&self, bytes: u64, started: std::time::Instant, r: &Result<T, E>) {
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        match r {
+            Ok(_) => self.bytes.fetch_add(bytes, Ordering::Relaxed),
+            Err(_) => self.errors.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    fn snapshot(&self) -> crate::control::OpStats {
+        crate::control::OpStats {
+            ops: self.ops.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            nanos: self.nanos.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Reads, writes (zeroing writes too) and flushes since the engine started.
+#[derive(Debug, Default)]
+struct IoCounters {
+    read: OpCounter,
+    write: OpCounter,
+    flush: OpCounter,
 }
 
 /// Reads one snapshot of a replica as the volume was when it was taken
@@ -467,6 +508,7 @@ impl Engine {
             timeout: REPLICA_TIMEOUT,
             base,
             cluster_key: key,
+            io: IoCounters::default(),
         })
     }
 
@@ -647,6 +689,16 @@ impl Engine {
         }
     }
 
+    /// The status with the I/O counters (the control socket's `stats`).
+    pub fn stats(&self) -> crate::control::EngineStats {
+        crate::control::EngineStats {
+            status: self.status(),
+            read: self.io.read.snapshot(),
+            write: self.io.write.snapshot(),
+            flush: self.io.flush.snapshot(),
+        }
+    }
+
     /// Replaces the set of replicas the volume has (a replica moved to
     /// another node, or the count changed). Replicas no longer listed stop
     /// getting I/O at once; new ones are rebuilt by the rebuild loop. At
@@ -776,17 +828,30 @@ impl Engine {
     }
 
     pub async fn write(&self, offset: u64, data: Vec<u8>) -> Result<(), EngineError> {
-        self.broadcast(Op::Write, offset, data.len() as u32, data).await
+        let (started, len) = (std::time::Instant::now(), data.len() as u64);
+        let r = self.broadcast(Op::Write, offset, data.len() as u32, data).await;
+        self.io.write.record(len, started, &r);
+        r
     }
 
     pub async fn write_zeroes(&self, offset: u64, len: u32) -> Result<(), EngineError> {
-        self.broadcast(Op::WriteZeroes, offset, len, Vec::new()).await
+        let started = std::time::Instant::now();
+        let r = self.broadcast(Op::WriteZeroes, offset, len, Vec::new()).await;
+        self.io.write.record(u64::from(len), started, &r);
+        r
     }
 
     /// Flushes every replica. Healthy ones record the next flush number;
     /// one being rebuilt only syncs, so that it never looks current before
     /// its rebuild is complete.
     pub async fn flush(&self) -> Result<(), EngineError> {
+        let started = std::time::Instant::now();
+        let r = self.flush_replicas().await;
+        self.io.flush.record(0, started, &r);
+        r
+    }
+
+    async fn flush_replicas(&self) -> Result<(), EngineError> {
         let waits = {
             let _order = self.order()?;
             let generation = self.flush_gen.fetch_add(1, Ordering::SeqCst) + 1;
@@ -889,6 +954,13 @@ impl Engine {
 
     /// Reads from the first healthy replica, falling over to the next.
     pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, EngineError> {
+        let started = std::time::Instant::now();
+        let r = self.read_replicas(offset, len).await;
+        self.io.read.record(u64::from(len), started, &r);
+        r
+    }
+
+    async fn read_replicas(&self, offset: u64, len: u32) -> Result<Vec<u8>, EngineError> {
         let mut last_error = String::from("no replica was in service");
         let healthy = self.in_state(&[HEALTHY]);
         let count = healthy.len();

@@ -31,7 +31,9 @@
 //!   its volumes at one point) and VirtualMachineRestore.
 //! - [`trash`]: deleted volumes kept with their snapshots until their
 //!   retention ends or a purge is asked for.
-//! - [`events`]: core `v1` Events about what they did.
+//! - [`events`]: core `v1` Events about what they did, and
+//!   [`transitions`]: Events for the state changes written into status
+//!   (VM and VMI phases, nodes, volumes, images, backups, snapshots).
 //!
 //! The server starts them all with [`run_all`]; they keep no state of their
 //! own, so they can be stopped and started at any time.
@@ -44,9 +46,11 @@ pub mod maintenance;
 pub mod migration;
 pub mod network;
 pub mod node;
+pub mod quota;
 pub mod runtime;
 pub mod scheduler;
 pub mod template;
+pub mod transitions;
 pub mod trash;
 pub mod vm;
 pub mod vm_backup;
@@ -98,6 +102,8 @@ pub async fn run_all_with(api: Arc<dyn Api>, settings: Settings) {
         backup::run(api.clone()),
         vm_backup::run(api.clone()),
         trash::run(api.clone(), settings.trash_retention),
+        quota::run(api.clone()),
+        transitions::run(api.clone()),
         node::run(api, node::Config { grace: settings.node_grace }),
     );
 }

@@ -119,7 +119,7 @@ pub const COMPONENT: &str = "sheaf-scheduler";
 /// Label naming the node a VMI is bound to (KubeVirt's).
 pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
 /// Memory a VMI needs beyond its guest memory (QEMU, its I/O buffers).
-pub const VMI_MEMORY_OVERHEAD: Bytes = Bytes(32 * 1024 * 1024);
+pub const VMI_MEMORY_OVERHEAD: Bytes = Bytes(sheaf_types::quota::VMI_MEMORY_OVERHEAD);
 /// An unschedulable VMI is tried again at least this often.
 pub const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(30);
 /// A binding is counted from memory until lists show it, at most this long.
@@ -175,27 +175,8 @@ pub struct Request {
 
 impl Request {
     pub fn of(spec: &VirtualMachineInstanceSpec) -> Request {
-        let res = &spec.domain.resources;
-        let guest = res
-            .requests
-            .get("memory")
-            .or_else(|| res.limits.get("memory"))
-            .or_else(|| spec.domain.memory.as_ref().and_then(|m| m.guest.as_ref()))
-            .and_then(|q| q.as_bytes_u64())
-            .unwrap_or(0);
-        let overhead = if res.overcommit_guest_overhead == Some(true) { 0 } else { VMI_MEMORY_OVERHEAD.0 };
-        let cpu = match res.requests.get("cpu").or_else(|| res.limits.get("cpu")).and_then(|q| q.as_millis()) {
-            Some(m) => u64::try_from(m).unwrap_or(0),
-            None => {
-                let topo = spec.domain.cpu.as_ref();
-                let n = |v: Option<u32>| u64::from(v.unwrap_or(1).max(1));
-                let vcpus =
-                    n(topo.and_then(|c| c.cores)) * n(topo.and_then(|c| c.sockets)) * n(topo.and_then(|c| c.threads));
-                // KubeVirt's default CPU allocation ratio: a vCPU requests a tenth of a CPU.
-                vcpus * 1000 / CPU_ALLOCATION_RATIO
-            }
-        };
-        Request { memory: Bytes(guest.saturating_add(overhead)), cpu: MilliCpu(cpu) }
+        let u = sheaf_types::quota::vm_use(spec);
+        Request { memory: Bytes(u.requests_memory), cpu: MilliCpu(u.requests_millicpu) }
     }
 
     fn add(self, o: Request) -> Request {
@@ -348,10 +329,6 @@ pub struct Assumed {
     pub node: String,
     pub request: Request,
 }
-
-/// vCPUs per host CPU when a VMI requests no CPU explicitly (KubeVirt's
-/// `cpuAllocationRatio` default).
-pub const CPU_ALLOCATION_RATIO: u64 = 10;
 
 /// What the unfinished VMIs bound to each node take, leaving out the VMI
 /// with uid `except` (the one being placed). `assumed` bindings count too

@@ -213,6 +213,8 @@ impl MachineConfig {
             push(&["-append", &k.cmdline]);
         }
         // Management: QMP, serial console (socket + log), optional VNC.
+        // The serial log is written with or without a console client, and
+        // opened O_APPEND (logappend=on), so it can be truncated under QEMU.
         let d = &self.run_dir;
         push(&["-chardev", &format!("socket,id=qmp,path={},server=on,wait=off", path(&qmp_socket(d)))]);
         push(&["-mon", "chardev=qmp,mode=control"]);
@@ -399,6 +401,15 @@ mod tests {
         assert!(argv.contains("hostfwd=tcp:127.0.0.1:2222-:22"), "{argv}");
         assert!(argv.contains("-daemonize -pidfile /run/sheaf/vmi/u1/qemu.pid"), "{argv}");
         assert!(argv.contains("-vnc unix:/run/sheaf/vmi/u1/vnc.sock"), "{argv}");
+        // The serial console is logged by QEMU itself, appending (the agent
+        // rotates the file by copy and truncate: sheaf-agent's serial_log).
+        assert!(
+            argv.contains(
+                "socket,id=serial0,path=/run/sheaf/vmi/u1/serial.sock,server=on,wait=off,\
+                 logfile=/run/sheaf/vmi/u1/serial.log,logappend=on"
+            ),
+            "{argv}"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The kinds Sheaf serves.
 
 use crate::resource::ResourceType;
-use crate::{backup, claim, coordination, core, harvester, kubevirt, network, storage, template, vm_backup};
+use crate::{
+    backup, claim, coordination, core, harvester, kubevirt, network, quota, rbac, storage, template, vm_backup,
+};
 
 /// Every kind the API server serves, in discovery order.
 pub fn all() -> Vec<ResourceType> {
@@ -11,6 +13,7 @@ pub fn all() -> Vec<ResourceType> {
         ResourceType::of::<core::Secret>(),
         ResourceType::of::<core::ConfigMap>(),
         ResourceType::of::<core::Event>(),
+        ResourceType::of::<quota::ResourceQuota>(),
         ResourceType::of::<kubevirt::VirtualMachine>(),
         ResourceType::of::<kubevirt::VirtualMachineInstance>(),
         ResourceType::of::<kubevirt::VirtualMachineInstanceMigration>(),
@@ -34,5 +37,10 @@ pub fn all() -> Vec<ResourceType> {
         ResourceType::of::<vm_backup::VirtualMachineBackup>(),
         ResourceType::of::<vm_backup::VirtualMachineRestore>(),
         ResourceType::of::<vm_backup::ScheduleVMBackup>(),
+        ResourceType::of::<rbac::Role>(),
+        ResourceType::of::<rbac::ClusterRole>(),
+        ResourceType::of::<rbac::RoleBinding>(),
+        ResourceType::of::<rbac::ClusterRoleBinding>(),
+        ResourceType::of::<rbac::User>(),
     ]
 }

@@ -56,6 +56,8 @@ pub struct AgentFlags {
     /// others.
     #[arg(long = "disk", value_name = "NAME=PATH[,tags=TAG+TAG]")]
     pub disks: Vec<sheaf_agent::disks::DiskConfig>,
+    #[command(flatten)]
+    pub serial_log: crate::logs::SerialLogFlags,
 }
 
 impl AgentFlags {
@@ -84,6 +86,8 @@ impl AgentFlags {
             management: (self.mgmt_network == MgmtNetwork::Bridge).then(|| (self.mgmt_bridge.clone(), self.mgmt_cidr)),
             disks: self.node_disks(data_dir),
             images_ready,
+            serial_log: self.serial_log.policy(),
+            metrics: sheaf_agent::metrics::AgentMetrics::new(),
         }
     }
 }
@@ -114,11 +118,27 @@ pub struct AgentArgs {
     /// Where the agent keeps its state (replica data, images).
     #[arg(long, env = "SHEAF_DATA_DIR", default_value = "/var/lib/sheaf")]
     pub data_dir: PathBuf,
-    /// Log as JSON lines instead of text.
-    #[arg(long)]
-    pub log_json: bool,
+    #[command(flatten)]
+    pub log: crate::logs::LogArgs,
+    /// Serve the node's metrics (Prometheus text format) at
+    /// http://ADDR:PORT/metrics, e.g. 127.0.0.1:9477; plain HTTP without
+    /// authentication, so loopback addresses only (default: off; see
+    /// docs/guide/metrics.md).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = loopback_only)]
+    pub metrics_address: Option<SocketAddr>,
     #[command(flatten)]
     pub node: AgentFlags,
+}
+
+/// `--metrics-address`: a loopback socket address.
+fn loopback_only(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s.parse().map_err(|_| format!("{s:?} is not ADDR:PORT, for example 127.0.0.1:9477"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: the metrics are served over plain HTTP without authentication,              so only on this machine (127.0.0.1 or [::1]); scrape them with a Prometheus or agent on the node"
+        ));
+    }
+    Ok(addr)
 }
 
 /// `https://HOST:PORT` as a socket address, resolving a host name.
@@ -262,7 +282,7 @@ async fn start(args: &AgentArgs) -> anyhow::Result<(Arc<RemoteApi>, sheaf_agent:
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    crate::server::init_logging(args.log_json);
+    crate::logs::init(args.log.format());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (api, cfg) = tokio::select! {
         r = start(&args) => r?,
@@ -275,6 +295,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     );
     // Servers of an HA control plane that --server did not name.
     tokio::spawn((*api).clone().learn_servers(Duration::from_secs(30)));
+    if let Some(addr) = args.metrics_address {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-address {addr}"))?;
+        tracing::info!(%addr, "serving metrics at http://{addr}/metrics");
+        tokio::spawn(sheaf_apiserver::metrics::serve_plain(listener, vec![cfg.metrics.clone()]));
+    }
     let agent = tokio::spawn(sheaf_agent::run(api, cfg));
     tokio::select! {
         r = agent => r.context("the agent stopped")?,
@@ -334,6 +361,17 @@ mod tests {
         let e = parse(&["--server", "https://x:1", "--token", "t", "--ca-file", "c", "--node-ip", "nope"])
             .expect_err("bad ip");
         assert!(e.contains("--node-ip"), "{e}");
+        // Metrics: off unless asked, loopback only.
+        assert_eq!(j.metrics_address, None);
+        let m = parse(&["--server", "https://x:1", "--token", "t", "--metrics-address", "127.0.0.1:9477"]).expect("m");
+        assert_eq!(m.metrics_address, Some("127.0.0.1:9477".parse().expect("addr")));
+        let m = parse(&["--server", "https://x:1", "--token", "t", "--metrics-address", "[::1]:9477"]).expect("v6");
+        assert!(m.metrics_address.is_some_and(|a| a.ip().is_loopback()));
+        let e = parse(&["--server", "https://x:1", "--token", "t", "--metrics-address", "0.0.0.0:9477"])
+            .expect_err("not loopback");
+        assert!(e.contains("--metrics-address") && e.contains("not a loopback address"), "{e}");
+        let e = parse(&["--server", "https://x:1", "--token", "t", "--metrics-address", "9477"]).expect_err("no host");
+        assert!(e.contains("ADDR:PORT"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,9 @@ pub mod image;
 mod manifest;
 pub mod node;
 mod printer;
+pub mod status;
 pub mod template;
+pub mod user;
 pub mod vm;
 pub mod volume;
 

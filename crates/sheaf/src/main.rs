@@ -7,6 +7,7 @@ mod blk;
 mod cli;
 mod control_plane;
 mod leader;
+mod logs;
 mod managed_etcd;
 mod server;
 
@@ -61,6 +62,8 @@ enum Command {
     Delete(cli::DeleteArgs),
     /// Start, stop or restart a VirtualMachine: `sheaf vm start my-vm`.
     Vm(cli::vm::VmArgs),
+    /// Users, their tokens and roles: `sheaf user create ann --role operator --namespace team-a`.
+    User(cli::user::UserArgs),
     /// Replicated volumes and snapshots: `sheaf volume create data --size 10Gi`.
     Volume(cli::volume::VolumeArgs),
     /// Back up volumes and restore them: `sheaf backup create data --target nfs`.
@@ -71,6 +74,9 @@ enum Command {
     Image(cli::image::ImageArgs),
     /// VM templates: `sheaf template list`, `sheaf template show NS/NAME[:VERSION]`.
     Template(cli::template::TemplateArgs),
+    /// The cluster at a glance: nodes, Sheaf's own CPU and memory on each,
+    /// the API server, its store and leader: `sheaf status`.
+    Status(cli::status::StatusArgs),
     /// Storage processes: replica servers and volume engines.
     Blk(blk::BlkArgs),
 }
@@ -95,23 +101,18 @@ fn main() -> anyhow::Result<()> {
         Command::Apply(a) => rt.block_on(cli::apply(a)),
         Command::Delete(a) => rt.block_on(cli::delete(a)),
         Command::Vm(a) => rt.block_on(cli::vm(a)),
+        Command::User(a) => rt.block_on(cli::user::run(a)),
         Command::Volume(a) => rt.block_on(cli::volume(a)),
         Command::Backup(a) => rt.block_on(cli::backup(a)),
         Command::Node(a) => rt.block_on(cli::node(a)),
         Command::Template(a) => rt.block_on(cli::template(a)),
         Command::Image(a) => rt.block_on(cli::image(a)),
+        Command::Status(a) => rt.block_on(cli::status::run(a)),
         Command::Blk(a) => {
             drop(rt);
-            init_blk_logging();
+            // Storage processes log to stderr, as SHEAF_LOG_FORMAT says.
+            logs::init(logs::format_from_env());
             blk::run(a)
         }
     }
-}
-
-/// Storage processes log to stderr, filtered by SHEAF_LOG (default info).
-fn init_blk_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SHEAF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }

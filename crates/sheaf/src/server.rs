@@ -18,6 +18,7 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use sheaf_apiserver::authz::UserInfo;
 use sheaf_apiserver::console::{Channel, NodeDialer};
 use sheaf_apiserver::image_transfer::{ImageTransfer, TransferError};
 use sheaf_apiserver::server_join::ServerJoin;
@@ -68,9 +69,18 @@ pub struct ServerArgs {
     /// `30m`; `0s` purges at once).
     #[arg(long, default_value = "7d", value_parser = parse_retention)]
     pub trash_retention: Duration,
-    /// Log as JSON lines instead of text.
+    /// The audit log: one JSON line per mutating request (default
+    /// DATA_DIR/audit.log; an empty value turns it off).
     #[arg(long)]
-    pub log_json: bool,
+    pub audit_log_path: Option<PathBuf>,
+    /// Rotate the audit log when it reaches this many MiB.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub audit_log_max_size: u64,
+    /// How many rotated audit logs to keep (audit.log.1 … audit.log.N).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub audit_log_max_backups: u32,
+    #[command(flatten)]
+    pub log: crate::logs::LogArgs,
     /// Do not run the node agent in this process (control plane only).
     #[arg(long)]
     pub no_agent: bool,
@@ -171,18 +181,6 @@ impl ServerArgs {
     }
 }
 
-pub(crate) fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SHEAF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// Compacts the store every `every`, to the revision it had one period
 /// earlier, so that watches can resume from anything newer than that.
 async fn compactor(store: Arc<dyn Store>, every: Duration) {
@@ -225,6 +223,16 @@ impl NodeDialer for LocalDialer {
             Channel::Vnc => sheaf_agent::runner::vnc_socket(&self.run_root, vmi_uid),
         };
         tokio::net::UnixStream::connect(&socket).await.map_err(|e| format!("{}: {e}", socket.display()))
+    }
+
+    async fn serial_logs(&self, node: &str, vmi_uid: &str) -> Result<Vec<PathBuf>, String> {
+        if node != self.node {
+            return Err(format!(
+                "the VMI runs on node {node:?}; serial logs of other nodes are kept there (RUN_DIR/UID/serial.log*) \
+                 and not readable through the API in this version"
+            ));
+        }
+        Ok(sheaf_agent::runner::serial_logs(&self.run_root, vmi_uid))
     }
 }
 
@@ -323,7 +331,7 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    init_logging(args.log_json);
+    crate::logs::init(args.log.format());
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
     // The store holds Secrets and the directory holds the admin token.
@@ -418,8 +426,24 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let api = ApiServer::new(
         store.clone(),
         Registry::new(sheaf_types::registry::all()),
-        &[pki.admin_token.clone(), pki.node_token.clone()],
+        &[
+            (pki.admin_token.clone(), UserInfo::new("admin", &[sheaf_apiserver::authz::MASTERS])),
+            // Node agents write across namespaces (Nodes, instance status,
+            // replicas, Events): full rights until a node authorizer exists.
+            (pki.node_token.clone(), UserInfo::new("system:node", &["system:nodes", sheaf_apiserver::authz::MASTERS])),
+        ],
     );
+    let audit_path = args.audit_log_path.clone().unwrap_or_else(|| args.data_dir.join("audit.log"));
+    if !audit_path.as_os_str().is_empty() {
+        let cfg = sheaf_apiserver::audit::Config {
+            path: audit_path.clone(),
+            max_bytes: args.audit_log_max_size << 20,
+            max_backups: args.audit_log_max_backups,
+        };
+        let audit = sheaf_apiserver::audit::Audit::start(cfg)
+            .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?;
+        api.set_audit(audit);
+    }
     api.set_ca_pem(&pki.ca_pem);
     sheaf_apiserver::bootstrap(&api).await.map_err(|e| anyhow::anyhow!("bootstrap failed: {e}"))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -483,6 +507,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let cfg = args.agent.config(&args.data_dir, Some(args.node_ip()), Some(images_tx));
         api.set_node_dialer(Arc::new(LocalDialer { node: cfg.node_name.clone(), run_root: cfg.run_root.clone() }));
         api.set_image_transfer(Arc::new(LocalImages(images_rx)));
+        // One scrape target per node: the server's /metrics has the node's.
+        sheaf_apiserver::metrics::add_collector(cfg.metrics.clone());
         tokio::spawn(sheaf_agent::run(local.clone(), cfg));
     }
     api.set_ready(true);

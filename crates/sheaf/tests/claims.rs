@@ -2,7 +2,8 @@
 //! PersistentVolumeClaim are applied, the claim is Bound to a Volume of
 //! its name, a VM whose disk is the claim boots and writes to it, the
 //! claim cannot be deleted while the VM runs (409 naming the VM), it is
-//! grown under the running guest, and `sheaf vm delete --remove-disks`
+//! grown under the running guest, the VM is cloned with its disk while it
+//! runs, and `sheaf vm delete --remove-disks`
 //! takes the claim and its volume with the VM.
 
 mod support;
@@ -133,6 +134,33 @@ fn a_claim_is_a_vm_disk_protected_grown_and_deleted_with_the_vm() {
         None,
     );
     assert!(e.contains("cannot shrink"), "{e}");
+
+    // Cloned while it runs: the clone's disk is a copy of the claim (it
+    // finds VALUE-ONE and writes on), the source runs on untouched.
+    let out = s.cli_ok(&["vm", "clone", "writer", "writer-copy", "--start"]);
+    assert!(out.contains("VM writer-copy created from writer"), "{out}");
+    let e = s.cli_fail(&["vm", "clone", "writer", "writer-copy"]);
+    assert!(e.contains("already exists"), "{e}");
+    let e = s.cli_fail(&["vm", "clone", "writer", "Bad_Name"]);
+    assert!(e.contains("Invalid value") && e.contains("name"), "{e}");
+    let mut copy_uid = String::new();
+    assert!(
+        eventually(Duration::from_secs(120), || {
+            copy_uid = jsonpath(&s, "vmi", "writer-copy", "{.metadata.uid}");
+            jsonpath(&s, "vmi", "writer-copy", "{.status.phase}") == "Running"
+        }),
+        "clone not running: {}\nclaim: {}",
+        jsonpath(&s, "vm", "writer-copy", "{.status}"),
+        jsonpath(&s, "pvc", "writer-copy-data", "{.status}")
+    );
+    wait_serial(root.path(), &copy_uid, "size=262144 before=VALUE-ONE wrote=VALUE-TWO", Duration::from_secs(90));
+    assert_eq!(jsonpath(&s, "vm", "writer-copy", "{.metadata.annotations.sheaf\\.io/cloned-from}"), "default/writer");
+    assert_eq!(jsonpath(&s, "vmi", "writer", "{.metadata.uid}"), uid, "the source was restarted");
+    s.cli_ok(&["vm", "delete", "writer-copy"]);
+    assert!(
+        eventually(Duration::from_secs(60), || s.kubectl(&["get", "pvc", "writer-copy-data"]).status.code() == Some(1)),
+        "the clone's disk stayed after the clone was deleted"
+    );
 
     // Without --remove-disks and without a terminal, a claim of its own
     // is kept, and said so.

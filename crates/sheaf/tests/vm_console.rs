@@ -4,11 +4,11 @@
 
 mod support;
 
-use std::io::{BufRead, Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::{BufRead, Read};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::console::Console;
 use support::guest::{apply_running, tiny_server, tiny_vm, wait_serial, QemuReaper};
 use support::{eventually, Server};
 
@@ -18,73 +18,6 @@ fn jsonpath(s: &Server, kind: &str, path: &str) -> String {
 
 fn sheaf(s: &Server, args: &[&str]) -> (bool, String) {
     s.sheaf_cli(args)
-}
-
-/// `sheaf vm console con`, its output collected as it comes.
-struct Console {
-    child: Child,
-    output: Arc<Mutex<String>>,
-}
-
-impl Console {
-    fn open(s: &Server) -> Console {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sheaf"))
-            .args(["vm", "console", "con", "--kubeconfig"])
-            .arg(&s.kubeconfig)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sheaf vm console");
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut stream = stream;
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    output.lock().expect("lock").push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        Console { child, output }
-    }
-
-    fn type_line(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        stdin.write_all(line.as_bytes()).expect("write");
-        stdin.write_all(b"\n").expect("write");
-        stdin.flush().expect("flush");
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().expect("lock").clone()
-    }
-
-    /// Types `echo` of an arithmetic expression until its result shows (the
-    /// shell may still be starting), so the echo of the typed line itself
-    /// can't satisfy the check.
-    fn expect_shell(&mut self, a: u32, b: u32) -> bool {
-        let want = format!("CONSOLE-{}", a * b);
-        eventually(Duration::from_secs(60), || {
-            self.type_line(&format!("echo CONSOLE-$(({a}*{b}))"));
-            std::thread::sleep(Duration::from_millis(500));
-            self.output().contains(&want)
-        })
-    }
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn boots(serial: &std::path::Path) -> usize {
@@ -107,15 +40,19 @@ fn console_vnc_pause_and_soft_reboot() {
     wait_serial(root.path(), &uid, "SHEAF-GUEST ready", Duration::from_secs(90));
 
     // The serial console: a shell answers.
-    let mut first = Console::open(&s);
-    assert!(first.expect_shell(6, 7), "no shell on the console: {:?}", first.output());
+    let mut first = Console::open(&s.kubeconfig, "con", None);
+    assert!(first.expect_shell(6, 7, Duration::from_secs(60)), "no shell on the console: {:?}", first.output());
     // A second console takes over; the first one ends.
-    let mut second = Console::open(&s);
+    let mut second = Console::open(&s.kubeconfig, "con", None);
     assert!(
-        eventually(Duration::from_secs(15), || first.child.try_wait().ok().flatten().is_some()),
+        eventually(Duration::from_secs(15), || first.ended()),
         "the first console was not closed when the second connected"
     );
-    assert!(second.expect_shell(7, 7), "no shell on the second console: {:?}", second.output());
+    assert!(
+        second.expect_shell(7, 7, Duration::from_secs(60)),
+        "no shell on the second console: {:?}",
+        second.output()
+    );
     drop(second);
 
     // VNC: a local port that speaks RFB.

@@ -7,7 +7,7 @@ import { ObjectYaml } from './ResourceDetail';
 import { statusBadge, runAction, DeleteVmDialog } from './VmList';
 import { ACTION_LABELS, actionsFor } from '../vm';
 import { age } from '../format';
-import { VmDisks, VmBackupDialog } from './VmDisks';
+import { VmDisks, VmBackupDialog, VmCloneDialog } from './VmDisks';
 
 type ConsoleProps = { namespace: string; name: string };
 
@@ -42,6 +42,7 @@ export function VmDetail({ namespace, name, tab }: { namespace: string; name: st
   const vmi = vmis.items.find((v) => v.metadata.name === name);
   const [deleting, setDeleting] = useState(false);
   const [backup, setBackup] = useState<'backup' | 'snapshot' | null>(null);
+  const [cloning, setCloning] = useState(false);
   const serial = useLazy(tab === 'console' ? loadSerial : null);
   const vnc = useLazy(tab === 'vnc' ? loadVnc : null);
   const status = vm?.status?.printableStatus;
@@ -68,6 +69,9 @@ export function VmDetail({ namespace, name, tab }: { namespace: string; name: st
             </button>
             <button type="button" onClick={() => setBackup('snapshot')}>
               Snapshot
+            </button>
+            <button type="button" onClick={() => setCloning(true)}>
+              Clone
             </button>
             <button type="button" class="danger" onClick={() => setDeleting(true)}>
               Delete
@@ -150,6 +154,7 @@ export function VmDetail({ namespace, name, tab }: { namespace: string; name: st
         running &&
         (vnc.C ? <vnc.C namespace={namespace} name={name} /> : <p class="muted">{vnc.error || 'Loading the VNC client…'}</p>)}
       {vm && <VmBackupDialog vm={vm} type={backup} onClose={() => setBackup(null)} />}
+      {vm && <VmCloneDialog vm={vm} open={cloning} onClose={() => setCloning(false)} />}
       <DeleteVmDialog vm={deleting ? (vm ?? null) : null} onClose={() => setDeleting(false)} onDeleted={() => navigate('/vms')} />
     </section>
   );

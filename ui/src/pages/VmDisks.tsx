@@ -271,3 +271,48 @@ export function VmBackupDialog({ vm, type, onClose }: { vm: K8sObject; type: 'ba
     </FormDialog>
   );
 }
+
+/** Clone a VM: a new VM with its spec and a copy of every disk (the API's `clone` subresource). */
+export function VmCloneDialog({ vm, open, onClose }: { vm: K8sObject; open: boolean; onClose: () => void }) {
+  const [name, setName] = useState('');
+  const [start, setStart] = useState(false);
+  const ns = vm.metadata.namespace!;
+  const placeholder = `${vm.metadata.name}-clone`;
+  return (
+    <FormDialog
+      title={`Clone VM ${vm.metadata.name}`}
+      open={open}
+      onClose={() => {
+        setName('');
+        onClose();
+      }}
+      submitLabel="Clone"
+      testid="vm-clone-dialog"
+      progress="Creating the clone…"
+      onSubmit={async () => {
+        const n = name || placeholder;
+        await sendJSON(
+          'POST',
+          `/apis/subresources.kubevirt.io/v1/namespaces/${encodeURIComponent(ns)}/virtualmachines/${encodeURIComponent(vm.metadata.name)}/clone`,
+          { name: n, start },
+        );
+        notify(`VM ${n} created from ${vm.metadata.name}; its disks are being copied`);
+        setName('');
+      }}
+    >
+      <p>
+        A new VM with the same CPU, memory, networks and cloud-init, and a copy of every disk (each taken from a snapshot, so the source keeps
+        running). It gets its own MAC addresses.
+      </p>
+      <div class="field">
+        <label for="vm-clone-name">Name of the new VM</label>
+        <input id="vm-clone-name" value={name} placeholder={placeholder} onInput={(e) => setName(e.currentTarget.value.trim())} />
+      </div>
+      <div class="field">
+        <label>
+          <input type="checkbox" checked={start} onChange={(e) => setStart(e.currentTarget.checked)} /> Start it when its disks are ready
+        </label>
+      </div>
+    </FormDialog>
+  );
+}

@@ -337,6 +337,11 @@ pub fn warning_text(h: &str) -> String {
 }
 
 impl Client {
+    /// The server's URL, as the kubeconfig gives it.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// Reads the kubeconfig and builds the HTTPS client.
     pub fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
         let path = kubeconfig_path(args.kubeconfig.as_deref())?;

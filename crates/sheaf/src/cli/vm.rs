@@ -1,5 +1,5 @@
 //! `sheaf vm ...`: KubeVirt's subresources. `start|stop|restart` act on
-//! the VirtualMachine; `pause|unpause|softreboot|console|vnc|guestosinfo`
+//! the VirtualMachine; `pause|unpause|softreboot|console|vnc|guestosinfo|logs`
 //! on its running instance (which has the VM's name). `addvolume` and
 //! `removevolume` act on either (see [`super::hotplug`]).
 //! `delete` deletes the VM with the disks (claims) chosen to go with it.
@@ -42,6 +42,9 @@ pub enum VmAction {
     Vnc(VncArgs),
     /// Print what the guest agent reports (OS, hostname, agent version).
     Guestosinfo(VmTarget),
+    /// Print the VM's serial console output, kept by its node whether or
+    /// not a console is attached: `sheaf vm logs myvm --tail 50 [-f]`.
+    Logs(LogsArgs),
     /// Plug a Volume into a running VM as a new disk:
     /// `sheaf vm addvolume myvm --volume-name=data [--bus=virtio] [--persist]`.
     Addvolume(Box<super::hotplug::AddVolumeArgs>),
@@ -56,9 +59,24 @@ pub enum VmAction {
     /// VirtualMachineInstanceMigration); waits until it ends and prints
     /// the guest's downtime: `sheaf vm migrate myvm [--node node-2]`.
     Migrate(MigrateArgs),
+    /// Clone a VM: a new VM with its spec and a copy of every disk (taken
+    /// from a snapshot, so the source may keep running), with MACs and
+    /// firmware UUID of its own: `sheaf vm clone web web-2 [--start]`.
+    Clone(CloneArgs),
     /// Create a VM from a VM template:
     /// `sheaf vm create web1 --template harvester-public/linux-cloud-init-template --image default/ubuntu`.
     Create(Box<super::template::VmCreateArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct CloneArgs {
+    #[command(flatten)]
+    pub source: VmTarget,
+    /// The new VM's name (its disks' claims are named NEW-VOLUME).
+    pub new_name: String,
+    /// Start the clone once its disks are copied (default: Halted).
+    #[arg(long)]
+    pub start: bool,
 }
 
 #[derive(Args, Debug)]
@@ -98,6 +116,24 @@ pub struct MigrateArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub target: VmTarget,
+    /// Only the last N lines.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u64>,
+    /// At most N bytes (of the lines --tail selected).
+    #[arg(long, value_name = "N")]
+    pub limit_bytes: Option<u64>,
+    /// Only the older, rotated generations of the log.
+    #[arg(short, long, conflicts_with = "follow")]
+    pub previous: bool,
+    /// Keep printing what the guest prints until the VM stops (Ctrl+C ends).
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct VncArgs {
     #[command(flatten)]
     pub target: VmTarget,
@@ -123,11 +159,27 @@ pub async fn run(a: VmArgs) -> anyhow::Result<()> {
         VmAction::Softreboot(t) => ("softreboot", t),
         VmAction::Console(t) => return console(t).await,
         VmAction::Vnc(v) => return vnc(v).await,
+        VmAction::Logs(l) => return logs(l).await,
         VmAction::Addvolume(a) => return super::hotplug::add(a).await,
         VmAction::Removevolume(a) => return super::hotplug::remove(a).await,
         VmAction::Delete(d) => return delete(d).await,
         VmAction::Create(c) => return super::template::create_vm(c).await,
         VmAction::Migrate(m) => return migrate(m).await,
+        VmAction::Clone(c) => {
+            let client = Client::connect(&c.source.conn)?;
+            let body = serde_json::json!({"name": c.new_name, "start": c.start});
+            let p = path(&client, &c.source, "virtualmachines", "clone");
+            client
+                .request(Method::POST, &p, "application/json", Some(("application/json", serde_json::to_vec(&body)?)))
+                .await?;
+            println!(
+                "VM {} created from {}; its disks are being copied{}",
+                c.new_name,
+                c.source.name,
+                if c.start { " and it starts when they are ready" } else { " (start it with sheaf vm start)" }
+            );
+            return Ok(());
+        }
         VmAction::Guestosinfo(t) => {
             let client = Client::connect(&t.conn)?;
             let info = client.get_json(&path(&client, t, "virtualmachineinstances", "guestosinfo")).await?;
@@ -444,5 +496,72 @@ async fn vnc(v: &VncArgs) -> anyhow::Result<()> {
                 _ = down => {}
             }
         });
+    }
+}
+
+/// The query of `sheaf vm logs`.
+fn logs_query(a: &LogsArgs) -> String {
+    let tail = a.tail.map(|n| n.to_string());
+    let limit = a.limit_bytes.map(|n| n.to_string());
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    if let Some(t) = &tail {
+        pairs.push(("tailLines", t));
+    }
+    if let Some(l) = &limit {
+        pairs.push(("limitBytes", l));
+    }
+    if a.previous {
+        pairs.push(("previous", "true"));
+    }
+    if a.follow {
+        pairs.push(("follow", "true"));
+    }
+    super::client::query(&pairs)
+}
+
+/// `sheaf vm logs`: the serial log, written to stdout as it arrives.
+async fn logs(a: &LogsArgs) -> anyhow::Result<()> {
+    let client = Client::connect(&a.target.conn)?;
+    let p = format!("{}{}", path(&client, &a.target, "virtualmachineinstances", "log"), logs_query(a));
+    let resp = client.get_stream(&p).await?;
+    let mut body = resp.bytes_stream();
+    let mut out = tokio::io::stdout();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| anyhow::anyhow!("the log stream broke off: {e}"))?;
+        out.write_all(&chunk).await?;
+        out.flush().await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        action: VmAction,
+    }
+
+    fn logs_args(args: &[&str]) -> Result<LogsArgs, clap::Error> {
+        let mut argv = vec!["vm", "logs"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.action {
+            VmAction::Logs(l) => Ok(l),
+            other => panic!("not logs: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn logs_query_from_flags() {
+        assert_eq!(logs_query(&logs_args(&["web"]).expect("parse")), "");
+        let a = logs_args(&["web", "-n", "prod", "--tail", "20", "--limit-bytes", "100", "-f"]).expect("parse");
+        assert_eq!(a.target.namespace.as_deref(), Some("prod"));
+        assert_eq!(logs_query(&a), "?tailLines=20&limitBytes=100&follow=true");
+        assert_eq!(logs_query(&logs_args(&["web", "--previous"]).expect("parse")), "?previous=true");
+        assert!(logs_args(&["web", "--previous", "--follow"]).is_err());
+        assert!(logs_args(&["web", "--tail", "-3"]).is_err());
     }
 }

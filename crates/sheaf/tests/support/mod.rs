@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod blk;
+pub mod console;
 pub mod counter;
 pub mod guest;
 pub mod ha;
