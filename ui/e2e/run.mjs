@@ -247,13 +247,27 @@ try {
 
   await run('read the guest on its serial console', async () => {
     await page.getByRole('link', { name: 'Serial console' }).click();
-    await page
-      .getByTestId('console-state')
-      .filter({ hasText: /^Connected$/ })
-      .waitFor({ timeout: T(30000) })
-      .catch(async () => {
-        throw new Error(`the console did not connect: ${await page.getByTestId('console-state').textContent()}`);
-      });
+    // The console's code is loaded on first use; a load the browser drops
+    // (ERR_NETWORK_CHANGED while other nodes' bridges and taps come and go)
+    // leaves no console: load the page again.
+    for (let attempt = 1; ; attempt++) {
+      const connected = await page
+        .getByTestId('console-state')
+        .filter({ hasText: /^Connected$/ })
+        .waitFor({ timeout: T(30000) })
+        .then(
+          () => true,
+          () => false,
+        );
+      if (connected) break;
+      const state = await page
+        .getByTestId('console-state')
+        .textContent({ timeout: 1000 })
+        .catch(() => 'no console shown');
+      if (attempt === 3) throw new Error(`the console did not connect in 3 loads: ${state}`);
+      log(`the console did not connect (${state}): loading the page again`);
+      await page.reload({ waitUntil: 'domcontentloaded' }).catch((e) => log(`reload: ${e.message}`));
+    }
     const term = page.getByTestId('serial-console');
     await term.click();
     await page.keyboard.press('Enter');
