@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::console::Console;
-use support::guest::{jsonpath, tiny_server, tiny_vm};
+use support::guest::{jsonpath, tiny_server, tiny_vm, QemuReaper};
 use support::{eventually, Server};
 
 /// kubectl with another kubeconfig: (success, stdout, stderr).
@@ -55,6 +55,7 @@ fn can_i(s: &Server, kc: &std::path::Path, args: &[&str]) -> String {
 #[test]
 fn users_roles_quota_and_audit() {
     let root = tempfile::tempdir().expect("tempdir");
+    let _reaper = QemuReaper(root.path().to_path_buf());
     let s = tiny_server(root.path(), &[]);
     for ns in ["team-a", "team-b"] {
         s.kubectl_ok(&["create", "namespace", ns]);
