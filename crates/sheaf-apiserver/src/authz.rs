@@ -246,7 +246,7 @@ impl Rbac {
         }
         let snap = self.current();
         let mut rules: Vec<PolicyRule> = snap.rules_for(user, Some(namespace)).into_iter().cloned().collect();
-        rules.extend(always_allowed_rules());
+        rules.extend(always_allowed_rules().iter().cloned());
         rules
     }
 
@@ -354,39 +354,44 @@ impl Rbac {
     }
 }
 
-fn always_allowed_rules() -> Vec<PolicyRule> {
-    vec![
-        PolicyRule {
-            verbs: vec!["get".into()],
-            non_resource_urls: [
-                "/api",
-                "/api/*",
-                "/apis",
-                "/apis/*",
-                "/openapi",
-                "/openapi/*",
-                "/version",
-                "/version/",
-                "/healthz",
-                "/livez",
-                "/readyz",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-            ..Default::default()
-        },
-        PolicyRule {
-            verbs: vec!["create".into()],
-            api_groups: vec!["authorization.k8s.io".into(), "authentication.k8s.io".into()],
-            resources: vec![
-                "selfsubjectaccessreviews".into(),
-                "selfsubjectrulesreviews".into(),
-                "selfsubjectreviews".into(),
-            ],
-            ..Default::default()
-        },
-    ]
+/// What every authenticated user may do: read discovery and health, ask
+/// about itself. Built once: it is consulted on every request.
+fn always_allowed_rules() -> &'static [PolicyRule] {
+    static RULES: std::sync::OnceLock<Vec<PolicyRule>> = std::sync::OnceLock::new();
+    RULES.get_or_init(|| {
+        vec![
+            PolicyRule {
+                verbs: vec!["get".into()],
+                non_resource_urls: [
+                    "/api",
+                    "/api/*",
+                    "/apis",
+                    "/apis/*",
+                    "/openapi",
+                    "/openapi/*",
+                    "/version",
+                    "/version/",
+                    "/healthz",
+                    "/livez",
+                    "/readyz",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+                ..Default::default()
+            },
+            PolicyRule {
+                verbs: vec!["create".into()],
+                api_groups: vec!["authorization.k8s.io".into(), "authentication.k8s.io".into()],
+                resources: vec![
+                    "selfsubjectaccessreviews".into(),
+                    "selfsubjectrulesreviews".into(),
+                    "selfsubjectreviews".into(),
+                ],
+                ..Default::default()
+            },
+        ]
+    })
 }
 
 fn always_allowed(a: &Attributes) -> bool {

@@ -305,16 +305,23 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// `--trash-retention`: a duration such as `7d`, `12h` or `30m`, at most a
-/// year.
-fn parse_retention(s: &str) -> Result<Duration, String> {
+/// A duration in days (`7d`) or in the units of
+/// [`sheaf_types::storage::parse_duration`] (`12h`, `30m`, `10s`); the error
+/// names `days` as the first example.
+pub(crate) fn parse_days(s: &str, days: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let d = match t.strip_suffix('d').map(str::parse::<u64>) {
-        Some(Ok(days)) => Some(Duration::from_secs(days.saturating_mul(86400))),
+    match t.strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(n)) => Some(Duration::from_secs(n.saturating_mul(86400))),
         Some(Err(_)) => None,
         None => sheaf_types::storage::parse_duration(t),
     }
-    .ok_or_else(|| format!("{s:?} is not a duration such as 7d, 12h or 30m (units: d, h, m, s)"))?;
+    .ok_or_else(|| format!("{s:?} is not a duration such as {days}, 12h or 30m (units: d, h, m, s)"))
+}
+
+/// `--trash-retention`: a duration such as `7d`, `12h` or `30m`, at most a
+/// year.
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    let d = parse_days(s, "7d")?;
     if d > Duration::from_secs(366 * 86400) {
         return Err(format!("{s:?} is out of range: at most a year (365d)"));
     }

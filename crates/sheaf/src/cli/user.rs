@@ -133,13 +133,7 @@ pub struct NameArgs {
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let d = match t.strip_suffix('d').map(str::parse::<u64>) {
-        Some(Ok(days)) => Some(Duration::from_secs(days.saturating_mul(86400))),
-        Some(Err(_)) => None,
-        None => sheaf_types::storage::parse_duration(t),
-    }
-    .ok_or_else(|| format!("{s:?} is not a duration such as 30d, 12h or 30m (units: d, h, m, s)"))?;
+    let d = crate::server::parse_days(s, "30d")?;
     if d.is_zero() || d > Duration::from_secs(10 * 366 * 86400) {
         return Err(format!("{s:?} is out of range: more than 0 and at most 10 years"));
     }

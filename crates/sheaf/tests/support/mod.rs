@@ -173,8 +173,13 @@ impl Server {
     }
 
     pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.kubectl_as(&self.kubeconfig, args, stdin)
+    }
+
+    /// kubectl with another user's kubeconfig.
+    pub fn kubectl_as(&self, kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new("kubectl");
-        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
         cmd.env("HOME", self.dir.path());
         cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
